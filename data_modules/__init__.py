@@ -1,0 +1,1 @@
+"""Lightning DataModules and data-set discovery/checking for tgrowth (files -> records -> batches)."""

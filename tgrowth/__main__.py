@@ -1,0 +1,5 @@
+import sys
+
+from tgrowth.cli import main
+
+sys.exit(main())
