@@ -32,7 +32,7 @@ COMMANDS: dict[str, Command] = {
         "Fit a mechanistic growth ODE to tumour sizes over time (batched bootstrap) and forecast.",
     ),
     "synth": Command(
-        "tgrowth.config.data:SynthConfig", "tgrowth.synth.run:run",
+        "tgrowth.config.synth:SynthConfig", "tgrowth.synth.run:run",
         "Generate the synthetic longitudinal tumour phantom (longitudinal format) into output_dir.",
     ),
     "data-check": Command(

@@ -1,13 +1,8 @@
-"""Config schemas of `tgrowth synth` and `tgrowth data-check` (owned by the data work)."""
+"""Config schema of `tgrowth data-check` and the data sections other commands reuse (owned by the data work)."""
 
 from dataclasses import dataclass
 
 from tgrowth.config.base import RunConfig, doc
-
-
-@dataclass
-class SynthConfig(RunConfig):
-    """Placeholder until the phantom lands."""
 
 
 @dataclass
