@@ -1,0 +1,1 @@
+"""Guided diffusion: noise schedule, UNet, DDIM sampler, guidance callbacks (pure torch) and Lightning modules."""
