@@ -29,10 +29,6 @@ from tgrowth.errors import ConfigError, TgrowthError
 SKIP_LOCAL = ("output_dir", "overwrite", "resume", "wandb.run_id")  # the local runner owns these
 
 
-def _escape(s: str) -> str:
-    return s.replace("${", "\\${")
-
-
 def base_files(command: list[str]) -> list[str]:
     """The ``-c``/``--config`` files of the sweep's command (the predict base config)."""
     files, it = [], iter(command)
@@ -130,10 +126,11 @@ def run(cfg: DictConfig) -> int:
     from tgrowth.predict.dist import launch
     from tgrowth.predict.pipeline import Arm, predict_run
 
-    raw_cmd = OmegaConf.to_container(cfg.command, resolve=False)
-    cfg.command = [_escape(str(s)) for s in raw_cmd]  # wandb's ${env}/${args} macros are not ours to resolve
+    raw_cmd = OmegaConf.to_container(cfg.command, resolve=False)  # wandb's ${env}/${args} macros unresolved
     if str(cfg.method) != "grid":
         raise ConfigError(f"tgrowth sweep runs grids locally; method={cfg.method} needs `wandb sweep` + `wandb agent`")
+    if cfg.parameters is None:
+        raise ConfigError("the sweep file has no parameters (guidance.scale values at least)")
     params = OmegaConf.to_container(cfg.parameters, resolve=True)
     fixed, axes, scales = parse_grid(params, str(cfg.scale_key))
     if not scales:

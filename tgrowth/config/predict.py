@@ -25,20 +25,54 @@ except ImportError:  # TEMPORARY until the ODE part lands its `fit` section sche
 METHODS = ("tgrowth", "no-change", "unguided", "oracle-area")
 
 
-@dataclass
-class PredictDataConfig:
-    """Which longitudinal data set and subjects to predict, and how slices are read."""
+try:
+    from tgrowth.config.data import LongitudinalDataConfig
+except ImportError:  # TEMPORARY until the data part lands its section schemas on main (same key names)
 
-    root: str = doc("???", "Longitudinal data set (format 2: timeline.csv + <SUBJECT>-<TP>/ folders).")
-    split: str = doc("test", "Subjects to predict: train, val, test (from ROOT/splits.csv or the hash split) or all.")
-    subjects: list[str] = doc([], "Predict only these subject ids (empty: every subject of `split`).")
-    contrasts: Optional[list[str]] = doc(None, "Contrasts in channel order; None: the denoiser checkpoint's.")
-    image_size: Optional[int] = doc(None, "Slice size fed to the models; None: the checkpoints' (must agree).")
-    slice: str = doc("largest_prior", "Axial slice: largest_prior (largest tumour on the prior scan's seg), "
-                     "largest_target, or an integer slice index.")
-    tumour_labels: list[int] = doc([1, 2, 3], "Seg labels counted as tumour (whole tumour: 1,2,3).")
-    val_fraction: float = doc(0.15, "Hash split ratio for val (only where ROOT/splits.csv is absent).")
-    test_fraction: float = doc(0.15, "Hash split ratio for test (only where ROOT/splits.csv is absent).")
+    @dataclass
+    class _Norm:
+        """Per-modality intensity normalisation inside the brain (stand-in)."""
+
+        lower_percentile: float = doc(0.5, "Clip percentile (-> -1).")
+        upper_percentile: float = doc(99.5, "Clip percentile (-> +1).")
+        brain_mask: str = doc("nonzero", "Brain mask: nonzero or otsu.")
+
+    @dataclass
+    class _Splits:
+        """Subject splits (stand-in)."""
+
+        train: float = doc(0.8, "Train fraction.")
+        val: float = doc(0.1, "Val fraction.")
+        test: float = doc(0.1, "Test fraction.")
+        seed: int = doc(0, "Hash seed.")
+        file: str = doc("splits.csv", "Splits file in the root.")
+
+    @dataclass
+    class LongitudinalDataConfig:  # type: ignore[no-redef]
+        """Longitudinal data (stand-in)."""
+
+        root: str = doc("???", "Data set folder.")
+        format: str = doc("auto", "Data format.")
+        contrasts: list[str] = doc(["t1n", "t1c", "t2w", "t2f"], "Contrasts in channel order.")
+        image_size: int = doc(256, "Slice size.")
+        resize: str = doc("auto", "auto, crop_or_pad or resize.")
+        labels: Any = doc("whole", "Tumour label set.")
+        slice_index: Optional[int] = doc(None, "Fixed axial slice.")
+        normalisation: _Norm = doc(_Norm(), "Normalisation.")
+        splits: _Splits = doc(_Splits(), "Splits.")
+        split: Optional[str] = doc(None, "Split to use; None: all.")
+
+
+@dataclass
+class PredictDataConfig(LongitudinalDataConfig):
+    """The longitudinal data section (data_modules) plus the subject and slice choice of predict.
+
+    ``contrasts`` and ``image_size`` must match the checkpoints (a mismatch is an error naming both).
+    """
+
+    subjects: list[str] = doc([], "Predict only these subject ids (empty: every subject of `split`; split=null or all: every subject).")
+    slice: str = doc("largest_prior", "Axial slice when slice_index is null: largest_prior (largest tumour on the prior "
+                     "scan's seg: known at prediction time), largest_target (on the real follow-up's seg), or an integer.")
 
 
 @dataclass
@@ -132,10 +166,20 @@ class SweepConfig(RunConfig):
     project: Optional[str] = doc(None, "wandb: project of the sweep (local runs use wandb.project).")
     method: str = doc("grid", "Search method; the local runner supports grid.")
     metric: SweepMetricConfig = doc(SweepMetricConfig(), "Metric to optimise.")
-    parameters: dict[str, Any] = doc({}, "wandb parameters: {key: {values: [...]}} (grid axes) or {key: {value: x}} "
+    # Any, not dict[str, Any]: OmegaConf 2.4 refuses new keys in a struct Dict node, even an open one
+    parameters: Any = doc(None, "wandb parameters: {key: {values: [...]}} (grid axes) or {key: {value: x}} "
                                      "(fixed); keys are predict config keys, e.g. guidance.scale, sampling.noise_level.")
     command: list[str] = doc(["${env}", "${interpreter}", "-m", "tgrowth", "predict", "-c", "experiments/predict.yaml",
                               "${args_no_hyphens}"], "wandb agent command; its -c files are the predict base config.")
+    # wandb's command macros: the agent substitutes them; locally they resolve to these placeholders (OmegaConf
+    # reads ${env} as an interpolation, so the keys must exist for the file to load)
+    env: str = doc("/usr/bin/env", "wandb command macro ${env} (placeholder; filled in by wandb agent).")
+    interpreter: str = doc("python", "wandb command macro ${interpreter} (placeholder).")
+    args: str = doc("", "wandb command macro ${args} (placeholder).")
+    args_no_hyphens: str = doc("", "wandb command macro ${args_no_hyphens}: the grid point's key=value overrides (placeholder).")
+    args_no_boolean_flags: str = doc("", "wandb command macro ${args_no_boolean_flags} (placeholder).")
+    args_json: str = doc("", "wandb command macro ${args_json} (placeholder).")
+    args_json_file: str = doc("", "wandb command macro ${args_json_file} (placeholder).")
     scale_key: str = doc("guidance.scale", "Grid axis batched into one sampling pass (per-sample scales).")
     overrides: list[str] = doc([], "Local runner only: extra predict key=value overrides (e.g. data.root=...).")
     trainer: TrainerConfig = doc(TrainerConfig(), "Devices for the local predict runs.")

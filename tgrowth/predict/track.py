@@ -3,7 +3,8 @@
 Summary keys (what a dashboard or a sweep optimises): ``predict/hd95``, ``predict/ssim``, ``predict/psnr``,
 ``predict/mae``, ``predict/dice``, ``predict/area_error`` (vs the true follow-up), ``predict/area_error_vs_target``,
 ``predict/ode_forecast_error`` for the tgrowth method; ``predict/<method>/<metric>`` for every method.
-Per subject: a ``predict/subjects`` table (one row per subject and method, with the panel PNG as an image).
+Per subject: a ``predict/subjects`` table (one row per subject and method, with the panel PNG as an image)
+and the panels as ``predict/panel/<subject>`` images.
 """
 
 from __future__ import annotations
@@ -29,7 +30,28 @@ def start(cfg: DictConfig, command: str):
 
         with open_dict(cfg):
             cfg.wandb.run_id = os.environ["WANDB_RUN_ID"]
+    _ensure_run_id(cfg)
     return start_wandb_run(cfg, command)
+
+
+def _ensure_run_id(cfg: DictConfig) -> None:
+    """Write ``<output_dir>/wandb_run_id`` if missing (tgrowth.tracking calls ``wandb.util.generate_id``,
+    which wandb 0.31 no longer has; with the file present it just reads it)."""
+    from tgrowth.tracking import RUN_ID_FILE
+
+    path = Path(cfg.output_dir) / RUN_ID_FILE
+    if cfg.wandb.run_id or path.is_file() or not cfg.wandb.enabled or cfg.wandb.mode == "disabled":
+        return
+    try:
+        from wandb.sdk.lib.runid import generate_id
+    except ImportError:  # other wandb versions
+        import uuid
+
+        def generate_id() -> str:
+            return uuid.uuid4().hex[:8]
+    from tgrowth.io import atomic_write_text
+
+    atomic_write_text(path, generate_id() + "\n")
 
 
 def summary_metrics(summary: dict[str, Any], main_method: str = "tgrowth") -> dict[str, float]:
@@ -63,8 +85,10 @@ def log_predict(run: Any, rows: list[dict[str, Any]], infos: list[dict[str, Any]
         table.add_data(*[r.get(c) for c in cols[:-1]], img)
     for step, r in enumerate(x for x in rows if x["method"] == "tgrowth"):
         run.log({f"predict/subject_{STABLE[c]}": r[c] for c in STABLE if r.get(c) is not None} | {"subject_index": step})
+    # the panels also as plain images: wandb 0.31 keeps images inside Tables only when online
+    images = {f"predict/panel/{s}": wandb.Image(str(p), caption=s) for s, p in panels.items() if p.is_file()}
     metrics = summary_metrics(summary)
-    run.log({"predict/subjects": table, **metrics})
+    run.log({"predict/subjects": table, **images, **metrics})
     for k, v in metrics.items():
         run.summary[k] = v
     run.summary["predict/n_subjects"] = summary.get("n_subjects", 0)
