@@ -230,7 +230,7 @@ def fit_ode(cfg: DictConfig, plans: list[Plan]):
     """One batched fit of every planned subject (identical on every rank: same rows, same seed)."""
     from tgrowth.ode import fit_cohort
 
-    return fit_cohort(ode_rows(plans), cfg.ode)
+    return fit_cohort(ode_rows(plans), cfg.ode, seed=int(cfg.seed))
 
 
 # --------------------------------------------------------------------------- one subject
@@ -240,6 +240,12 @@ def _units(models: Models, area_mm2: torch.Tensor | float, pixel_area: float) ->
     if models.area_key == "area_frac":
         return a / pixel_area / float(models.image_size**2) * models.area_scale
     return a * models.area_scale
+
+
+def _whole_tumour(net: torch.nn.Module):
+    """Logits of the whole-tumour channel only: the Segmenter's channels are per-region sigmoids
+    (wt, tc, et), so an argmax over them would not be the whole tumour."""
+    return lambda x: net(x)[:, :1]
 
 
 def _autocast_dtype(cfg: DictConfig, device: torch.device) -> torch.dtype | None:
@@ -327,7 +333,7 @@ def predict_subject(cfg: DictConfig, models: Models, fit: Any, plan: Plan, arms:
             raise TgrowthError(f"sampling.encode must be noise or invert, got {cfg.sampling.encode!r}")
         x_prior = prior_s.image.to(device)[None]
         pm = probability_map(
-            models.denoiser, models.schedule, x_prior, segmenter_from_logits(models.segmenter, autocast_dtype=dt),
+            models.denoiser, models.schedule, x_prior, segmenter_from_logits(_whole_tumour(models.segmenter), autocast_dtype=dt),
             num_generations=n * len(gen_arms), chunk_size=int(cfg.sampling.batch_size), seed=plan.seed,
             noise_level=L, num_steps=steps, eta=float(cfg.sampling.eta), encode=encode, callbacks=[guidance],
             y=models.class_label, pixel_area=pixel_area, autocast_dtype=dt, keep_generations=True)
@@ -488,8 +494,9 @@ def predict_subject(cfg: DictConfig, models: Models, fit: Any, plan: Plan, arms:
 def predict_run(cfg: DictConfig, dist: Dist, arms: list[Arm] | None = None, *, command: str = "predict",
                 console: bool = True) -> dict[str, Any] | None:
     """Predict every selected subject (this rank's share), then merge on rank 0; returns the summary there."""
-    from data_modules.formats import discover
     from tqdm.auto import tqdm
+
+    from data_modules.formats import discover
 
     out = Path(cfg.output_dir)
     arms = arms or default_arms(cfg)
@@ -505,10 +512,13 @@ def predict_run(cfg: DictConfig, dist: Dist, arms: list[Arm] | None = None, *, c
             if cfg.strict:
                 raise
             skipped[subj.subject] = str(exc)
-    fit = fit_ode(cfg, plans) if plans else None
-    fit_errors = dict(getattr(fit, "errors", {}) or {}) if fit is not None else {}
-    if isinstance(fit_errors, list):
-        fit_errors = {getattr(e, "subject", str(i)): str(e) for i, e in enumerate(fit_errors)}
+    fit, fit_errors = None, {}
+    if plans:
+        try:
+            fit = fit_ode(cfg, plans)
+            fit_errors = {str(e["subject"]): str(e["message"]) for e in (fit.errors or [])}
+        except DataError as exc:  # no subject could be fitted at all
+            fit_errors = {p.subject: str(exc) for p in plans}
     ok = [p for p in plans if p.subject not in fit_errors]
     for p in plans:
         if p.subject in fit_errors:

@@ -49,7 +49,7 @@ def summarise(rows: Sequence[dict[str, Any]], methods: Sequence[str] | None = No
         mrows = [r for r in rows if r["method"] == m]
         if not mrows:
             continue
-        stats: dict[str, Any] = {"n_subjects": len(mrows)}
+        stats: dict[str, Any] = {"n_subjects": len({r["subject"] for r in mrows}), "n_rows": len(mrows)}
         for c in METRIC_COLUMNS:
             vals = [r.get(c) for r in mrows]
             fin = _finite(vals)
