@@ -10,57 +10,10 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from tgrowth.config.base import RunConfig, TrainerConfig, WandbConfig, doc
-
-try:
-    from tgrowth.config.ode import FitSettings
-except ImportError:  # TEMPORARY until the ODE part lands its `fit` section schema on main
-
-    @dataclass
-    class FitSettings:  # type: ignore[no-redef]
-        """Growth ODE fit settings (stand-in)."""
-
-        model: str = doc("authors", "Growth model.")
-        n_bootstrap: int = doc(100, "Bootstrap replicates.")
+from tgrowth.config.data import LongitudinalDataConfig
+from tgrowth.config.ode import FitSettings
 
 METHODS = ("tgrowth", "no-change", "unguided", "oracle-area")
-
-
-try:
-    from tgrowth.config.data import LongitudinalDataConfig
-except ImportError:  # TEMPORARY until the data part lands its section schemas on main (same key names)
-
-    @dataclass
-    class _Norm:
-        """Per-modality intensity normalisation inside the brain (stand-in)."""
-
-        lower_percentile: float = doc(0.5, "Clip percentile (-> -1).")
-        upper_percentile: float = doc(99.5, "Clip percentile (-> +1).")
-        brain_mask: str = doc("nonzero", "Brain mask: nonzero or otsu.")
-
-    @dataclass
-    class _Splits:
-        """Subject splits (stand-in)."""
-
-        train: float = doc(0.8, "Train fraction.")
-        val: float = doc(0.1, "Val fraction.")
-        test: float = doc(0.1, "Test fraction.")
-        seed: int = doc(0, "Hash seed.")
-        file: str = doc("splits.csv", "Splits file in the root.")
-
-    @dataclass
-    class LongitudinalDataConfig:  # type: ignore[no-redef]
-        """Longitudinal data (stand-in)."""
-
-        root: str = doc("???", "Data set folder.")
-        format: str = doc("auto", "Data format.")
-        contrasts: list[str] = doc(["t1n", "t1c", "t2w", "t2f"], "Contrasts in channel order.")
-        image_size: int = doc(256, "Slice size.")
-        resize: str = doc("auto", "auto, crop_or_pad or resize.")
-        labels: Any = doc("whole", "Tumour label set.")
-        slice_index: Optional[int] = doc(None, "Fixed axial slice.")
-        normalisation: _Norm = doc(_Norm(), "Normalisation.")
-        splits: _Splits = doc(_Splits(), "Splits.")
-        split: Optional[str] = doc(None, "Split to use; None: all.")
 
 
 @dataclass

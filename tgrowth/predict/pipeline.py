@@ -167,7 +167,8 @@ def plan_subject(cfg: DictConfig, models: Models, subj: Any) -> Plan:
             target = tps[-1]
         else:
             want = str(cfg.target.timepoint)
-            match = [t for t in tps if t.timepoint == want]
+            match = [t for t in tps if t.timepoint == want
+                     or (want.isdigit() and t.timepoint.isdigit() and int(t.timepoint) == int(want))]  # 001 read as 1
             if not match:
                 raise DataError(f"subject {name}: no timepoint {want} (has {', '.join(t.timepoint for t in tps)})")
             target = match[0]
