@@ -1,0 +1,386 @@
+"""Discovery of the three on-disk formats -> one record list (``DataSet`` of ``Subject``/``Timepoint``).
+
+Formats (see the README, section "Data formats"):
+
+* ``brats``: BraTS 2023 cross-sectional, ``ROOT/<ID>/<ID>-{t1n,t1c,t2w,t2f,seg}.nii.gz``; one timepoint
+  ``000`` at day 0 per subject.
+* ``longitudinal`` (our public format): ``ROOT/timeline.csv`` (``subject,timepoint,day,rt_start_day,rt_end_day``)
+  and ``ROOT/<SUBJECT>-<TP>/<SUBJECT>-<TP>-{t1n,t1c,t2w,t2f,seg}.nii.gz``; seg optional per timepoint.
+* ``authors2d``: the paper authors' 2D slice layout, ``ROOT/{training,validation,testing}/<pid>_<slice>/
+  brats_train_<pid>_<mod>_<slice>_w.nii.gz`` with labels of validation/testing in
+  ``ROOT/test_labels/<pid>_<slice>-label.nii.gz``; every slice folder is one ``Timepoint`` (day 0,
+  ``timepoint`` ``"000"``, ``source_slice`` = the slice number), the folder gives the split.
+
+Discovery checks only what file names and ``timeline.csv`` tell (fast); voxel-level checks (readable,
+shapes/affines agree, finite, labels) happen when a timepoint is loaded (:mod:`data_modules.volumes`).
+Problems are collected, never silently dropped: each names subject, timepoint and file.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tgrowth.errors import DataError
+
+__all__ = [
+    "CONTRASTS",
+    "FORMATS",
+    "DataSet",
+    "Problem",
+    "Subject",
+    "Timepoint",
+    "discover",
+    "detect_format",
+    "TIMELINE_COLUMNS",
+]
+
+CONTRASTS: tuple[str, ...] = ("t1n", "t1c", "t2w", "t2f")
+FORMATS: tuple[str, ...] = ("brats", "longitudinal", "authors2d")
+TIMELINE_COLUMNS: tuple[str, ...] = ("subject", "timepoint", "day", "rt_start_day", "rt_end_day")
+NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
+AUTHORS_SPLIT_FOLDERS = {"training": "train", "validation": "val", "testing": "test"}
+
+
+# --------------------------------------------------------------------------- records
+@dataclass
+class Timepoint:
+    """One scan: the files of one subject at one date."""
+
+    subject: str
+    timepoint: str  # "000", "001", ... in time order
+    day: float  # days since the first scan
+    images: dict[str, Path]  # contrast -> file (present files only; missing ones are problems)
+    seg: Path | None = None
+    source_slice: int | None = None  # authors2d: the slice number the 2D file was cut at
+    split: str | None = None  # authors2d: from the folder
+
+    @property
+    def name(self) -> str:
+        s = f"{self.subject} timepoint {self.timepoint}"
+        return s if self.source_slice is None else f"{s} slice {self.source_slice}"
+
+    @property
+    def files(self) -> list[Path]:
+        return [*self.images.values(), *([self.seg] if self.seg is not None else [])]
+
+
+@dataclass
+class Subject:
+    subject: str
+    timepoints: list[Timepoint] = field(default_factory=list)
+    rt_start_day: float | None = None
+    rt_end_day: float | None = None
+    split: str | None = None  # authors2d only; other formats use data_modules.splits
+
+    def timepoint(self, tp: str) -> Timepoint:
+        for t in self.timepoints:
+            if t.timepoint == tp:
+                return t
+        raise DataError(f"subject {self.subject}: no timepoint {tp!r} (has {[t.timepoint for t in self.timepoints]})")
+
+
+@dataclass
+class Problem:
+    """A problem found in the data; ``severity`` is ``error`` (subject unusable) or ``warning``."""
+
+    message: str
+    subject: str | None = None
+    timepoint: str | None = None
+    file: str | None = None
+    severity: str = "error"
+
+    def __str__(self) -> str:
+        where = []
+        if self.subject is not None:
+            where.append(f"subject {self.subject}")
+        if self.timepoint is not None:
+            where.append(f"timepoint {self.timepoint}")
+        if self.file is not None:
+            where.append(f"file {self.file}")
+        head = ", ".join(where)
+        return f"{head}: {self.message}" if head else self.message
+
+    def as_dict(self) -> dict:
+        return {
+            "severity": self.severity,
+            "subject": self.subject,
+            "timepoint": self.timepoint,
+            "file": self.file,
+            "message": self.message,
+            "text": str(self),
+        }
+
+    def error(self) -> DataError:
+        return DataError(str(self))
+
+
+@dataclass
+class DataSet:
+    root: Path
+    format: str
+    subjects: list[Subject]
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def bad_subjects(self) -> set[str]:
+        return {p.subject for p in self.problems if p.severity == "error" and p.subject is not None}
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    def good_subjects(self) -> list[Subject]:
+        bad = self.bad_subjects
+        return [s for s in self.subjects if s.subject not in bad]
+
+    def subject(self, name: str) -> Subject:
+        for s in self.subjects:
+            if s.subject == name:
+                return s
+        raise DataError(f"{self.root}: no subject {name!r}")
+
+
+# --------------------------------------------------------------------------- helpers
+class _Collector:
+    def __init__(self, strict: bool):
+        self.strict = strict
+        self.problems: list[Problem] = []
+
+    def add(self, message: str, subject=None, timepoint=None, file=None, severity="error") -> None:
+        p = Problem(message, subject, timepoint, None if file is None else str(file), severity)
+        if self.strict and severity == "error":
+            raise p.error()
+        self.problems.append(p)
+
+
+def _nifti(folder: Path, stem: str) -> Path | None:
+    for suf in NIFTI_SUFFIXES:
+        p = folder / f"{stem}{suf}"
+        if p.is_file():
+            return p
+    return None
+
+
+def _float_or_none(text: str | None, what: str, where: str) -> float | None:
+    if text is None or str(text).strip() == "":
+        return None
+    try:
+        v = float(text)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {what} is {text!r}, not a number") from exc
+    if not math.isfinite(v):
+        raise ValueError(f"{where}: {what} is {text!r}, not a finite number")
+    return v
+
+
+def detect_format(root: str | Path) -> str:
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data root {root} does not exist or is not a folder")
+    if (root / "timeline.csv").is_file():
+        return "longitudinal"
+    if any((root / d).is_dir() for d in AUTHORS_SPLIT_FOLDERS):
+        return "authors2d"
+    for sub in sorted(root.iterdir()):
+        if sub.is_dir() and any(_nifti(sub, f"{sub.name}-{m}") for m in (*CONTRASTS, "seg")):
+            return "brats"
+    raise DataError(
+        f"{root}: cannot tell the data format: no timeline.csv (longitudinal), no training/validation/testing"
+        " folders (authors' 2D layout), and no <ID>/<ID>-t1n.nii.gz folders (BraTS)"
+    )
+
+
+# --------------------------------------------------------------------------- discovery
+def discover(root: str | Path, format: str = "auto", contrasts=CONTRASTS, strict: bool = False) -> DataSet:  # noqa: A002
+    """Find every subject and timepoint under ``root``; file-level problems go to ``DataSet.problems``.
+
+    ``strict=True`` raises :class:`DataError` at the first error instead.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data root {root} does not exist or is not a folder")
+    fmt = detect_format(root) if format in ("auto", None, "") else format
+    if fmt not in FORMATS:
+        raise DataError(f"unknown data format {fmt!r}; one of: auto, {', '.join(FORMATS)}")
+    contrasts = tuple(contrasts)
+    bad = [c for c in contrasts if c not in CONTRASTS]
+    if bad:
+        raise DataError(f"unknown contrast(s) {bad}; contrasts are {', '.join(CONTRASTS)}")
+    col = _Collector(strict)
+    if fmt == "brats":
+        subjects = _discover_brats(root, contrasts, col)
+    elif fmt == "longitudinal":
+        subjects = _discover_longitudinal(root, contrasts, col)
+    else:
+        subjects = _discover_authors2d(root, contrasts, col)
+    if not subjects and not col.problems:
+        col.add(f"no subjects found in {root} ({fmt} format)")
+    return DataSet(root=root, format=fmt, subjects=subjects, problems=col.problems)
+
+
+def _check_files(folder: Path, prefix: str, subject: str, tp: str, contrasts, col: _Collector, seg_required: bool):
+    images: dict[str, Path] = {}
+    for m in contrasts:
+        p = _nifti(folder, f"{prefix}-{m}")
+        if p is None:
+            col.add(f"missing modality {m}: {folder / (prefix + '-' + m + '.nii.gz')} not found",
+                    subject, tp, f"{prefix}-{m}.nii.gz")
+        else:
+            images[m] = p
+    seg = _nifti(folder, f"{prefix}-seg")
+    if seg is None:
+        col.add(
+            f"no segmentation {prefix}-seg.nii.gz" + ("" if seg_required else " (fine for a timepoint to be predicted)"),
+            subject, tp, f"{prefix}-seg.nii.gz", severity="warning",
+        )
+    return images, seg
+
+
+def _discover_brats(root: Path, contrasts, col: _Collector) -> list[Subject]:
+    subjects = []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        sid = sub.name
+        images, seg = _check_files(sub, sid, sid, "000", contrasts, col, seg_required=True)
+        subjects.append(Subject(sid, [Timepoint(sid, "000", 0.0, images, seg)]))
+    return subjects
+
+
+_TP_FOLDER = re.compile(r"^(?P<subject>.+)-(?P<tp>\d{3})$")
+
+
+def _discover_longitudinal(root: Path, contrasts, col: _Collector) -> list[Subject]:
+    tl = root / "timeline.csv"
+    try:
+        with open(tl, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"cannot read {tl}: {exc}") from exc
+    missing = [c for c in TIMELINE_COLUMNS if c not in header]
+    if missing:
+        raise DataError(f"{tl}: missing column(s) {', '.join(missing)}; the header must be {','.join(TIMELINE_COLUMNS)} (found {','.join(header)})")
+    by_subject: dict[str, list[tuple[int, dict]]] = {}
+    seen: set[tuple[str, str]] = set()
+    for i, raw in enumerate(rows, start=2):  # line 1 is the header
+        row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+        s, tp = row["subject"], row["timepoint"]
+        if not s:
+            col.add(f"{tl.name} row {i}: empty subject", file=tl.name)
+            continue
+        if not re.fullmatch(r"\d{3}", tp):
+            if re.fullmatch(r"\d+", tp) and len(tp) < 3:
+                tp = tp.zfill(3)
+            else:
+                col.add(f"{tl.name} row {i}: timepoint {tp!r} is not a 3-digit number like 000", s, tp or None, tl.name)
+                continue
+        if (s, tp) in seen:
+            col.add(f"{tl.name} row {i}: duplicate row for subject {s} timepoint {tp}", s, tp, tl.name)
+            continue
+        seen.add((s, tp))
+        by_subject.setdefault(s, []).append((i, {**row, "timepoint": tp}))
+
+    folders: dict[tuple[str, str], Path] = {}
+    for p in sorted(root.iterdir()):
+        if not p.is_dir() or p.name.startswith("."):
+            continue
+        m = _TP_FOLDER.match(p.name)
+        if m is None:
+            col.add(f"folder {p.name} does not match <SUBJECT>-<TP> (TP three digits); it is ignored",
+                    file=p.name, severity="warning")
+            continue
+        folders[(m["subject"], m["tp"])] = p
+    for (s, tp), p in folders.items():
+        if (s, tp) not in seen:
+            col.add(f"folder {p.name} has no row in {tl.name} (add subject={s}, timepoint={tp})", s, tp, p.name)
+
+    subjects = []
+    for s, items in by_subject.items():
+        subj = Subject(s)
+        rts: set[tuple] = set()
+        for i, row in items:
+            where = f"{tl.name} row {i} (subject {s}, timepoint {row['timepoint']})"
+            try:
+                day = _float_or_none(row["day"], "day", where)
+                rt = (_float_or_none(row["rt_start_day"], "rt_start_day", where),
+                      _float_or_none(row["rt_end_day"], "rt_end_day", where))
+            except ValueError as exc:
+                col.add(str(exc), s, row["timepoint"], tl.name)
+                continue
+            if day is None:
+                col.add(f"{where}: day is empty", s, row["timepoint"], tl.name)
+                continue
+            rts.add(rt)
+            tp = row["timepoint"]
+            prefix = f"{s}-{tp}"
+            folder = folders.get((s, tp))
+            if folder is None:
+                col.add(f"{where}: folder {prefix}/ not found in {root}", s, tp, prefix)
+                images, seg = {}, None
+            else:
+                images, seg = _check_files(folder, prefix, s, tp, contrasts, col, seg_required=False)
+            subj.timepoints.append(Timepoint(s, tp, day, images, seg))
+        if len(rts) > 1:
+            col.add(f"{tl.name}: rt_start_day/rt_end_day differ between rows of subject {s}: {sorted(rts, key=str)}",
+                    s, None, tl.name)
+        elif rts:
+            subj.rt_start_day, subj.rt_end_day = next(iter(rts))
+            if (subj.rt_start_day is not None and subj.rt_end_day is not None
+                    and subj.rt_end_day < subj.rt_start_day):
+                col.add(f"{tl.name}: rt_end_day {subj.rt_end_day} is before rt_start_day {subj.rt_start_day}",
+                        s, None, tl.name)
+        subj.timepoints.sort(key=lambda t: t.timepoint)
+        for a, b in zip(subj.timepoints, subj.timepoints[1:]):
+            if not b.day > a.day:
+                col.add(
+                    f"{tl.name}: days must increase with the timepoint number, but timepoint {b.timepoint} has day"
+                    f" {b.day:g} after timepoint {a.timepoint} with day {a.day:g}", s, b.timepoint, tl.name,
+                )
+        subjects.append(subj)
+    subjects.sort(key=lambda x: x.subject)
+    return subjects
+
+
+_AUTHORS_FOLDER = re.compile(r"^(?P<pid>.+)_(?P<slice>\d+)$")
+
+
+def _discover_authors2d(root: Path, contrasts, col: _Collector) -> list[Subject]:
+    subjects: dict[str, Subject] = {}
+    labels = root / "test_labels"
+    for folder_name, split in AUTHORS_SPLIT_FOLDERS.items():
+        base = root / folder_name
+        if not base.is_dir():
+            continue
+        for p in sorted(base.iterdir()):
+            if not p.is_dir():
+                continue
+            m = _AUTHORS_FOLDER.match(p.name)
+            if m is None:
+                col.add(f"folder {folder_name}/{p.name} does not match <pid>_<slice>; it is ignored",
+                        file=f"{folder_name}/{p.name}", severity="warning")
+                continue
+            pid, sl = m["pid"], int(m["slice"])
+            images: dict[str, Path] = {}
+            for mod in contrasts:
+                hits = sorted(p.glob(f"*_{mod}_{m['slice']}_w.nii*"))
+                if not hits:
+                    col.add(f"missing modality {mod}: no *_{mod}_{m['slice']}_w.nii.gz in {folder_name}/{p.name}",
+                            pid, "000", f"{folder_name}/{p.name}/brats_train_{pid}_{mod}_{m['slice']}_w.nii.gz")
+                else:
+                    images[mod] = hits[0]
+            seg_hits = sorted(p.glob(f"*_seg_{m['slice']}_w.nii*"))
+            seg = seg_hits[0] if seg_hits else _nifti(labels, f"{p.name}-label")
+            if seg is None:
+                col.add(f"no segmentation for slice {sl} (looked in {folder_name}/{p.name} and test_labels/)",
+                        pid, "000", f"test_labels/{p.name}-label.nii.gz", severity="warning")
+            subj = subjects.setdefault(pid, Subject(pid, split=split))
+            if subj.split != split:
+                col.add(f"patient {pid} appears in two split folders ({subj.split} and {split})", pid, None, folder_name)
+            subj.timepoints.append(Timepoint(pid, "000", 0.0, images, seg, source_slice=sl, split=split))
+    for s in subjects.values():
+        s.timepoints.sort(key=lambda t: t.source_slice)
+    return [subjects[k] for k in sorted(subjects)]

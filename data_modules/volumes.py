@@ -1,0 +1,277 @@
+"""Reading and validating the NIfTI files of one timepoint; tumour sizes from segmentations.
+
+A :class:`Volume` holds the contrasts of one timepoint as ``images [C, X, Y, Z]`` (float32) and
+``seg [X, Y, Z]`` with the axial (superior-inferior) voxel axis moved last, so ``images[..., k]`` is
+axial slice ``k``. 2D files (the authors' layout) become ``Z = 1``. ``Volume.perm`` and
+``Volume.file_shape`` undo that for writing results back in the input geometry.
+
+Size functions work on numpy arrays and torch tensors alike and batch over leading dimensions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from data_modules.formats import CONTRASTS, Problem, Timepoint
+from tgrowth.errors import DataError
+
+__all__ = [
+    "LABEL_SETS",
+    "VALID_LABELS",
+    "Volume",
+    "label_set",
+    "tumour_mask",
+    "tumour_area_mm2",
+    "tumour_volume_mm3",
+    "tumour_area_per_slice",
+    "largest_tumour_slice",
+    "inspect_timepoint",
+    "load_volume",
+    "read_nifti",
+]
+
+VALID_LABELS: tuple[int, ...] = (0, 1, 2, 3)  # BraTS 2023: 1 necrotic core, 2 oedema, 3 enhancing
+LABEL_SETS: dict[str, tuple[int, ...]] = {"whole": (1, 2, 3), "core": (1, 3), "enhancing": (3,)}
+AFFINE_ATOL_MM = 1e-3
+
+
+# --------------------------------------------------------------------------- sizes
+def label_set(labels: str | int | Sequence[int] = "whole") -> tuple[int, ...]:
+    """``"whole"`` (1,2,3), ``"core"`` (1,3), ``"enhancing"`` (3,), or explicit label values."""
+    if isinstance(labels, str):
+        key = labels.strip().lower()
+        if key in LABEL_SETS:
+            return LABEL_SETS[key]
+        try:
+            return tuple(int(x) for x in key.replace("+", ",").split(",") if x.strip())
+        except ValueError:
+            raise DataError(f"unknown tumour label set {labels!r}; use whole, core, enhancing or label values like [1, 3]") from None
+    if isinstance(labels, (int, np.integer)):
+        return (int(labels),)
+    out = tuple(int(x) for x in labels)
+    if not out:
+        raise DataError("tumour label set is empty")
+    return out
+
+
+def tumour_mask(seg, labels: str | Sequence[int] = "whole"):
+    """Boolean mask of the voxels whose label is in ``labels`` (numpy or torch, any shape)."""
+    ls = label_set(labels)
+    if hasattr(seg, "detach"):  # torch
+        import torch
+
+        if ls == LABEL_SETS["whole"]:
+            return seg > 0
+        return torch.isin(seg, torch.tensor(ls, device=seg.device, dtype=seg.dtype))
+    seg = np.asarray(seg)
+    if ls == LABEL_SETS["whole"]:
+        return seg > 0
+    return np.isin(seg, ls)
+
+
+def tumour_area_mm2(seg, spacing_mm: Sequence[float], labels: str | Sequence[int] = "whole"):
+    """Tumour area of 2D slice(s) ``[..., H, W]`` in mm^2: pixel count x row spacing x column spacing.
+
+    Returns a float for one slice, else an array / tensor over the leading dimensions.
+    """
+    sr, sc = float(spacing_mm[0]), float(spacing_mm[1])
+    m = tumour_mask(seg, labels)
+    n = m.sum(dim=(-2, -1)) if hasattr(m, "detach") else m.sum(axis=(-2, -1))
+    area = n * (sr * sc)
+    if getattr(area, "ndim", 0) == 0:
+        return float(area)
+    return area
+
+
+def tumour_volume_mm3(seg, spacing_mm: Sequence[float], labels: str | Sequence[int] = "whole") -> float:
+    """Tumour volume of a 3D segmentation in mm^3 (voxel count x voxel volume)."""
+    m = tumour_mask(seg, labels)
+    n = int(m.sum())
+    return n * float(spacing_mm[0]) * float(spacing_mm[1]) * float(spacing_mm[2])
+
+
+def tumour_area_per_slice(seg_volume, spacing_mm: Sequence[float], labels="whole", axis: int = -1) -> np.ndarray:
+    """Tumour area (mm^2) of every slice along ``axis`` of a 3D segmentation."""
+    seg_volume = np.asarray(seg_volume)
+    m = tumour_mask(seg_volume, labels)
+    axis = axis % m.ndim
+    others = [a for a in range(m.ndim) if a != axis]
+    sp = [float(spacing_mm[a]) for a in others]
+    return m.sum(axis=tuple(others)) * (sp[0] * sp[1])
+
+
+def largest_tumour_slice(seg_volume, labels: str | Sequence[int] = "whole", axis: int = -1) -> int | None:
+    """Index of the axial slice (along ``axis``, last by default) with the most tumour voxels.
+
+    Ties go to the lowest index; ``None`` when the volume has no tumour.
+    """
+    m = tumour_mask(np.asarray(seg_volume), labels)
+    axis = axis % m.ndim
+    counts = m.sum(axis=tuple(a for a in range(m.ndim) if a != axis))
+    if counts.max(initial=0) == 0:
+        return None
+    return int(np.argmax(counts))
+
+
+# --------------------------------------------------------------------------- reading
+@dataclass
+class Volume:
+    timepoint: Timepoint
+    contrasts: tuple[str, ...]
+    images: np.ndarray  # [C, X, Y, Z] float32, axial last
+    seg: np.ndarray | None  # [X, Y, Z] int16
+    affine: np.ndarray  # the file's affine (4x4)
+    spacing_mm: tuple[float, float, float]  # along the (permuted) X, Y, Z axes
+    perm: tuple[int, int, int]  # permuted = file3d.transpose(perm)
+    file_shape: tuple[int, ...]  # the file's spatial shape (2 or 3 dims)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def slice_thickness_mm(self) -> float:
+        return self.spacing_mm[2]
+
+    def to_file_layout(self, vol: np.ndarray) -> np.ndarray:
+        """``[X, Y, Z, ...]`` in this (axial-last) layout -> the file's voxel layout."""
+        inv = np.argsort(self.perm)
+        extra = tuple(range(3, vol.ndim))
+        out = np.transpose(vol, (*inv, *extra))
+        if len(self.file_shape) == 2:
+            out = out.reshape(self.file_shape + out.shape[3:])
+        return out
+
+
+def read_nifti(path: Path, subject: str | None = None, timepoint: str | None = None):
+    """``(data float32, affine, spacing)`` of a NIfTI file; ``DataError`` naming the file if unreadable."""
+    import nibabel as nib
+
+    path = Path(path)
+    where = f"subject {subject}, timepoint {timepoint}, file {path.name}" if subject else f"file {path}"
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as exc:  # nibabel, gzip, zlib, EOF errors all mean the same thing to the user
+        raise DataError(f"{where}: cannot read NIfTI ({type(exc).__name__}: {exc}); is the file truncated or not a .nii.gz? ({path})") from exc
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim not in (2, 3):
+        raise DataError(f"{where}: expected a 2D or 3D image, got shape {data.shape} ({path})")
+    affine = np.asarray(img.affine, dtype=np.float64)
+    spacing = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
+    zooms = img.header.get_zooms()
+    spacing = tuple(float(zooms[i]) if i < min(len(zooms), data.ndim) and zooms[i] > 0 else spacing[i] for i in range(3))
+    return data, affine, spacing
+
+
+def _axial_perm(affine: np.ndarray, ndim: int) -> tuple[int, int, int]:
+    if ndim == 2:
+        return (0, 1, 2)
+    import nibabel as nib
+
+    codes = nib.aff2axcodes(affine)
+    axial = next((i for i, c in enumerate(codes) if c in ("S", "I")), 2)
+    return tuple([a for a in range(3) if a != axial] + [axial])  # type: ignore[return-value]
+
+
+def inspect_timepoint(tp: Timepoint, contrasts: Sequence[str] = CONTRASTS, read_seg: bool = True,
+                      report_missing: bool = True) -> tuple[Volume | None, list[Problem]]:
+    """Read and check every file of a timepoint; returns the volume (None on errors) and all problems.
+
+    ``report_missing=False`` leaves missing modality files out of the problems (discovery reported them).
+    """
+    contrasts = tuple(contrasts)
+    problems: list[Problem] = []
+
+    def bad(msg: str, file: Path | str | None) -> None:
+        problems.append(Problem(msg, tp.subject, tp.timepoint, None if file is None else Path(file).name))
+
+    arrays: dict[str, np.ndarray] = {}
+    ref: tuple | None = None  # (contrast, shape, affine, spacing)
+    for m in contrasts:
+        path = tp.images.get(m)
+        if path is None:
+            if report_missing:
+                bad(f"missing modality {m}", f"{tp.subject}-{tp.timepoint}-{m}.nii.gz")
+            continue
+        try:
+            data, affine, spacing = read_nifti(path, tp.subject, tp.timepoint)
+        except DataError as exc:
+            bad(str(exc).split(": ", 1)[-1], path)
+            continue
+        nonfinite = int(data.size - np.isfinite(data).sum())
+        if nonfinite:
+            bad(f"{nonfinite} NaN/Inf voxel(s) in {m} ({path.name})", path)
+            continue
+        if ref is None:
+            ref = (m, data.shape, affine, spacing, path.name)
+        else:
+            if data.shape != ref[1]:
+                bad(f"shape {data.shape} of {m} ({path.name}) differs from shape {ref[1]} of {ref[0]} ({ref[4]})", path)
+                continue
+            if not np.allclose(affine, ref[2], atol=AFFINE_ATOL_MM):
+                bad(f"affine of {m} ({path.name}) differs from the affine of {ref[0]} ({ref[4]}): "
+                    f"{np.round(affine, 3).tolist()} vs {np.round(ref[2], 3).tolist()}", path)
+                continue
+        arrays[m] = data
+
+    seg = None
+    if read_seg and tp.seg is not None:
+        try:
+            sdata, saff, _ = read_nifti(tp.seg, tp.subject, tp.timepoint)
+        except DataError as exc:
+            bad(str(exc).split(": ", 1)[-1], tp.seg)
+            sdata = None
+        if sdata is not None:
+            ok = True
+            if not np.isfinite(sdata).all():
+                bad(f"NaN/Inf voxel(s) in the segmentation ({tp.seg.name})", tp.seg)
+                ok = False
+            elif ref is not None and sdata.shape != ref[1]:
+                bad(f"segmentation shape {sdata.shape} ({tp.seg.name}) differs from image shape {ref[1]} ({ref[4]})", tp.seg)
+                ok = False
+            elif ref is not None and not np.allclose(saff, ref[2], atol=AFFINE_ATOL_MM):
+                bad(f"segmentation affine ({tp.seg.name}) differs from the image affine ({ref[4]})", tp.seg)
+                ok = False
+            if ok:
+                values = np.unique(sdata)
+                wrong = [v for v in values.tolist() if v not in VALID_LABELS]
+                if wrong:
+                    shown = ", ".join(f"{v:g}" for v in wrong[:8]) + (" ..." if len(wrong) > 8 else "")
+                    bad(f"segmentation labels outside {{0,1,2,3}}: {shown} ({tp.seg.name})", tp.seg)
+                else:
+                    seg = sdata.astype(np.int16)
+                    if ref is None:
+                        ref = ("seg", sdata.shape, saff, _, tp.seg.name)
+
+    if arrays and len(arrays) == len(contrasts) and all(not np.any(a) for a in arrays.values()):
+        bad(f"empty brain: every voxel of every contrast ({', '.join(p.name for p in tp.images.values())}) is zero",
+            next(iter(tp.images.values())))
+    if any(p.severity == "error" for p in problems) or ref is None or len(arrays) != len(contrasts) or not arrays:
+        return None, problems
+    shape, affine, spacing = ref[1], ref[2], ref[3]
+    perm = _axial_perm(affine, len(shape))
+    images = np.stack([arrays[m] for m in contrasts])
+    if images.ndim == 3:
+        images = images[..., None]
+        seg = None if seg is None else seg[..., None]
+    images = np.ascontiguousarray(np.transpose(images, (0, *(p + 1 for p in perm))))
+    if seg is not None:
+        seg = np.ascontiguousarray(np.transpose(seg, perm))
+    sp = tuple(float(spacing[p]) for p in perm)
+    return Volume(tp, contrasts, images, seg, affine, sp, perm, tuple(shape)), problems  # type: ignore[arg-type]
+
+
+def load_volume(tp: Timepoint, contrasts: Sequence[str] = CONTRASTS, read_seg: bool = True) -> Volume:
+    """Like :func:`inspect_timepoint` but raises :class:`DataError` (all problems in the message)."""
+    vol, problems = inspect_timepoint(tp, contrasts, read_seg)
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        raise DataError("; ".join(str(p) for p in errors))
+    assert vol is not None
+    return vol

@@ -1,0 +1,114 @@
+"""Discovery of the three formats, subject splits, and the real authors' 2D sample."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_modules.formats import discover
+from data_modules.splits import assign_splits
+from tests.factories import write_authors2d, write_brats, write_longitudinal
+from tgrowth.errors import DataError
+
+
+def test_discover_longitudinal(tmp_path):
+    root = write_longitudinal(tmp_path / "d", n_subjects=2, n_timepoints=3, days=[0, 14.5, 60], rt=(3, 45),
+                              seg_missing=[("SUB02", "002")])
+    ds = discover(root)
+    assert ds.format == "longitudinal"
+    assert [s.subject for s in ds.subjects] == ["SUB01", "SUB02"]
+    s1 = ds.subject("SUB01")
+    assert [t.timepoint for t in s1.timepoints] == ["000", "001", "002"]
+    assert [t.day for t in s1.timepoints] == [0.0, 14.5, 60.0]
+    assert (s1.rt_start_day, s1.rt_end_day) == (3.0, 45.0)
+    assert sorted(s1.timepoints[0].images) == ["t1c", "t1n", "t2f", "t2w"]
+    assert s1.timepoints[0].images["t2f"].name == "SUB01-000-t2f.nii.gz"
+    assert ds.subject("SUB02").timepoints[2].seg is None
+    # a missing seg is a warning (a timepoint to be predicted), not an error
+    assert ds.errors == [] and len(ds.problems) == 1 and ds.problems[0].severity == "warning"
+    assert "SUB02-002-seg.nii.gz" in str(ds.problems[0])
+
+
+def test_discover_longitudinal_without_rt(tmp_path):
+    root = write_longitudinal(tmp_path / "d", n_subjects=1, n_timepoints=2, rt=None)
+    s = discover(root).subjects[0]
+    assert s.rt_start_day is None and s.rt_end_day is None
+
+
+def test_discover_brats_and_authors2d(tmp_path):
+    ds = discover(write_brats(tmp_path / "b", n_subjects=2))
+    assert ds.format == "brats" and [s.subject for s in ds.subjects] == ["BraTS-GLI-00000-000", "BraTS-GLI-00001-000"]
+    tp = ds.subjects[0].timepoints[0]
+    assert tp.timepoint == "000" and tp.day == 0.0 and tp.seg.name == "BraTS-GLI-00000-000-seg.nii.gz"
+    ds = discover(write_authors2d(tmp_path / "a"))
+    assert ds.format == "authors2d" and ds.problems == []
+    by = {s.subject: s for s in ds.subjects}
+    assert [t.source_slice for t in by["00000001"].timepoints] == [3, 4]
+    assert by["00000003"].split == "test"
+    assert by["00000003"].timepoints[0].seg.name == "00000003_7-label.nii.gz"  # from test_labels/
+
+
+def test_unknown_layout_is_a_clear_error(tmp_path):
+    (tmp_path / "x").mkdir()
+    with pytest.raises(DataError, match="cannot tell the data format"):
+        discover(tmp_path / "x")
+    with pytest.raises(DataError, match="does not exist"):
+        discover(tmp_path / "nope")
+
+
+def test_real_authors2d_sample(brats2d_root):
+    ds = discover(brats2d_root)
+    assert ds.format == "authors2d" and ds.errors == []
+    by = {s.subject: s for s in ds.subjects}
+    assert sorted(by) == ["00002000", "00004000", "00044000"]
+    assert [t.source_slice for t in by["00004000"].timepoints] == list(range(20, 31))
+    assert {s.subject: s.split for s in ds.subjects} == {"00002000": "val", "00004000": "train", "00044000": "test"}
+    # validation / testing labels live in test_labels/
+    assert all(t.seg is not None for s in ds.subjects for t in s.timepoints)
+
+
+# --------------------------------------------------------------------------- splits
+def _subjects(n):
+    from data_modules.formats import Subject
+
+    return [Subject(f"P{i:03d}") for i in range(n)]
+
+
+def test_hash_splits_disjoint_deterministic_and_by_ratio():
+    subs = _subjects(50)
+    a, _ = assign_splits(subs, None, (0.6, 0.2, 0.2), seed=0)
+    b, _ = assign_splits(list(reversed(subs)), None, (0.6, 0.2, 0.2), seed=0)
+    assert a == b  # independent of the order subjects come in
+    assert set(a) == {s.subject for s in subs}  # every subject in exactly one split (a dict)
+    counts = {k: list(a.values()).count(k) for k in ("train", "val", "test")}
+    assert counts == {"train": 30, "val": 10, "test": 10}
+    c, _ = assign_splits(subs, None, (0.6, 0.2, 0.2), seed=1)
+    assert c != a  # the seed matters
+    small, _ = assign_splits(_subjects(3), None, (0.8, 0.1, 0.1))
+    assert sorted(small.values()) == ["test", "train", "val"]
+
+
+def test_splits_csv_wins_and_reports_unlisted(tmp_path):
+    root = write_longitudinal(tmp_path / "d", n_subjects=3, n_timepoints=2,
+                              splits={"SUB01": "test", "SUB02": "train", "GHOST": "val"})
+    ds = discover(root)
+    split, problems = assign_splits(ds.subjects, root)
+    assert split["SUB01"] == "test" and split["SUB02"] == "train" and split["SUB03"] in ("train", "val", "test")
+    texts = [str(p) for p in problems]
+    assert any("SUB03" in t and "not listed in splits.csv" in t for t in texts)
+    assert any("GHOST" in t and "not in the data set" in t for t in texts)
+
+
+def test_split_file_conflict_is_an_error(tmp_path):
+    root = write_longitudinal(tmp_path / "d", n_subjects=1, n_timepoints=2)
+    (Path(root) / "splits.csv").write_text("subject,split\nSUB01,train\nSUB01,test\n")
+    _, problems = assign_splits(discover(root).subjects, root)
+    assert any(p.severity == "error" and "two splits" in str(p) and "SUB01" in str(p) for p in problems)
+
+
+def test_factory_volumes_are_deterministic(tmp_path):
+    from tests.factories import phantom
+
+    a, sa = phantom(seed=3)
+    b, sb = phantom(seed=3)
+    assert np.array_equal(sa, sb) and all(np.array_equal(a[m], b[m]) for m in a)

@@ -1,0 +1,106 @@
+"""Guidance callbacks with a differentiable area proxy as the "regressor" and an analytic denoiser."""
+
+import pytest
+import torch
+
+from tgrowth.diffusion.guidance import AnatomyGuidance, AreaGuidance
+from tgrowth.diffusion.sampler import sample_known_image
+from tgrowth.diffusion.schedule import make_schedule
+
+SCHED = make_schedule("linear")
+
+
+class GaussianDenoiser(torch.nn.Module):
+    def __init__(self, mu, sd):
+        super().__init__()
+        self.mu, self.sd = mu, sd
+
+    def forward(self, x, t, y=None):
+        a = SCHED.abar(t).view(-1, 1, 1, 1).to(x.dtype)
+        return (1 - a).sqrt() * (x - a.sqrt() * self.mu) / (a * self.sd**2 + 1 - a)
+
+
+def area_proxy(x, t=None):
+    """Soft fraction of bright pixels: a differentiable stand-in for the tumour-area regressor."""
+    return torch.sigmoid(3 * x[:, 0]).mean((-1, -2))
+
+
+@pytest.fixture(scope="module")
+def setup():
+    mu = torch.full((1, 1, 16, 16), -0.8)
+    mu[..., 4:10, 4:10] = 0.8  # a bright "tumour" on a dark background
+    return GaussianDenoiser(mu, torch.full_like(mu, 0.3)), mu.clone()
+
+
+def _gen(model, prior, cbs, n=None, **kw):
+    kw.setdefault("num_steps", 40)
+    return sample_known_image(model, SCHED, prior, 200, callbacks=cbs, num_samples=n, **kw)
+
+
+@pytest.mark.parametrize("form,base", [("authors", 100.0), ("loss", 50.0), ("x0", 300.0)])
+def test_area_moves_toward_target_more_with_larger_scale(setup, form, base):
+    model, prior = setup
+    a0 = float(area_proxy(prior))
+    for target in (0.4, 0.15):  # grow and shrink
+        areas = [float(area_proxy(_gen(model, prior, [AreaGuidance(area_proxy, target, s * base, form=form)])))
+                 for s in (0.0, 100.0, 1000.0)]
+        err = [abs(a - target) for a in areas]
+        assert abs(areas[0] - a0) < 1e-3  # unguided reconstructs the prior's area
+        assert err[2] < err[1] < err[0], (form, target, areas)
+        assert err[2] < 0.5 * err[0]
+
+
+def test_zero_scale_equals_unguided_exactly(setup):
+    model, prior = setup
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    plain = _gen(model, prior, [], n=3, eta=0.7, generator=g())
+    for form in AreaGuidance.FORMS:
+        guided = _gen(model, prior, [AreaGuidance(area_proxy, 0.4, 0.0, form=form)], n=3, eta=0.7, generator=g())
+        assert torch.equal(plain, guided)
+
+
+def test_per_sample_scales_and_targets_equal_separate_runs(setup):
+    model, prior = setup
+    scales, targets = torch.tensor([0.0, 100.0, 1000.0]), torch.tensor([0.4, 0.1, 0.3])
+    batch = _gen(model, prior, [AreaGuidance(area_proxy, targets, scales, boost=0.15)], n=3)
+    for i in range(3):
+        one = _gen(model, prior, [AreaGuidance(area_proxy, float(targets[i]), float(scales[i]), boost=0.15)])
+        assert torch.allclose(batch[i : i + 1], one, atol=1e-5, rtol=0)
+
+
+def test_loss_form_with_sqrt_schedule_is_the_authors_form(setup):
+    model, prior = setup
+    a = _gen(model, prior, [AreaGuidance(area_proxy, 0.4, 500.0, form="authors")])
+    b = _gen(model, prior, [AreaGuidance(area_proxy, 0.4, 500.0, form="loss", scale_schedule="sqrt_one_minus_abar")])
+    c = _gen(model, prior, [AreaGuidance(area_proxy, 0.4, 500.0, form="loss")])
+    assert torch.allclose(a, b, atol=1e-5) and not torch.allclose(a, c, atol=1e-3)
+
+
+def test_boost_raises_the_target_only_above_t20(setup):
+    model, prior = setup
+    cb = AreaGuidance(area_proxy, torch.tensor([0.2, 0.4]), 1.0, boost=0.15)
+    rows = torch.tensor([1, 0])
+    x = torch.zeros(2, 1, 4, 4)
+    assert cb.effective_target(torch.tensor([21, 20]), rows, x).tolist() == pytest.approx([0.46, 0.2])
+    boosted = float(area_proxy(_gen(model, prior, [AreaGuidance(area_proxy, 0.3, 300.0, boost=0.15)])))
+    plain = float(area_proxy(_gen(model, prior, [AreaGuidance(area_proxy, 0.3, 300.0)])))
+    assert boosted > plain
+
+
+def test_callbacks_compose_and_anatomy_term_keeps_background(setup):
+    model, prior = setup
+    keep = torch.ones(16, 16)
+    keep[2:12, 2:12] = 0  # the tumour region (dilated) may change, the rest is kept
+    area_cb = AreaGuidance(area_proxy, 0.45, 1e5, record=True)
+    free = _gen(model, prior, [area_cb], eta=1.0, generator=torch.Generator().manual_seed(0))
+    kept = _gen(model, prior, [area_cb, AnatomyGuidance(keep, weight=0.9)], eta=1.0,
+                generator=torch.Generator().manual_seed(0))
+    outside = keep.bool()
+    d_free = (free[0, 0][outside] - prior[0, 0][outside]).abs().mean()
+    d_kept = (kept[0, 0][outside] - prior[0, 0][outside]).abs().mean()
+    assert d_kept < 0.5 * d_free
+    assert float(area_proxy(kept)) > float(area_proxy(prior)) + 0.03  # the area term still acts inside
+    with pytest.raises(ValueError, match="unknown guidance form"):
+        AreaGuidance(area_proxy, 0.4, 1.0, form="dps")
+    with pytest.raises(ValueError, match="length 2"):
+        _gen(model, prior, [AreaGuidance(area_proxy, torch.tensor([0.1, 0.2]), 1.0)], n=3)

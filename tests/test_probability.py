@@ -1,0 +1,98 @@
+"""Probability maps: batched generations, segmented, reduced; reproducible and genuinely stochastic."""
+
+import pytest
+import torch
+
+from tgrowth.diffusion.guidance import AreaGuidance
+from tgrowth.diffusion.sampler import sample_known_image
+from tgrowth.diffusion.schedule import make_schedule
+from tgrowth.probability import probability_map, segmenter_from_logits
+
+SCHED = make_schedule("linear")
+
+
+class GaussianDenoiser(torch.nn.Module):
+    def __init__(self, mu, sd):
+        super().__init__()
+        self.mu, self.sd, self.batches = mu, sd, []
+
+    def forward(self, x, t, y=None):
+        self.batches.append(x.shape[0])
+        a = SCHED.abar(t).view(-1, 1, 1, 1).to(x.dtype)
+        return (1 - a).sqrt() * (x - a.sqrt() * self.mu) / (a * self.sd**2 + 1 - a)
+
+
+def bright(x):
+    return x[:, 0] > 0.0
+
+
+@pytest.fixture
+def setup():
+    mu = torch.full((1, 1, 16, 16), -0.8)
+    mu[..., 5:11, 5:11] = 0.8
+    return GaussianDenoiser(mu, torch.full_like(mu, 0.4)), mu[0].clone()
+
+
+def test_identical_generations_give_their_mask(setup):
+    model, prior = setup
+    pm = probability_map(model, SCHED, prior, bright, num_generations=6, eta=0.0, encode="invert",
+                         num_steps=20, keep_generations=True)
+    one = sample_known_image(model, SCHED, prior[None], 200, 20)
+    mask = bright(one)[0]
+    assert torch.equal(pm.frequency, mask.float())
+    assert torch.allclose(pm.mean, one[0], atol=1e-6) and float(pm.std.max()) < 1e-3
+    assert pm.areas.tolist() == [float(mask.sum())] * 6
+    assert pm.masks.shape == (6, 16, 16) and pm.images.shape == (6, 1, 16, 16)
+
+
+@pytest.mark.parametrize("encode,eta", [("invert", 1.0), ("qsample", 0.0)])
+def test_seeds_reproducible_and_generations_differ(setup, encode, eta):
+    model, prior = setup
+    kw = dict(num_generations=8, eta=eta, encode=encode, num_steps=20, keep_generations=True, chunk_size=3)
+    a = probability_map(model, SCHED, prior, bright, seed=1, **kw)
+    b = probability_map(model, SCHED, prior, bright, seed=1, **kw)
+    c = probability_map(model, SCHED, prior, bright, seed=2, **kw)
+    assert torch.equal(a.frequency, b.frequency) and torch.equal(a.images, b.images)
+    assert not torch.allclose(a.images, c.images)
+    # the generations of one map are genuinely different samples (also across chunk boundaries)
+    flat = a.images.flatten(1)
+    d = torch.cdist(flat, flat)
+    assert float(d[~torch.eye(8, dtype=torch.bool)].min()) > 0.1
+    assert 0 < float(a.std.mean())
+    # frequency, mean, std are the reductions of the kept generations
+    assert torch.allclose(a.frequency, a.masks.float().mean(0))
+    assert torch.allclose(a.mean, a.images.mean(0), atol=1e-6)
+    assert torch.allclose(a.std, a.images.std(0, unbiased=False), atol=1e-5)
+    assert torch.equal(a.areas, a.masks.flatten(1).sum(1).float())
+    # chunks of 3 rows: batches of 3, 3, 2 (plus the shared inversion at batch 1), never one row per generation
+    assert set(model.batches) <= {1, 2, 3} and model.batches.count(3) > 0
+
+
+def test_per_generation_targets_and_pixel_area(setup):
+    model, prior = setup
+
+    def area(x, t=None):
+        return torch.sigmoid(4 * x[:, 0]).mean((-1, -2))
+
+    targets = torch.tensor([0.05] * 4 + [0.4] * 4)  # prior: 36 of 256 pixels
+    pm = probability_map(model, SCHED, prior, bright, num_generations=8, eta=0.5, num_steps=20, chunk_size=4,
+                         callbacks=[AreaGuidance(area, targets, 3e4)], pixel_area=0.25, keep_generations=True)
+    small, big = pm.areas[:4], pm.areas[4:]
+    assert float(big.min()) > 1.5 * 36 * 0.25 and float(small.max()) < 0.6 * 36 * 0.25
+    assert torch.equal(pm.areas, pm.masks.flatten(1).sum(1).float() * 0.25)
+
+
+def test_segmenter_from_logits_and_errors(setup):
+    model, prior = setup
+    x = torch.randn(2, 1, 4, 4)
+    one = segmenter_from_logits(lambda z: z)(x)
+    assert torch.equal(one, x[:, 0] > 0)
+    # channel 0 is the whole tumour (tgrowth's Segmenter); sub-region channels after it do not matter
+    regions = segmenter_from_logits(lambda z: torch.cat([z, torch.full_like(z, 9.0)], 1))(x)
+    assert torch.equal(regions, x[:, 0] > 0)
+    multi = segmenter_from_logits(lambda z: torch.cat([torch.zeros_like(z), z], 1), mode="argmax")(x)
+    assert torch.equal(multi, x[:, 0] > 0)
+    with pytest.raises(ValueError, match="segmenter must return"):
+        probability_map(model, SCHED, prior, lambda z: z.flatten(), num_generations=2, num_steps=2)
+    with pytest.raises(ValueError, match="one slice"):
+        probability_map(model, SCHED, prior.expand(2, 1, 16, 16)[:, None].reshape(2, 1, 16, 16), bright)

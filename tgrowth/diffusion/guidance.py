@@ -1,0 +1,195 @@
+"""Guidance callbacks for :func:`tgrowth.diffusion.sampler.sample_known_image` (pure torch).
+
+A callback is any callable ``cb(step) -> eps | None`` taking a :class:`~tgrowth.diffusion.sampler.DiffusionStep`
+(x_t, t, abar_t, the predicted x0, the current eps, the samples' row indices, its own ``state`` dict).
+It returns an adjusted eps (or None to leave it); the sampler applies the callbacks in order, each seeing
+the eps (and x0) left by the previous one, so they compose.
+
+:class:`AreaGuidance` steers the tumour area toward a target by backpropagating the area loss through the
+regressor only (never through the denoiser, except in the ``x0`` form), with three forms:
+
+* ``"authors"`` (Song et al. score conditioning, as in Laslo et al.)::
+
+      pred = R(x_t, t);  g = scale * (target - pred) * grad_x pred
+      eps <- eps - sqrt(1 - abar_t) * g
+
+* ``"loss"``: the plain loss gradient, no noise-level weight (put any in ``scale_schedule``)::
+
+      eps <- eps + scale * grad_x 0.5 (target - pred)^2      (= authors' form / sqrt(1 - abar_t))
+
+* ``"x0"``: the regressor reads the denoiser's clean-image prediction and the gradient flows through the
+  denoiser too::
+
+      pred = R(x0_hat(x_t), 0);  eps <- eps + sqrt(1 - abar_t) * scale * grad_{x_t} 0.5 (target - pred)^2
+
+``target`` and ``scale`` are scalars or per-sample tensors of length N (the whole run; indexed by the
+step's ``rows``), so N different targets or a scale sweep run in one batch. ``boost`` raises the target by
+that fraction while ``t > boost_above_t`` (the authors: +15 % above t = 20). ``scale_schedule`` multiplies
+the scale by a factor of the step: a callable ``f(t, abar_t) -> [B]`` or one of the names in
+:data:`SCALE_SCHEDULES`.
+
+:class:`AnatomyGuidance` keeps the image outside the tumour region close to the prior: it pulls the x0
+prediction toward the prior scan where ``keep_mask`` is 1 (``x0 <- x0 - weight * keep * (x0 - prior)``)
+and rewrites eps to match.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+__all__ = ["AreaGuidance", "AnatomyGuidance", "SCALE_SCHEDULES", "per_row"]
+
+
+def _const(t: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
+    return torch.ones_like(abar)
+
+
+def _sqrt_one_minus_abar(t: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
+    return (1 - abar).sqrt()
+
+
+def _abar(t: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
+    return abar
+
+
+def _one_minus_abar(t: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
+    return 1 - abar
+
+
+SCALE_SCHEDULES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "constant": _const,  # the authors
+    "sqrt_one_minus_abar": _sqrt_one_minus_abar,  # weaker as the image gets clean
+    "one_minus_abar": _one_minus_abar,  # stronger at high noise, vanishing at the end
+    "abar": _abar,  # stronger as the image gets clean
+}
+
+
+def per_row(v, rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A scalar, or a length-N tensor indexed by ``rows``, as a ``[B]`` tensor of ``like``'s dtype/device."""
+    v = torch.as_tensor(v, dtype=like.dtype, device=like.device)
+    if v.ndim == 0 or v.numel() == 1:
+        return v.reshape(()).expand(rows.shape[0])
+    if v.ndim != 1:
+        raise ValueError(f"per-sample values must be a scalar or 1-D, got shape {tuple(v.shape)}")
+    if int(rows.max()) >= v.shape[0]:
+        raise ValueError(f"per-sample values have length {v.shape[0]} but the run has row {int(rows.max())}")
+    return v[rows.to(v.device)]
+
+
+def _schedule_fn(scale_schedule):
+    if scale_schedule is None:
+        return _const
+    if isinstance(scale_schedule, str):
+        if scale_schedule not in SCALE_SCHEDULES:
+            raise ValueError(f"unknown scale_schedule {scale_schedule!r}; choose one of {sorted(SCALE_SCHEDULES)}")
+        return SCALE_SCHEDULES[scale_schedule]
+    if not callable(scale_schedule):
+        raise TypeError("scale_schedule must be None, a name or a callable f(t, abar_t) -> [B]")
+    return scale_schedule
+
+
+class AreaGuidance:
+    """Steer the regressor's tumour area toward ``target`` (see the module docstring for the forms).
+
+    Args:
+        regressor: ``regressor(x, t) -> [B]`` area (in the units of ``target``); only its gradient is used.
+        target: scalar or ``[N]`` per-sample target areas.
+        scale: scalar or ``[N]`` per-sample guidance scales (the authors: about 5e4 to 2e5 with areas as a
+            fraction of the image; it depends on the regressor's units).
+        form: "authors", "loss" or "x0".
+        scale_schedule: None/"constant", a name in :data:`SCALE_SCHEDULES`, or ``f(t, abar_t) -> [B]``.
+        boost: raise the target by this fraction while ``t > boost_above_t`` (the authors: 0.15, 20).
+        autocast_dtype: run the regressor under autocast with this dtype (gradients still float32).
+        record: keep the per-step predicted areas in ``state["pred"]`` (list of ``[B]`` tensors).
+
+    After a step, ``state["last_pred"]`` holds the regressor's latest prediction for the batch.
+    """
+
+    FORMS = ("authors", "loss", "x0")
+
+    def __init__(self, regressor, target, scale, form: str = "authors", scale_schedule=None, boost: float = 0.0,
+                 boost_above_t: int = 20, autocast_dtype: torch.dtype | None = None, record: bool = False):
+        if form not in self.FORMS:
+            raise ValueError(f"unknown guidance form {form!r}; choose one of {list(self.FORMS)}")
+        self.regressor, self.target, self.scale, self.form = regressor, target, scale, form
+        self.schedule = _schedule_fn(scale_schedule)
+        self.boost, self.boost_above_t = float(boost), int(boost_above_t)
+        self.autocast_dtype, self.record = autocast_dtype, record
+
+    def _regress(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.autocast_dtype is None:
+            return self.regressor(x, t).float().reshape(-1)
+        with torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype):
+            return self.regressor(x, t).float().reshape(-1)
+
+    def effective_target(self, t: torch.Tensor, rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        target = per_row(self.target, rows, like)
+        if self.boost:
+            target = torch.where(t.to(like.device) > self.boost_above_t, target * (1 + self.boost), target)
+        return target
+
+    def __call__(self, step) -> torch.Tensor:
+        x_t, eps = step.x_t, step.eps
+        scale = per_row(self.scale, step.rows, x_t)
+        abar = step.abar_t.reshape(-1).expand(x_t.shape[0]) if step.abar_t.numel() > 1 else \
+            step.abar_t.reshape(()).expand(x_t.shape[0])
+        scale = scale * self.schedule(step.t, abar).to(x_t.dtype)
+        if not bool((scale != 0).any()):
+            return eps
+        target = self.effective_target(step.t, step.rows, x_t)
+        view = (-1,) + (1,) * (x_t.ndim - 1)
+        with torch.enable_grad():
+            x = x_t.detach().float().requires_grad_(True)
+            if self.form == "x0":
+                a = abar.float().view(view)
+                e = step.eps_fn(x, step.t).float()
+                x0 = (x - (1 - a).sqrt() * e) / a.sqrt()
+                pred = self._regress(x0, torch.zeros_like(step.t))
+            else:
+                pred = self._regress(x, step.t)
+            if self.form == "authors":
+                (grad,) = torch.autograd.grad(pred.sum(), x)
+                grad = (target.float() - pred.detach()).view(view) * grad  # = -grad_x 0.5 (target - pred)^2
+            else:
+                loss = 0.5 * (target.float() - pred) ** 2
+                (grad,) = torch.autograd.grad(loss.sum(), x)
+                grad = -grad
+        step.state["last_pred"] = pred.detach()
+        if self.record:
+            step.state.setdefault("pred", []).append(pred.detach())
+        weight = scale.view(view)
+        if self.form in ("authors", "x0"):
+            weight = weight * (1 - abar).sqrt().view(view)
+        return eps - weight * grad.to(eps.dtype)
+
+
+class AnatomyGuidance:
+    """Keep the image outside the tumour region close to the prior scan.
+
+    Where ``keep_mask`` is 1 the x0 prediction is pulled toward the prior by the fraction ``weight``
+    (scalar or ``[N]``, times ``scale_schedule``); eps is recomputed so that the DDIM step uses the pulled x0.
+    ``keep_mask`` is ``[H, W]``, ``[1|B, 1, H, W]`` (e.g. 1 - a dilated prior tumour mask); ``prior`` defaults
+    to the sampler's ``x_prior``.
+    """
+
+    def __init__(self, keep_mask: torch.Tensor, weight=0.5, prior: torch.Tensor | None = None, scale_schedule=None):
+        self.keep_mask, self.weight, self.prior = keep_mask, weight, prior
+        self.schedule = _schedule_fn(scale_schedule)
+
+    def __call__(self, step) -> torch.Tensor:
+        prior = step.x_prior if self.prior is None else self.prior
+        if prior is None:
+            raise ValueError("AnatomyGuidance needs a prior image (pass prior=... or sample from x_prior)")
+        x_t, x0 = step.x_t, step.x0
+        keep = self.keep_mask.to(device=x_t.device, dtype=x_t.dtype)
+        while keep.ndim < x_t.ndim:
+            keep = keep.unsqueeze(0)
+        abar = step.abar_t.reshape(-1).expand(x_t.shape[0]) if step.abar_t.numel() > 1 else \
+            step.abar_t.reshape(()).expand(x_t.shape[0])
+        w = per_row(self.weight, step.rows, x_t) * self.schedule(step.t, abar).to(x_t.dtype)
+        w = w.clamp(0, 1).view(-1, *([1] * (x_t.ndim - 1)))
+        x0_new = x0 - w * keep * (x0 - prior.to(x0.dtype))
+        a = step.abar_t
+        return (x_t - a.sqrt() * x0_new) / (1 - a).sqrt()

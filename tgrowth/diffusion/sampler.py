@@ -1,0 +1,333 @@
+"""DDIM sampling, deterministic DDIM inversion and "known-image" sampling (pure torch, no Lightning).
+
+Notation (Song et al., DDIM): ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` with ``abar_t`` from a
+:class:`~tgrowth.diffusion.schedule.NoiseSchedule`; step index ``t = -1`` means "clean" (``abar = 1``).
+
+* :func:`ddim_step` moves ``x_t -> x_s`` (``s < t``) given the eps prediction::
+
+      x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)
+      sigma  = eta * sqrt((1 - abar_s) / (1 - abar_t)) * sqrt(1 - abar_t / abar_s)
+      x_s    = sqrt(abar_s) x0_hat + sqrt(1 - abar_s - sigma^2) eps + sigma z
+
+  ``t``, ``s`` and ``eta`` may be scalars or per-sample ``[B]`` tensors.
+* :func:`ddim_invert` runs the deterministic (eta = 0) update the other way, ``x_s -> x_t`` with ``t > s``,
+  using ``eps(x_s, s)`` (the usual DDIM inversion); ``refine_iters > 0`` additionally solves the implicit
+  equation ``x_s = ddim_step(x_t, eps(x_t, t))`` by fixed-point iteration so that a later eta = 0 sampling
+  run retraces the inversion exactly (at ``refine_iters`` extra model calls per step).
+* :func:`sample_known_image` is the authors' inference: encode the prior scan to noise level ``L`` (the
+  state after ``L`` of the ``T`` forward steps, i.e. step index ``L - 1``) either by deterministic
+  inversion (``encode="invert"``) or by q-sampling (``encode="qsample"``, stochastic), then run
+  ``num_steps`` respaced DDIM steps back to the clean image. At every step the guidance callbacks
+  (:mod:`tgrowth.diffusion.guidance`) see the state and may replace the eps prediction.
+
+The sequence of visited steps is ``schedule.timesteps(num_steps, start=L - 1)`` followed by the clean
+state (-1); inversion visits the same sequence in reverse, so ``num_steps`` model calls each way.
+
+The model is any callable ``model(x, t, y=None) -> eps`` with ``t`` a ``[B]`` long tensor; an output with
+twice the input channels (learned sigma, as in ADM) is cut to its first half.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from tgrowth.diffusion.schedule import NoiseSchedule
+
+__all__ = [
+    "DiffusionStep",
+    "predict_x0",
+    "eps_from_x0",
+    "ddim_sigma",
+    "ddim_step",
+    "ddim_invert",
+    "encode_prior",
+    "sample_known_image",
+    "sampling_steps",
+]
+
+
+def _bcast(v: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
+    """A scalar or per-sample ``[B]`` value as a tensor broadcastable against ``like`` ([B, ...])."""
+    v = torch.as_tensor(v, device=like.device, dtype=like.dtype)
+    if v.ndim == 0:
+        return v
+    if v.ndim != 1 or v.shape[0] != like.shape[0]:
+        raise ValueError(f"per-sample value has shape {tuple(v.shape)}, expected [{like.shape[0]}]")
+    return v.view(-1, *([1] * (like.ndim - 1)))
+
+
+def _abar(schedule: NoiseSchedule, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
+    t = torch.as_tensor(t, device=schedule.alphas_cumprod.device)
+    return _bcast(schedule.abar(t).to(device=like.device, dtype=like.dtype), like)
+
+
+def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, abar_t: torch.Tensor) -> torch.Tensor:
+    """x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) (``abar_t`` broadcastable)."""
+    return (x_t - (1 - abar_t).sqrt() * eps) / abar_t.sqrt()
+
+
+def eps_from_x0(x_t: torch.Tensor, x0: torch.Tensor, abar_t: torch.Tensor) -> torch.Tensor:
+    """The eps for which :func:`predict_x0` gives ``x0``."""
+    return (x_t - abar_t.sqrt() * x0) / (1 - abar_t).sqrt()
+
+
+def ddim_sigma(abar_t: torch.Tensor, abar_s: torch.Tensor, eta: torch.Tensor | float) -> torch.Tensor:
+    """DDIM's sigma_{t->s}(eta); eta = 1 is the DDPM posterior std, eta = 0 deterministic."""
+    return eta * ((1 - abar_s) / (1 - abar_t) * (1 - abar_t / abar_s)).clamp(min=0).sqrt()
+
+
+def ddim_step(
+    schedule: NoiseSchedule,
+    x_t: torch.Tensor,
+    eps: torch.Tensor,
+    t: torch.Tensor | int,
+    t_prev: torch.Tensor | int,
+    eta: torch.Tensor | float = 0.0,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    clip_denoised: float | None = None,
+) -> torch.Tensor:
+    """One DDIM update ``x_t -> x_{t_prev}`` (``t_prev < t``; -1 = clean). Per-sample ``t``/``t_prev``/``eta``.
+
+    ``noise`` (or a draw from ``generator``) is used only where ``eta > 0``. ``clip_denoised`` clamps the
+    x0 prediction to ``[-c, c]`` and recomputes eps from it (as guided-diffusion does); None leaves it.
+    """
+    abar_t, abar_s = _abar(schedule, t, x_t), _abar(schedule, t_prev, x_t)
+    x0 = predict_x0(x_t, eps, abar_t)
+    if clip_denoised is not None:
+        x0 = x0.clamp(-clip_denoised, clip_denoised)
+        eps = eps_from_x0(x_t, x0, abar_t)
+    eta_t = _bcast(eta, x_t)
+    sigma = ddim_sigma(abar_t, abar_s, eta_t)
+    out = abar_s.sqrt() * x0 + (1 - abar_s - sigma**2).clamp(min=0).sqrt() * eps
+    if bool((eta_t != 0).any()):
+        if noise is None:
+            noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+        out = out + sigma * noise
+    return out
+
+
+def sampling_steps(schedule: NoiseSchedule, noise_level: int, num_steps: int) -> torch.Tensor:
+    """The steps a known-image run visits: ``timesteps(num_steps, start=noise_level - 1)`` then -1 (clean)."""
+    if not 1 <= noise_level <= schedule.num_train_steps:
+        raise ValueError(f"noise_level must be in [1, {schedule.num_train_steps}], got {noise_level}")
+    ts = schedule.timesteps(num_steps, start=noise_level - 1)
+    return torch.cat([ts, ts.new_tensor([-1])])
+
+
+@dataclass
+class DiffusionStep:
+    """What a guidance callback sees at one sampling step (all tensors batch-first, ``B`` samples).
+
+    ``t``/``t_prev`` are ``[B]`` long step indices, ``abar_t``/``abar_prev`` ``[B, 1, 1, 1]``; ``eps`` and
+    ``x0`` are the current (possibly already adjusted by earlier callbacks) eps and x0 predictions;
+    ``rows`` are the samples' row indices in the whole run (so per-sample targets/scales of length N can be
+    indexed when a run is processed in chunks); ``state`` is this callback's own dict, kept across steps of
+    one run; ``eps_fn(x, t)`` re-runs the denoiser (for guidance that differentiates through it).
+    """
+
+    x_t: torch.Tensor
+    t: torch.Tensor
+    t_prev: torch.Tensor
+    abar_t: torch.Tensor
+    abar_prev: torch.Tensor
+    eps: torch.Tensor
+    x0: torch.Tensor
+    index: int
+    num_steps: int
+    rows: torch.Tensor
+    x_prior: torch.Tensor | None
+    eps_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    state: dict = field(default_factory=dict)
+
+
+class _EpsModel:
+    """Wraps ``model(x, t, y)`` with autocast, channels_last, float32 output and learned-sigma cutting."""
+
+    def __init__(self, model, y, autocast_dtype, channels_last):
+        self.model, self.y = model, y
+        self.autocast_dtype, self.channels_last = autocast_dtype, channels_last
+
+    def _y(self, batch: int):
+        y = self.y
+        if y is None:
+            return None
+        y = torch.as_tensor(y)
+        if y.ndim == 0 or y.shape[0] == 1:
+            y = y.reshape(1).expand(batch)
+        return y
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, y: Any = "default") -> torch.Tensor:
+        t = t.clamp(min=0).long().to(x.device)  # the clean state (-1) is fed to the network as step 0
+        yy = self._y(x.shape[0]) if isinstance(y, str) else y
+        if yy is not None:
+            yy = yy.to(x.device)
+        xin = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        if self.autocast_dtype is not None:
+            ctx = torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype)
+        else:
+            ctx = contextlib.nullcontext()
+        with ctx:
+            eps = self.model(xin, t) if yy is None else self.model(xin, t, yy)
+        if eps.shape[1] == 2 * x.shape[1]:
+            eps = eps[:, : x.shape[1]]
+        return eps.to(x.dtype)
+
+
+def ddim_invert(
+    model,
+    schedule: NoiseSchedule,
+    x0: torch.Tensor,
+    noise_level: int = 200,
+    num_steps: int = 200,
+    y=None,
+    refine_iters: int = 0,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """Deterministic DDIM inversion of clean images ``x0`` [B, C, H, W] to noise level ``noise_level``.
+
+    Visits the steps of :func:`sampling_steps` in reverse. Each update ``x_s -> x_t`` is
+    ``sqrt(abar_t) x0_hat(x_s, eps) + sqrt(1 - abar_t) eps`` with ``eps = eps(x_s, s)``; with
+    ``refine_iters = k`` the eps is then re-evaluated ``k`` times at the current ``x_t`` guess (fixed
+    point of the eta = 0 sampling step), which makes inversion followed by sampling exact in the limit.
+    """
+    f = _EpsModel(model, y, autocast_dtype, channels_last)
+    steps = sampling_steps(schedule, noise_level, num_steps).flip(0)  # -1, ..., L - 1
+    x = x0
+    b = x.shape[0]
+    with torch.no_grad():
+        for s, t in zip(steps[:-1].tolist(), steps[1:].tolist()):
+            ts, tt = torch.full((b,), s, dtype=torch.long), torch.full((b,), t, dtype=torch.long)
+            abar_s, abar_t = _abar(schedule, s, x), _abar(schedule, t, x)
+            eps = f(x, ts)
+            xt = abar_t.sqrt() * predict_x0(x, eps, abar_s) + (1 - abar_t).sqrt() * eps
+            for _ in range(refine_iters):
+                eps = f(xt, tt)
+                xt = abar_t.sqrt() * predict_x0(x, eps, abar_s) + (1 - abar_t).sqrt() * eps
+            x = xt
+    return x
+
+
+def encode_prior(
+    model,
+    schedule: NoiseSchedule,
+    x_prior: torch.Tensor,
+    noise_level: int,
+    num_steps: int,
+    encode: str = "invert",
+    generator: torch.Generator | None = None,
+    num_samples: int | None = None,
+    y=None,
+    refine_iters: int = 0,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """The prior scan(s) at noise level L: inverted once per distinct prior, or q-sampled per sample.
+
+    With ``num_samples`` and a single prior ``[1, C, H, W]`` the result is expanded to ``num_samples``
+    rows (the deterministic inversion is computed once, not per generation).
+    """
+    if x_prior.ndim != 4:
+        raise ValueError(f"x_prior must be [B, C, H, W], got shape {tuple(x_prior.shape)}")
+    n = x_prior.shape[0] if num_samples is None else int(num_samples)
+    if x_prior.shape[0] not in (1, n):
+        raise ValueError(f"x_prior has {x_prior.shape[0]} rows; expected 1 or num_samples={n}")
+    if encode == "invert":
+        y_enc = y
+        if x_prior.shape[0] == 1 and y is not None and torch.as_tensor(y).ndim > 0:
+            y_enc = torch.as_tensor(y).reshape(-1)[:1]
+        x = ddim_invert(model, schedule, x_prior, noise_level, num_steps, y=y_enc, refine_iters=refine_iters,
+                        autocast_dtype=autocast_dtype, channels_last=channels_last)
+        return x.expand(n, *x.shape[1:]).clone()
+    if encode == "qsample":
+        x = x_prior.expand(n, *x_prior.shape[1:])
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return schedule.q_sample(x, torch.full((n,), noise_level - 1, dtype=torch.long), noise)
+    raise ValueError(f"encode must be 'invert' or 'qsample', got {encode!r}")
+
+
+def sample_known_image(
+    model,
+    schedule: NoiseSchedule,
+    x_prior: torch.Tensor,
+    noise_level: int = 200,
+    num_steps: int = 200,
+    eta: torch.Tensor | float = 0.0,
+    encode: str = "invert",
+    callbacks: Sequence = (),
+    generator: torch.Generator | None = None,
+    y=None,
+    num_samples: int | None = None,
+    invert_steps: int | None = None,
+    refine_iters: int = 0,
+    clip_denoised: float | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    rows: torch.Tensor | None = None,
+    x_start: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The authors' inference: encode ``x_prior`` to noise level ``noise_level``, then guided DDIM to 0.
+
+    Args:
+        model: ``model(x, t, y=None) -> eps``; put it in eval mode (and compile it) before calling.
+        x_prior: ``[B, C, H, W]`` prior scan(s); with ``num_samples`` a single ``[1, ...]`` prior is shared
+            by ``num_samples`` generations (batch = generations x guidance settings).
+        noise_level: L of T; the authors use 200 of 1000.
+        num_steps: respaced DDIM steps from L to 0 (25, 50, 100, 200, ...).
+        eta: stochasticity (scalar or per-sample ``[B]``); 0 is deterministic DDIM.
+        encode: "invert" (deterministic DDIM inversion, the authors' choice) or "qsample" (stochastic).
+        callbacks: guidance callbacks ``cb(step: DiffusionStep) -> eps | None``, applied in order.
+        generator: the source of all randomness (q-sample noise and eta > 0 noise) for reproducibility.
+        y: class label(s) for a class-conditional model (scalar or ``[B]``).
+        invert_steps: steps of the inversion (default ``num_steps``).
+        refine_iters: fixed-point refinement iterations of the inversion (see :func:`ddim_invert`).
+        clip_denoised: clamp the x0 prediction to ``[-c, c]`` at each step (None: no clamp).
+        autocast_dtype: e.g. ``torch.bfloat16`` to run the model under autocast (state kept in float32).
+        channels_last: feed the model channels-last tensors (convert the model too for full effect).
+        rows: the samples' indices in the whole run, passed to callbacks (default ``arange(B)``).
+        x_start: skip encoding and start from this ``x_L`` (e.g. an inversion computed once and reused).
+
+    Returns:
+        The generated clean images ``[B, C, H, W]`` in the dtype of ``x_prior``.
+    """
+    for cb in callbacks:
+        if not callable(cb):
+            raise TypeError(f"guidance callback {cb!r} is not callable")
+    if x_start is None:
+        x = encode_prior(model, schedule, x_prior, noise_level, invert_steps or num_steps, encode, generator,
+                         num_samples, y, refine_iters, autocast_dtype, channels_last)
+    else:
+        x = x_start.clone()
+    b = x.shape[0]
+    prior = x_prior if x_prior.shape[0] == b else x_prior.expand(b, *x_prior.shape[1:])
+    f = _EpsModel(model, y, autocast_dtype, channels_last)
+    rows = torch.arange(b, device=x.device) if rows is None else torch.as_tensor(rows, device=x.device)
+    steps = sampling_steps(schedule, noise_level, num_steps).tolist()
+    states: list[dict] = [{} for _ in callbacks]
+    eta_t = _bcast(eta, x)
+    stochastic = bool((eta_t != 0).any())
+    with torch.no_grad():
+        for i, (t, s) in enumerate(zip(steps[:-1], steps[1:])):
+            tt = torch.full((b,), t, dtype=torch.long, device=x.device)
+            ss = torch.full((b,), s, dtype=torch.long, device=x.device)
+            abar_t, abar_s = _abar(schedule, t, x), _abar(schedule, s, x)
+            eps = f(x, tt)
+            x0 = predict_x0(x, eps, abar_t)
+            for cb, st in zip(callbacks, states):
+                step = DiffusionStep(x, tt, ss, abar_t, abar_s, eps, x0, i, len(steps) - 1, rows, prior, f, st)
+                new = cb(step)
+                if new is not None:
+                    eps = new.to(x.dtype)
+                    x0 = predict_x0(x, eps, abar_t)
+            noise = None
+            if stochastic:
+                noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = ddim_step(schedule, x, eps, t, s, eta_t.flatten() if eta_t.ndim else eta_t, noise=noise,
+                          clip_denoised=clip_denoised)
+    return x
