@@ -50,10 +50,10 @@ def read_csv(path):
 
 
 def test_predict_end_to_end(tiny, tmp_path):
-    from tests.test_tracking import read_run
-    from tgrowth import metrics as M
     from data_modules.formats import discover
     from data_modules.slices import load_slice
+    from tests.test_tracking import read_run
+    from tgrowth import metrics as M
 
     root, _ = tiny
     out = tmp_path / "pred"
