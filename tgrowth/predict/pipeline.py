@@ -574,6 +574,8 @@ def run(cfg: DictConfig) -> int:
     from tgrowth.config.base import save_resolved_config
     from tgrowth.predict import track
 
+    if cfg.num_threads:
+        torch.set_num_threads(int(cfg.num_threads))
     dist = launch(cfg.trainer)
     err = None
     if dist.is_main:
