@@ -146,9 +146,8 @@ def intensity_stats(images: np.ndarray, mask: np.ndarray, lower: float = 0.5, up
     if not mask.any():
         raise DataError("empty brain mask")
     vox = images[:, mask]  # [C, N]
-    lo = np.percentile(vox, lower, axis=1)
-    hi = np.percentile(vox, upper, axis=1)
-    return np.stack([lo, hi], axis=1).astype(np.float64)
+    q = np.percentile(vox, [lower, upper], axis=1)  # [2, C], one partition pass
+    return np.ascontiguousarray(q.T, dtype=np.float64)
 
 
 def normalise(images: np.ndarray, mask: np.ndarray, stats: np.ndarray) -> np.ndarray:
@@ -380,10 +379,14 @@ def _plane_affine(vol: Volume, k: int) -> np.ndarray:
 def preprocess_slices(vol: Volume, indices: Sequence[int], prep: Preprocessing) -> list[SliceSample]:
     """Normalise (stats over the whole volume's brain) and crop/pad/resize the given axial slices."""
     tp = vol.timepoint
-    mask = brain_mask(vol.images, prep.brain_mask)
-    if not mask.any():
-        raise DataError(f"subject {tp.subject}, timepoint {tp.timepoint}, file {next(iter(tp.images.values())).name}: empty brain (no voxel inside the brain mask)")
-    stats = intensity_stats(vol.images, mask, prep.lower_percentile, prep.upper_percentile)
+    memo = vol.__dict__.setdefault("_norm_memo", {})  # mask + stats per setting, reused while the volume lives
+    mkey = (prep.brain_mask, prep.lower_percentile, prep.upper_percentile)
+    if mkey not in memo:
+        mask = brain_mask(vol.images, prep.brain_mask)
+        if not mask.any():
+            raise DataError(f"subject {tp.subject}, timepoint {tp.timepoint}, file {next(iter(tp.images.values())).name}: empty brain (no voxel inside the brain mask)")
+        memo[mkey] = (mask, intensity_stats(vol.images, mask, prep.lower_percentile, prep.upper_percentile))
+    mask, stats = memo[mkey]
     nz = vol.shape[2]
     out = []
     for i in indices:

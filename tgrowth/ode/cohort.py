@@ -1,0 +1,439 @@
+"""Cohort fits, forecasts, metrics, model selection and baselines.
+
+``fit_cohort(rows, fit_cfg) -> CohortFit`` validates the table (bad subjects go to
+``CohortFit.errors`` unless ``strict``), optionally compares/chooses models, then runs one batched
+bootstrap fit per chosen model (subjects x replicates x starts as tensor dimensions).
+
+- Model selection (``fit.model=auto``): per subject, rolling-origin cross-validation on its own fitted
+  points (fit on the first k, forecast point k+1, for every k >= ``auto_min_train``), mean relative
+  error; subjects without any fold fall back to AIC. Ties go to the model with fewer parameters.
+- AIC/BIC (least squares): ``n log(max(SSE/n, 1e-6)) + 2k`` and ``+ k log n``, on the unperturbed
+  point fit, with k the parameters acting on the subject (RT ones only when RT falls in the fitted span).
+- Metrics: R^2 and nRMSE (RMSE / mean observed) of the median curve on fitted points; relative error
+  of each held-out point; the same for the two baselines (last observed value, linear extrapolation
+  of the last two fitted points).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+
+from tgrowth.errors import ConfigError, DataError
+from tgrowth.ode.data import SizeSeries, SubjectProblem, load_series
+from tgrowth.ode.fit import BatchedFit, FitProblems, bootstrap, run_fit, widened_bounds
+from tgrowth.ode.models import NO_RT, GrowthModel, get_model, model_names, simulate_closed_form, simulate_ode
+
+log = logging.getLogger("tgrowth.ode")
+SSE_FLOOR = 1e-6  # per-point squared-error floor of AIC/BIC (normalised sizes): 0.1 % of the first size
+LM_STEPS, ADAM_STEPS = 100, 1000
+
+
+# --------------------------------------------------------------------------- settings
+def _settings(fit_cfg: Any):
+    """A ``FitSettings`` dataclass from a DictConfig, dict, dataclass or None (defaults)."""
+    from tgrowth.config.ode import FitSettings
+
+    if fit_cfg is None:
+        return FitSettings()
+    if isinstance(fit_cfg, FitSettings):
+        return fit_cfg
+    if hasattr(fit_cfg, "_metadata"):  # DictConfig
+        from omegaconf import OmegaConf
+
+        fit_cfg = OmegaConf.to_container(fit_cfg, resolve=True)
+    if not isinstance(fit_cfg, dict):
+        fit_cfg = {f.name: getattr(fit_cfg, f.name) for f in fields(fit_cfg)}
+    valid = {f.name for f in fields(FitSettings)}
+    unknown = sorted(set(fit_cfg) - valid)
+    if unknown:
+        raise ConfigError(f"unknown fit setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+    return FitSettings(**fit_cfg)
+
+
+def _check_settings(s) -> list[str]:
+    names = model_names()
+    if s.model != "auto" and s.model not in names:
+        raise ConfigError(f"fit.model: unknown model '{s.model}'; choose auto or one of {', '.join(names)}")
+    cands = list(s.candidates) or names
+    bad = [c for c in cands if c not in names]
+    if bad:
+        raise ConfigError(f"fit.candidates: unknown model(s) {', '.join(bad)}; registered: {', '.join(names)}")
+    if s.integrator not in ("closed_form", "odeint"):
+        raise ConfigError(f"fit.integrator must be closed_form or odeint, got '{s.integrator}'")
+    if s.optimizer not in ("lm", "adam"):
+        raise ConfigError(f"fit.optimizer must be lm or adam, got '{s.optimizer}'")
+    if s.prior_mode not in ("hierarchical", "map"):
+        raise ConfigError(f"fit.prior_mode must be hierarchical or map, got '{s.prior_mode}'")
+    if s.size_kind not in ("area", "volume", "voxels"):
+        raise ConfigError(f"fit.size_kind must be area, volume or voxels, got '{s.size_kind}'")
+    if s.holdout_last < 0 or s.n_bootstrap < 0 or s.n_starts < 1:
+        raise ConfigError("fit.holdout_last and fit.n_bootstrap must be >= 0, fit.n_starts >= 1")
+    if not 0 <= s.noise < 1:
+        raise ConfigError(f"fit.noise must be in [0, 1), got {s.noise}")
+    if s.dtype not in ("float64", "float32"):
+        raise ConfigError(f"fit.dtype must be float64 or float32, got '{s.dtype}'")
+    return cands
+
+
+# --------------------------------------------------------------------------- baselines
+def baseline_last(days_fit, sizes_fit, days) -> torch.Tensor:
+    """Forecast = last observed (fitted) value."""
+    return torch.full((len(days),), float(sizes_fit[-1]), dtype=torch.float64)
+
+
+def baseline_linear(days_fit, sizes_fit, days) -> torch.Tensor:
+    """Linear extrapolation of the last two fitted points (last value if only one); clamped at 0."""
+    d = torch.as_tensor(days, dtype=torch.float64)
+    if len(days_fit) < 2:
+        return baseline_last(days_fit, sizes_fit, days)
+    (d1, d2), (s1, s2) = days_fit[-2:], sizes_fit[-2:]
+    return (s2 + (s2 - s1) / (d2 - d1) * (d - d2)).clamp_min(0.0)
+
+
+def aic_bic(sse: float, n: int, k: int) -> tuple[float, float]:
+    mse = max(sse / max(n, 1), SSE_FLOOR)
+    return n * math.log(mse) + 2 * k, n * math.log(mse) + k * math.log(max(n, 1))
+
+
+# --------------------------------------------------------------------------- results
+@dataclass
+class Forecast:
+    """Sizes (input units) at ``days``: bootstrap median and 5-95 % band; ``samples[B, D]``."""
+
+    subject: str
+    model: str
+    days: torch.Tensor
+    median: torch.Tensor
+    p05: torch.Tensor
+    p95: torch.Tensor
+    samples: torch.Tensor
+    note: str = ""
+
+
+@dataclass
+class SubjectFit:
+    series: SizeSeries
+    model: str
+    n_fit: int
+    theta_point: torch.Tensor  # [P] fit to the unperturbed data
+    theta_samples: torch.Tensor  # [B, P] bootstrap fits
+    sse_point: float
+    note: str = ""
+    comparison: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def day0(self) -> float:
+        return float(self.series.days[0])
+
+    @property
+    def y0(self) -> float:
+        return float(self.series.sizes[0])
+
+    @property
+    def t_rt(self) -> float:
+        return float(self.series.rt_end_day) - self.day0 if self.series.has_rt else NO_RT
+
+
+class CohortFit:
+    """The fitted cohort: ``forecast(subject, days)``, ``model_name(subject)``, ``errors``, tables."""
+
+    def __init__(self, fits: dict[str, SubjectFit], errors: list[dict[str, Any]], settings, notes: list[str]):
+        self.fits = fits
+        self.errors = errors
+        self.settings = settings
+        self.notes = notes
+
+    @property
+    def subjects(self) -> list[str]:
+        return list(self.fits)
+
+    def _fit(self, subject: str) -> SubjectFit:
+        if subject in self.fits:
+            return self.fits[subject]
+        for e in self.errors:
+            if e["subject"] == subject:
+                raise DataError(f"subject '{subject}' was not fitted: {e['message']}")
+        raise DataError(f"unknown subject '{subject}'; fitted: {', '.join(self.fits) or 'none'}")
+
+    def model(self, subject: str) -> GrowthModel:
+        return get_model(self._fit(subject).model, self.settings.size_kind)
+
+    def model_name(self, subject: str) -> str:
+        return self._fit(subject).model
+
+    def params(self, subject: str) -> dict[str, torch.Tensor]:
+        """Bootstrap samples of each named parameter (``[B]``)."""
+        f = self._fit(subject)
+        return {n: f.theta_samples[:, i] for i, n in enumerate(self.model(subject).param_names)}
+
+    def curve(self, subject: str, days, theta: torch.Tensor) -> torch.Tensor:
+        """Sizes (input units) at ``days`` for parameter rows ``theta [B, P]`` -> ``[B, D]``, clamped."""
+        f = self._fit(subject)
+        s = self.settings
+        d = torch.as_tensor(days, dtype=torch.float64).reshape(-1)
+        t = (d - f.day0).clamp_min(0.0).expand(theta.shape[0], -1)
+        t_rt = torch.full((theta.shape[0],), f.t_rt, dtype=torch.float64)
+        m = self.model(subject)
+        if s.integrator == "odeint":
+            y = simulate_ode(m, theta.double(), t, t_rt, method=s.ode_method, rtol=s.ode_rtol, atol=s.ode_atol)
+        else:
+            y = simulate_closed_form(m, theta.double(), t, t_rt)
+        y = torch.nan_to_num(y * f.y0, nan=0.0, posinf=s.max_fold * f.y0, neginf=0.0)
+        return y.clamp(0.0, s.max_fold * f.y0)
+
+    def forecast(self, subject: str, days) -> Forecast:
+        f = self._fit(subject)
+        d = torch.as_tensor(days, dtype=torch.float64).reshape(-1)
+        samples = self.curve(subject, d, f.theta_samples)
+        q = torch.quantile(samples, torch.tensor([0.5, 0.05, 0.95], dtype=torch.float64), dim=0)
+        return Forecast(subject, f.model, d, q[0], q[1], q[2], samples, f.note)
+
+    # ------------------------------------------------------------------ tables
+    def params_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for subj, f in self.fits.items():
+            names = self.model(subj).param_names
+            q = torch.quantile(f.theta_samples, torch.tensor([0.5, 0.05, 0.95], dtype=f.theta_samples.dtype), dim=0)
+            for i, n in enumerate(names):
+                rows.append({"subject": subj, "model": f.model, "parameter": n, "median": float(q[0, i]),
+                             "p05": float(q[1, i]), "p95": float(q[2, i]), "point": float(f.theta_point[i])})
+        return rows
+
+    def forecast_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for subj, f in self.fits.items():
+            ser = f.series
+            fc = self.forecast(subj, ser.days)
+            last = baseline_last(ser.days[: f.n_fit], ser.sizes[: f.n_fit], ser.days)
+            lin = baseline_linear(ser.days[: f.n_fit], ser.sizes[: f.n_fit], ser.days)
+            for j, (d, obs) in enumerate(zip(ser.days, ser.sizes)):
+                hold = j >= f.n_fit
+                rows.append({
+                    "subject": subj, "day": d, "observed": obs, "median": float(fc.median[j]),
+                    "p05": float(fc.p05[j]), "p95": float(fc.p95[j]), "is_holdout": int(hold), "model": f.model,
+                    "rel_error": abs(float(fc.median[j]) - obs) / obs if obs > 0 else float("nan"),
+                    "baseline_last": float(last[j]) if hold else "", "baseline_linear": float(lin[j]) if hold else "",
+                })
+        return rows
+
+    def metrics_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for subj, f in self.fits.items():
+            ser = f.series
+            obs = torch.tensor(ser.sizes, dtype=torch.float64)
+            fc = self.forecast(subj, ser.days)
+            fit_obs, fit_pred = obs[: f.n_fit], fc.median[: f.n_fit]
+            ss_res = float(((fit_obs - fit_pred) ** 2).sum())
+            ss_tot = float(((fit_obs - fit_obs.mean()) ** 2).sum())
+            r2 = 1.0 - ss_res / ss_tot if f.n_fit > 1 and ss_tot > 0 else float("nan")
+            nrmse = math.sqrt(ss_res / f.n_fit) / float(fit_obs.mean())
+            k = self.model(subj).effective_n_params(ser.has_rt and f.t_rt <= float(ser.days[f.n_fit - 1]) - f.day0)
+            aic, bic = aic_bic(f.sse_point, f.n_fit, k)
+            row = {"subject": subj, "model": f.model, "n_points": len(ser), "n_fit": f.n_fit,
+                   "n_holdout": len(ser) - f.n_fit, "n_params": k, "r2": r2, "nrmse": nrmse, "aic": aic, "bic": bic}
+            if len(ser) > f.n_fit:
+                hold_obs = obs[f.n_fit:]
+                hd = ser.days[f.n_fit:]
+                rel = ((fc.median[f.n_fit:] - hold_obs).abs() / hold_obs)
+                last = baseline_last(ser.days[: f.n_fit], ser.sizes[: f.n_fit], hd)
+                lin = baseline_linear(ser.days[: f.n_fit], ser.sizes[: f.n_fit], hd)
+                inside = ((hold_obs >= fc.p05[f.n_fit:]) & (hold_obs <= fc.p95[f.n_fit:])).double()
+                row.update({
+                    "holdout_rel_error": float(rel.mean()), "holdout_in_band": float(inside.mean()),
+                    "baseline_last_rel_error": float(((last - hold_obs).abs() / hold_obs).mean()),
+                    "baseline_linear_rel_error": float(((lin - hold_obs).abs() / hold_obs).mean()),
+                })
+            row["note"] = f.note
+            rows.append(row)
+        return rows
+
+    def comparison_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for subj, f in self.fits.items():
+            for name, c in f.comparison.items():
+                rows.append({"subject": subj, "model": name, **c, "chosen": int(name == f.model)})
+        return rows
+
+
+# --------------------------------------------------------------------------- batching helpers
+@dataclass
+class _Item:
+    subject: str
+    t: torch.Tensor  # normalised times
+    y: torch.Tensor  # normalised sizes
+    n_train: int  # fitted points: the first n_train
+    t_rt: float
+    target: int | None = None  # index forecast by a CV fold
+
+
+def _items(series: SizeSeries, n_fit: int, dtype) -> _Item:
+    d = torch.tensor(series.days, dtype=dtype)
+    y = torch.tensor(series.sizes, dtype=dtype)
+    t_rt = float(series.rt_end_day) - float(d[0]) if series.has_rt else NO_RT
+    return _Item(series.subject, d - d[0], y / y[0], n_fit, t_rt)
+
+
+def _pack(items: list[_Item], n_bootstrap: int, s, gen: torch.Generator, dtype) -> FitProblems:
+    width = max(len(it.t) for it in items)
+    t = torch.zeros(len(items), width, dtype=dtype)
+    y = torch.ones(len(items), width, dtype=dtype)
+    mask = torch.zeros(len(items), width, dtype=torch.bool)
+    for i, it in enumerate(items):
+        n = len(it.t)
+        t[i, :n], y[i, :n] = it.t, it.y
+        t[i, n:], y[i, n:] = it.t[-1], it.y[-1]
+        mask[i, : it.n_train] = True
+    yb = bootstrap(y, n_bootstrap, s.noise, s.noise_clip, gen) if n_bootstrap > 0 else y.unsqueeze(1)
+    t_rt = torch.tensor([it.t_rt for it in items], dtype=dtype)
+    return FitProblems(t, yb, mask, t_rt)
+
+
+def _fit(model: GrowthModel, items: list[_Item], n_bootstrap: int, s, seed: int, prior=None, progress=False, logger=None):
+    dtype = torch.float64 if s.dtype == "float64" else torch.float32
+    gen = torch.Generator().manual_seed(seed)
+    problems = _pack(items, n_bootstrap, s, gen, dtype)
+    steps = s.steps if s.steps >= 0 else (LM_STEPS if s.optimizer == "lm" else ADAM_STEPS)
+    module = BatchedFit(
+        model, problems, n_starts=s.n_starts, start_jitter=s.start_jitter, noise=s.noise, steps=steps, lr=s.lr,
+        integrator=s.integrator, ode_kwargs=dict(method=s.ode_method, rtol=s.ode_rtol, atol=s.ode_atol),
+        prior=prior, seed=seed, optimizer=s.optimizer,
+    )
+    return run_fit(module, accelerator=s.accelerator, progress_bar=progress and s.progress_bar, logger=logger)
+
+
+def unit_coords(model: GrowthModel, theta: torch.Tensor, noise: float) -> torch.Tensor:
+    """Normalised (log-)parameters in [0, 1], the space the population prior lives in."""
+    lo, hi = widened_bounds(model, noise, theta.dtype)
+    ls = torch.tensor(model.log_scale())
+    zlog = (torch.log(theta.clamp_min(1e-30)) - torch.log(lo.abs().clamp_min(1e-30))) / (
+        torch.log(hi.abs().clamp_min(1e-30)) - torch.log(lo.abs().clamp_min(1e-30)))
+    return torch.where(ls, zlog, (theta - lo) / (hi - lo)).clamp(0.0, 1.0)
+
+
+# --------------------------------------------------------------------------- the cohort fit
+def fit_cohort(rows, fit_cfg: Any = None, *, seed: int = 0, strict: bool = False, logger=None) -> CohortFit:
+    """Fit every subject of ``rows`` (CSV path or list of dicts) with ``fit_cfg`` (FitSettings).
+
+    Bad subjects are reported in ``CohortFit.errors`` (and logged) and the rest are fitted, unless
+    ``strict`` (then the first problem raises ``DataError``).
+    """
+    s = _settings(fit_cfg)
+    candidates = _check_settings(s)
+    prior_on = bool(s.population_prior)
+    min_points = 1 if prior_on else 2
+    series, problems = load_series(rows, s.rt_duration_days, min_points=min_points, strict=strict)
+    usable: list[tuple[SizeSeries, int]] = []
+    for ser in series:
+        n_fit = len(ser) - s.holdout_last
+        if n_fit < min_points:
+            msg = (f"subject '{ser.subject}' row {ser.rows[-1]}: {len(ser)} point(s) and holdout_last={s.holdout_last} "
+                   f"leave {n_fit} to fit; at least {min_points} needed"
+                   + ("" if prior_on else " (fit.population_prior=true allows 1)"))
+            if strict:
+                raise DataError(msg)
+            problems.append(SubjectProblem(ser.subject, ser.rows[-1], msg))
+            continue
+        usable.append((ser, n_fit))
+    errors = [p.as_row() for p in problems]
+    for e in errors:
+        log.warning("skipped: %s", e["message"])
+    if not usable:
+        raise DataError("no subject could be fitted: " + "; ".join(e["message"] for e in errors[:5]))
+    dtype = torch.float64 if s.dtype == "float64" else torch.float32
+    notes: list[str] = []
+    subject_notes: dict[str, str] = {}
+    for ser, n_fit in usable:
+        if n_fit == 1:
+            subject_notes[ser.subject] = "prior-only forecast: 1 fitted point, growth parameters from the population prior"
+            log.warning("subject '%s': %s", ser.subject, subject_notes[ser.subject])
+    base_items = [_items(ser, n_fit, dtype) for ser, n_fit in usable]
+    prior_arg = "hierarchical" if prior_on else None
+
+    # ---- model comparison / auto selection (unperturbed data, no bootstrap)
+    comparison: dict[str, dict[str, dict[str, float]]] = {ser.subject: {} for ser, _ in usable}
+    point_fits: dict[str, dict[str, torch.Tensor]] = {}
+    chosen: dict[str, str] = {}
+    if s.model == "auto" or s.compare_models:
+        names = candidates if s.model == "auto" else sorted(set(candidates) | {s.model}, key=model_names().index)
+        for mi, name in enumerate(names):
+            model = get_model(name, s.size_kind)
+            items = list(base_items)
+            if s.model == "auto":
+                for it in base_items:
+                    for k in range(max(s.auto_min_train, 1), it.n_train):
+                        items.append(_Item(it.subject, it.t, it.y, k, it.t_rt, target=k))
+            res = _fit(model, items, 0, s, seed + 1000 + mi, prior=prior_arg)
+            cv: dict[str, list[float]] = {}
+            for i, it in enumerate(items):
+                if it.target is None:
+                    point_fits.setdefault(it.subject, {})[name] = res.theta[i, 0]
+                    sse = float(res.sse[i, 0])
+                    has_rt = it.t_rt <= float(it.t[it.n_train - 1])
+                    k_eff = model.effective_n_params(has_rt)
+                    aic, bic = aic_bic(sse, it.n_train, k_eff)
+                    comparison[it.subject][name] = {"n_params": k_eff, "n_points": it.n_train, "sse": sse,
+                                                    "aic": aic, "bic": bic}
+                else:
+                    pred = simulate_closed_form(model, res.theta[i, 0].double(), it.t[it.target : it.target + 1].double(),
+                                                torch.tensor(it.t_rt, dtype=torch.float64))
+                    obs = float(it.y[it.target])
+                    cv.setdefault(it.subject, []).append(abs(float(pred[0]) - obs) / obs)
+            for subj, errs in cv.items():
+                comparison[subj][name]["cv_error"] = sum(errs) / len(errs)
+                comparison[subj][name]["cv_folds"] = len(errs)
+        for ser, _ in usable:
+            comp = comparison[ser.subject]
+            if s.model != "auto":
+                chosen[ser.subject] = s.model
+                continue
+            with_cv = {m: c for m, c in comp.items() if "cv_error" in c}
+            if with_cv:
+                best = min(with_cv, key=lambda m: (round(with_cv[m]["cv_error"], 6), with_cv[m]["n_params"]))
+                why = f"auto: rolling-origin CV ({int(with_cv[best]['cv_folds'])} folds)"
+            else:
+                best = min(comp, key=lambda m: (round(comp[m]["aic"], 6), comp[m]["n_params"]))
+                why = "auto: AIC (too few points for cross-validation)"
+            chosen[ser.subject] = best
+            subject_notes[ser.subject] = "; ".join(x for x in (subject_notes.get(ser.subject, ""), why) if x)
+    else:
+        chosen = {ser.subject: s.model for ser, _ in usable}
+
+    # ---- bootstrap fit, one batched fit per chosen model
+    fits: dict[str, SubjectFit] = {}
+    groups: dict[str, list[int]] = {}
+    for i, (ser, _) in enumerate(usable):
+        groups.setdefault(chosen[ser.subject], []).append(i)
+    for gi, (name, idx) in enumerate(groups.items()):
+        model = get_model(name, s.size_kind)
+        items = [base_items[i] for i in idx]
+        prior = prior_arg
+        if prior_on and s.prior_mode == "map":
+            prior = _empirical_prior(model, items, point_fits, name, s, seed + 2000 + gi, notes)
+        log.info("fitting %d subject(s) with %s: %d bootstrap replicates x %d starts", len(items), name,
+                 s.n_bootstrap, s.n_starts)
+        res = _fit(model, items, s.n_bootstrap, s, seed + gi, prior=prior, progress=True, logger=logger)
+        for j, i in enumerate(idx):
+            ser, n_fit = usable[i]
+            samples = res.theta[j, 1:] if s.n_bootstrap > 0 else res.theta[j, :1]
+            fits[ser.subject] = SubjectFit(ser, name, n_fit, res.theta[j, 0], samples, float(res.sse[j, 0]),
+                                           subject_notes.get(ser.subject, ""), comparison.get(ser.subject, {}))
+    ordered = {ser.subject: fits[ser.subject] for ser, _ in usable}
+    return CohortFit(ordered, errors, s, notes)
+
+
+def _empirical_prior(model, items, point_fits, name, s, seed, notes):
+    """prior_mode=map: mean/SD of the normalised parameters of well-sampled subjects (their own fits)."""
+    rich = [it for it in items if it.n_train >= s.prior_min_points]
+    if len(rich) < 3:
+        notes.append(f"{name}: fewer than 3 subjects with >= {s.prior_min_points} points; hierarchical prior used instead of map")
+        log.warning(notes[-1])
+        return "hierarchical"
+    res = _fit(model, rich, 0, s, seed)  # independent fits of the well-sampled subjects
+    thetas = res.theta[:, 0]
+    z = unit_coords(model, thetas.double(), s.noise)
+    return z.mean(0), z.std(0)
