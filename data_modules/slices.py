@@ -649,7 +649,13 @@ class SliceDataModule(_DataModuleBase):
 
     @classmethod
     def from_config(cls, cfg: Any, strict: bool = False) -> SliceDataModule:
-        return cls(strict=strict, **_plain(cfg))
+        """From a ``SliceDataConfig`` section; keys that a command's subclass of the section adds are ignored."""
+        from dataclasses import fields
+
+        from tgrowth.config.data import SliceDataConfig
+
+        known = {f.name for f in fields(SliceDataConfig)}
+        return cls(strict=strict, **{k: v for k, v in _plain(cfg).items() if k in known})
 
     @property
     def num_channels(self) -> int:
