@@ -480,7 +480,7 @@ def predict_subject(cfg: DictConfig, models: Models, fit: Any, plan: Plan, arms:
         "image_size": models.image_size,
         "pixel_spacing_mm": list(prior_s.spacing_mm),
         "targets": targets_info,
-        "methods": {a.method + (f"@{a.scale:g}" if a.kind == "ode" and a.method != "tgrowth" else ""):
+        "methods": {(a.method if a.day_index == 0 else f"{a.method}/day{a.day_index}"):
                     {"generated_area_mm2": float(r["areas"].mean()), "scale": a.scale} for a, r in results.items()},
         "files": files,
         "seconds": round(time.time() - t0, 2),
