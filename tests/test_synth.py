@@ -139,6 +139,7 @@ def test_same_seed_same_bytes_other_seed_differs(cohort: Path, tmp_path: Path):
     ("growth.rho_per_day=[0.05,0.01]", "growth.rho_per_day"),
     ("schedule.pre_rt_scans=0", "schedule.pre_rt_scans"),
     ("split_fractions=[1,0]", "split_fractions"),
+    ("device=tpu9", "device"),
 ])
 def test_bad_config_names_the_key(override, key, tmp_path: Path, capsys):
     kwargs = dict(_parse(a) for a in TINY)
@@ -159,6 +160,8 @@ def _parse(override: str):
         return key, [float(v) for v in value.strip("[]").split(",")]
     if value in ("true", "false"):
         return key, value == "true"
+    if not value.lstrip("-").replace(".", "").isdigit():
+        return key, value
     return key, float(value) if ("." in value or key.endswith("_mm")) else int(value)
 
 

@@ -153,6 +153,12 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"config key 'growth.max_pregrowth_days' must be at least 1, got {cfg.growth.max_pregrowth_days}")
     if not 1 <= cfg.montage_subject <= cfg.n_subjects:
         raise ConfigError(f"config key 'montage_subject' must be between 1 and n_subjects ({cfg.n_subjects}), got {cfg.montage_subject}")
+    try:
+        dev = torch.device(cfg.device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"config key 'device' is not a torch device: {cfg.device!r} ({exc})") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"config key 'device' is {cfg.device!r} but CUDA is not available here (use device=cpu)")
     if cfg.threads is not None and cfg.threads < 1:
         raise ConfigError(f"config key 'threads' must be at least 1 (or null), got {cfg.threads}")
 
