@@ -51,13 +51,17 @@ HEMISPHERIC_BOX = ((20.0, 45.0), (-60.0, 30.0), (0.0, 42.0))  # |x|, y, z ranges
 
 # --------------------------------------------------------------------------- config
 def _as_config(cfg: Any = None, **kwargs: Any):
-    """A validated SynthConfig DictConfig from a DictConfig, a SynthConfig, a dict and/or keyword overrides."""
+    """A validated SynthConfig DictConfig from a DictConfig, a SynthConfig, a dict or a YAML path, and keyword overrides."""
     from omegaconf import DictConfig, OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     from tgrowth.config.base import _check_keys
     from tgrowth.config.synth import SynthConfig
 
+    if isinstance(cfg, (str, Path)):  # a YAML file (with its extends: bases)
+        from tgrowth.config.base import load_config
+
+        cfg = load_config(SynthConfig, [str(cfg)])
     base = OmegaConf.structured(SynthConfig)
     OmegaConf.set_struct(base, True)
     extra = None
@@ -327,7 +331,8 @@ def _nifti_header():
 
 
 def generate_cohort(cfg: Any = None, prepare: bool = True, log: Any = print, **kwargs: Any) -> dict[str, Any]:
-    """Generate the phantom. ``cfg``: a SynthConfig DictConfig/dataclass/dict; ``kwargs`` override keys.
+    """Generate the phantom. ``cfg``: a SynthConfig DictConfig/dataclass/dict or a YAML path; ``kwargs``
+    override keys (dotted keys reach into sections: ``**{"growth.rho_per_day": [0.01, 0.02]}``).
 
     Returns a summary dict: ``root``, ``subjects``, ``splits``, ``seconds``, ``shape``, ``voxel_mm``,
     ``ground_truth`` (the rows of ground_truth.csv).
