@@ -118,7 +118,7 @@ def test_same_seed_same_bytes_other_seed_differs(cohort: Path, tmp_path: Path):
     kwargs["n_subjects"] = 1
     same = generate_cohort(None, output_dir=str(tmp_path / "a"), seed=3, log=lambda *_: None, **kwargs)
     yaml = tmp_path / "other.yaml"  # the API also takes a YAML path (keywords override it)
-    yaml.write_text("seed: 4\n" + "".join(f"{k}: {v}\n" for k, v in kwargs.items() if "." not in k))
+    yaml.write_text("seed: 4\ngrowth:\n  mass_effect: 0.0\n" + "".join(f"{k}: {v}\n" for k, v in kwargs.items() if "." not in k))
     other = generate_cohort(yaml, output_dir=str(tmp_path / "b"), log=lambda *_: None)
     assert same["subjects"] == other["subjects"] == ["SYN-00001"]
     for tp in ("000", "002"):
@@ -129,6 +129,9 @@ def test_same_seed_same_bytes_other_seed_differs(cohort: Path, tmp_path: Path):
             c = nib.load(str(tmp_path / "b" / name))
             assert np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj)) and np.array_equal(a.affine, b.affine)
             assert not np.array_equal(np.asarray(a.dataobj), np.asarray(c.dataobj))
+    # without mass effect the anatomy (brain mask) is the same at every scan
+    masks = [np.asarray(nib.load(str(tmp_path / "b" / f"SYN-00001-{tp}/SYN-00001-{tp}-t1n.nii.gz")).dataobj) > 0 for tp in ("000", "002")]
+    assert np.array_equal(masks[0], masks[1])
     assert (cohort / "timeline.csv").read_text().splitlines()[1:4] == (tmp_path / "a" / "timeline.csv").read_text().splitlines()[1:4]
 
 

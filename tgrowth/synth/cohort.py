@@ -46,6 +46,7 @@ MIDLINE_REGIONS = {
     "thalamus": ((0.0, -16.0, 6.0), (14.0, 6.0, 4.0)),
 }
 OEDEMA_SIGMA_MAX_MM = 5.0
+MASS_SIGMA_MM = 8.0  # smoothing of the tumour burden whose gradient displaces tissue (mass effect)
 HEMISPHERIC_BOX = ((20.0, 45.0), (-60.0, 30.0), (0.0, 42.0))  # |x|, y, z ranges
 
 
@@ -134,6 +135,8 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"config key 'split_fractions' must be three non-negative train/val/test fractions, got {fr}")
     if not cfg.subject_prefix or any(c in cfg.subject_prefix for c in "/\\ ,"):
         raise ConfigError(f"config key 'subject_prefix' must be a non-empty name without '/', spaces or commas, got {cfg.subject_prefix!r}")
+    if cfg.growth.mass_effect < 0 or cfg.growth.mass_effect > 3:
+        raise ConfigError(f"config key 'growth.mass_effect' must be in [0, 3], got {cfg.growth.mass_effect}")
     if cfg.growth.heterogeneity < 0 or cfg.growth.heterogeneity > 2:
         raise ConfigError(f"config key 'growth.heterogeneity' must be in [0, 2], got {cfg.growth.heterogeneity}")
     for key in ("growth.d_white_mm2_per_day", "growth.grey_white_ratio", "growth.rho_per_day", "growth.alpha_per_gy",
@@ -221,6 +224,7 @@ def draw_subject(cfg: Any, index: int, lattice: tuple[int, int, int], sim_voxel:
         "oedema_sigma_mm": float(rng.uniform(2.0, OEDEMA_SIGMA_MAX_MM)),
         "pseudo_progression": float(rng.uniform(1.0, 2.5)),
         "initial_volume_ml": float(rng.uniform(*g.initial_volume_ml)),
+        "mass_effect": float(rng.uniform(0.3, 1.0)),
     }
     params["beta"] = params["alpha"] / float(rt.alpha_beta_gy)
     # scan schedule
@@ -418,6 +422,7 @@ def _generate(cfg: Any, prepare: bool, log: Any) -> dict[str, Any]:
         sigma_vox = torch.tensor([d.params["oedema_sigma_mm"] / sim_h for d in batch])
         kpp = torch.tensor([d.params["pseudo_progression"] for d in batch]).reshape(-1, 1, 1, 1)
         enh = torch.tensor([d.params["enh_threshold"] for d in batch])
+        mass = torch.tensor([d.params["mass_effect"] for d in batch]) * float(cfg.growth.mass_effect)
         jitter = torch.as_tensor(np.stack([d.imaging["tissue_jitter"] for d in batch]), dtype=torch.float32)
         bias = torch.tensor([d.imaging["bias_strength"] for d in batch])
         noise = torch.tensor([d.imaging["noise_level"] for d in batch])
@@ -428,8 +433,19 @@ def _generate(cfg: Any, prepare: bool, log: Any) -> dict[str, Any]:
             # vasogenic oedema spreads along white matter more than through grey matter
             e = gaussian_blur(u + n + kpp * dmg, sigma_vox, max_sigma=OEDEMA_SIGMA_MAX_MM / sim_h) * oedema_weight
             sim_fields = torch.stack([u, n, dmg, e], 1)
-            fields = torch.nn.functional.grid_sample(sim_fields, coords, mode="bilinear", padding_mode="zeros", align_corners=True)
-            images, seg = render(anat, fields, enh, jitter, gens, bias, noise)
+            anat_j, coords_j = anat, coords
+            if cfg.growth.mass_effect > 0:
+                # mass effect: tissue pushed down the gradient of the smoothed tumour burden (oedema counts half);
+                # the image at x shows what was at x - disp(x), so the tumour and its neighbourhood expand
+                burden = gaussian_blur(u + n + dmg + 0.5 * e, MASS_SIGMA_MM / sim_h)
+                grad = torch.stack([torch.gradient(burden, spacing=sim_h, dim=k)[0] for k in (1, 2, 3)], 1)
+                disp = -(mass * MASS_SIGMA_MM**2)[:, None, None, None, None] * grad  # mm, world axes
+                disp_out = torch.nn.functional.grid_sample(disp, coords, mode="bilinear", padding_mode="zeros", align_corners=True)
+                moved = out_points[None] - disp_out.permute(0, 2, 3, 4, 1)
+                anat_j = A.sample_anatomy(template, warps, moved)
+                coords_j = (((moved - origin[:, None, None, None, :]) / sim_h) / max(n_sim - 1, 1) * 2.0 - 1.0).flip(-1)
+            fields = torch.nn.functional.grid_sample(sim_fields, coords_j, mode="bilinear", padding_mode="zeros", align_corners=True)
+            images, seg = render(anat_j, fields, enh, jitter, gens, bias, noise)
             for i, d in enumerate(batch):
                 tp = f"{j:03d}"
                 folder = root / f"{d.subject}-{tp}"
@@ -454,6 +470,7 @@ def _generate(cfg: Any, prepare: bool, log: Any) -> dict[str, Any]:
                     "damage_clearance_per_day": d.params["k_clear"], "necrosis_rate_per_day": d.params["k_nec"],
                     "enhancement_threshold": d.params["enh_threshold"], "pseudo_progression": d.params["pseudo_progression"],
                     "oedema_sigma_mm": d.params["oedema_sigma_mm"],
+                    "mass_effect": d.params["mass_effect"] * float(cfg.growth.mass_effect),
                     "initial_volume_ml_target": d.params["initial_volume_ml"],
                     "pregrowth_days": res.pregrowth_days[i], "reached_initial_volume": res.reached_target[i],
                 }
