@@ -40,11 +40,21 @@ ROWS = {
     # name: (kind, steps, bf16, channels_last, compile)
     "baseline": ("baseline", 200, False, False, False),
     "fp32": ("tgrowth", 200, False, False, False),
+    "fp32+cl": ("tgrowth", 200, False, True, False),
+    "fp32+compile": ("tgrowth", 200, False, False, True),
     "bf16": ("tgrowth", 200, True, False, False),
     "bf16+cl": ("tgrowth", 200, True, True, False),
     "bf16+cl+compile": ("tgrowth", 200, True, True, True),
     "fp32 50 steps": ("tgrowth", 50, False, False, False),
+    "fp32+compile 50 steps": ("tgrowth", 50, False, False, True),
     "bf16+cl+compile 50 steps": ("tgrowth", 50, True, True, True),
+}
+# CPUs without native bf16 (this project's 2-core machines) run bf16 autocast far slower than fp32, so the
+# default CPU rows are fp32; pass --rows to run any row anywhere.
+DEFAULT_ROWS = {
+    "cpu": ["baseline", "fp32", "fp32+cl", "fp32+compile", "fp32 50 steps", "fp32+compile 50 steps"],
+    "cuda": ["baseline", "fp32", "bf16", "bf16+cl", "bf16+cl+compile", "fp32 50 steps",
+             "bf16+cl+compile 50 steps"],
 }
 
 
@@ -166,7 +176,7 @@ def worker(cfg: dict) -> dict:
                 spread=spread, warmup_s=warm_s, finite=bool(torch.isfinite(imgs).all()))
 
 
-def device_name(device: str) -> str:
+def device_name(device: str, threads: int | None = None) -> str:
     if device == "cuda":
         import torch
 
@@ -174,7 +184,7 @@ def device_name(device: str) -> str:
     import torch
 
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-            f"{torch.get_num_threads()} torch threads (torch {torch.__version__}), no GPU")
+            f"{threads or torch.get_num_threads()} torch thread(s) per run (torch {torch.__version__}), no GPU")
 
 
 def main() -> None:
@@ -203,7 +213,7 @@ def main() -> None:
 
     n = args.n or (4 if args.quick else 50)
     bgens = args.baseline_gens or (n if args.device == "cuda" else (1 if args.quick else 2))
-    rows = args.rows.split(",") if args.rows else list(ROWS)
+    rows = args.rows.split(",") if args.rows else list(DEFAULT_ROWS[args.device])
     if args.no_compile:
         rows = [r for r in rows if "compile" not in r]
     unknown = [r for r in rows if r not in ROWS]
@@ -233,7 +243,8 @@ def main() -> None:
     base = next((x for x in results if x["kind"] == "baseline"), None)
     mem = "peak GPU MiB" if args.device == "cuda" else "peak RSS +MiB"
     print()
-    print(f"device: {device_name(args.device)}")
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    print(f"device: {device_name(args.device, args.threads)}" + (f"; load average at the end {load[0]:.1f}" if load else ""))
     print(f"| config | steps | s / map | speedup vs baseline | {mem} | area err | gen. spread | warm-up s |")
     print("|---|---|---|---|---|---|---|---|")
     for x in results:
