@@ -58,8 +58,8 @@ DEFAULT_ROWS = {
 }
 
 
-def model_sizes(device: str) -> dict:
-    if device == "cuda":  # the authors' sizes (method.md)
+def model_sizes(size: str) -> dict:
+    if size == "authors":  # the authors' sizes (method.md)
         return dict(
             image_size=256,
             unet=dict(image_size=256, in_channels=4, model_channels=128, num_res_blocks=2,
@@ -107,7 +107,9 @@ def worker(cfg: dict) -> dict:
         torch.set_num_threads(cfg["threads"])
     dev = torch.device(cfg["device"])
     kind, steps, bf16, cl, comp = ROWS[cfg["row"]]
-    sizes = model_sizes(cfg["device"])
+    if cfg.get("smoke"):
+        steps = 2
+    sizes = model_sizes(cfg.get("size", "tiny"))
     torch.manual_seed(0)
     unet = UNet(**sizes["unet"])
     torch.nn.init.normal_(unet.out[-1].weight, std=0.02)  # random weights; eps not identically zero
@@ -204,6 +206,9 @@ def main() -> None:
     ap.add_argument("--compile-mode", default="default", help="torch.compile mode (e.g. max-autotune)")
     ap.add_argument("--rows", default=None, help=f"comma-separated subset of: {', '.join(ROWS)}")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    ap.add_argument("--size", default=None, choices=["tiny", "authors"],
+                    help="model size (default: authors on cuda, tiny on cpu)")
+    ap.add_argument("--smoke", action="store_true", help="2 sampling steps per row: checks the code path, no timing")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -219,16 +224,19 @@ def main() -> None:
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
         raise SystemExit(f"unknown rows {unknown}; choose from {list(ROWS)}")
-    sizes = model_sizes(args.device)
+    size = args.size or ("authors" if args.device == "cuda" else "tiny")
+    sizes = model_sizes(size)
     print(f"# probability map: N={n} generations, L={args.noise_level}, guided (authors' form, scale "
           f"{args.scale:g}, +15% boost above t=20), eta={args.eta} for tgrowth rows; device: {args.device}")
     print(f"# models (random weights): UNet {sizes['unet']}; regressor {sizes['regressor']}")
     print(f"# command: python benchmarks/sampling.py {' '.join(sys.argv[1:])}")
+    if args.smoke:
+        print("# SMOKE RUN: 2 sampling steps per row; the figures below are not timings of a map")
     results = []
     for r in rows:
         cfg = dict(row=r, device=args.device, n=n, noise_level=args.noise_level, baseline_gens=bgens,
                    chunk=args.chunk, eta=args.eta, scale=args.scale, delta=args.delta, threads=args.threads,
-                   compile_mode=args.compile_mode)
+                   compile_mode=args.compile_mode, size=size, smoke=args.smoke)
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(cfg)], capture_output=True,
                               text=True, cwd=ROOT)
