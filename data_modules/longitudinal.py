@@ -111,7 +111,13 @@ class LongitudinalDataModule(_DataModuleBase):
 
     @classmethod
     def from_config(cls, cfg: Any, strict: bool = False) -> LongitudinalDataModule:
-        return cls(strict=strict, **_plain(cfg))
+        """From a ``LongitudinalDataConfig`` section; keys that a command's subclass of the section adds are ignored."""
+        from dataclasses import fields
+
+        from tgrowth.config.data import LongitudinalDataConfig
+
+        known = {f.name for f in fields(LongitudinalDataConfig)}
+        return cls(strict=strict, **{k: v for k, v in _plain(cfg).items() if k in known})
 
     # ------------------------------------------------------------------ subjects
     @property

@@ -72,7 +72,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("tgrowth.data")
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 # --------------------------------------------------------------------------- settings
@@ -308,20 +308,19 @@ class SliceSample:
 
     # -- cache (plain tensors / lists only: loads with weights_only=True)
     def to_state(self) -> dict:
-        return {
-            "image": self.image, "seg": self.seg,
-            "meta": {
-                "spacing_mm": list(self.spacing_mm), "affine": np.asarray(self.affine).tolist(),
-                "volume_shape": list(self.volume_shape), "slice_index": self.slice_index,
-                "subject": self.subject, "timepoint": self.timepoint, "day": self.day,
-                "contrasts": list(self.contrasts), "input_spacing_mm": list(self.input_spacing_mm),
-                "geometry": self.geometry,
-            },
+        meta = {
+            "spacing_mm": list(self.spacing_mm), "affine": np.asarray(self.affine).tolist(),
+            "volume_shape": list(self.volume_shape), "slice_index": self.slice_index,
+            "subject": self.subject, "timepoint": self.timepoint, "day": self.day,
+            "contrasts": list(self.contrasts), "input_spacing_mm": list(self.input_spacing_mm),
+            "geometry": self.geometry,
         }
+        # metadata as one JSON string: far cheaper to load under weights_only than nested lists
+        return {"image": self.image, "seg": self.seg, "meta_json": json.dumps(meta)}
 
     @classmethod
     def from_state(cls, state: dict) -> SliceSample:
-        m = state["meta"]
+        m = json.loads(state["meta_json"])
         return cls(
             image=state["image"], seg=state["seg"], spacing_mm=tuple(m["spacing_mm"]), affine=np.asarray(m["affine"]),
             volume_shape=tuple(m["volume_shape"]), slice_index=int(m["slice_index"]), subject=m["subject"],
@@ -650,7 +649,13 @@ class SliceDataModule(_DataModuleBase):
 
     @classmethod
     def from_config(cls, cfg: Any, strict: bool = False) -> SliceDataModule:
-        return cls(strict=strict, **_plain(cfg))
+        """From a ``SliceDataConfig`` section; keys that a command's subclass of the section adds are ignored."""
+        from dataclasses import fields
+
+        from tgrowth.config.data import SliceDataConfig
+
+        known = {f.name for f in fields(SliceDataConfig)}
+        return cls(strict=strict, **{k: v for k, v in _plain(cfg).items() if k in known})
 
     @property
     def num_channels(self) -> int:

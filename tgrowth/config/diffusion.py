@@ -9,17 +9,14 @@ from dataclasses import dataclass
 from typing import Optional
 
 from tgrowth.config.base import RunConfig, TrainerConfig, WandbConfig, doc
+from tgrowth.config.data import SliceDataConfig
 
 
 @dataclass
-class SliceDataSettings:
-    """2D slices for training (interim schema until the data layer's section lands)."""
+class TrainSliceData(SliceDataConfig):
+    """2D slice data (``data_modules.slices.SliceDataModule``); root may stay empty with toy_data.enabled."""
 
     root: str = doc("", "Data set folder (BraTS, longitudinal or the authors' 2D layout).")
-    contrasts: list[str] = doc(["t1n", "t1c", "t2w", "t2f"], "MRI contrasts used as input channels, e.g. [t1c] for a single-contrast model.")
-    image_size: int = doc(64, "Slices are brought to image_size x image_size.")
-    batch_size: int = doc(16, "Training batch size.")
-    num_workers: int = doc(0, "DataLoader worker processes.")
 
 
 @dataclass
@@ -104,7 +101,7 @@ class SegmenterModelSettings:
 
 @dataclass
 class _TrainCommon(RunConfig):
-    data: SliceDataSettings = doc(SliceDataSettings(), "Slice data.")
+    data: TrainSliceData = doc(TrainSliceData(), "Slice data (see tgrowth data-check).")
     toy_data: ToyDataSettings = doc(ToyDataSettings(), "Toy in-memory data (smoke tests).")
     optim: OptimSettings = doc(OptimSettings(), "Optimiser.")
     trainer: TrainerConfig = doc(TrainerConfig(), "Lightning Trainer.")

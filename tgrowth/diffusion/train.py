@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from tgrowth.errors import ConfigError, TgrowthError
+from tgrowth.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,9 @@ def _common_meta(cfg: DictConfig, kind: str) -> dict[str, Any]:
     contrasts = [str(c) for c in _plain(cfg.data.contrasts)]
     if not contrasts:
         raise ConfigError("data.contrasts is empty: name at least one contrast, e.g. data.contrasts=[t1c]")
+    labels = _plain(cfg.data.labels)
     return {"kind": kind, "image_size": int(cfg.data.image_size), "contrasts": contrasts, "in_channels": len(contrasts),
-            "experiment": str(cfg.experiment)}
+            "labels": labels if isinstance(labels, str) else [int(v) for v in labels], "experiment": str(cfg.experiment)}
 
 
 # --------------------------------------------------------------------------- networks from config
@@ -126,13 +127,9 @@ def make_datamodule(cfg: DictConfig):
                               batch_size=int(d.batch_size), seed=int(cfg.seed))
     if not str(d.root):
         raise ConfigError("data.root is empty: set it to a data set folder (or toy_data.enabled=true for a smoke test)")
-    try:
-        from data_modules.slices import SliceDataModule
-    except ImportError as exc:
-        raise TgrowthError(f"the slice data layer (data_modules.slices.SliceDataModule) is not available: {exc}") from exc
-    if hasattr(SliceDataModule, "from_config"):
-        return SliceDataModule.from_config(d, seed=int(cfg.seed))
-    return SliceDataModule(**_plain(d))
+    from data_modules.slices import SliceDataModule
+
+    return SliceDataModule.from_config(d, strict=bool(cfg.strict))
 
 
 # --------------------------------------------------------------------------- the run
