@@ -248,3 +248,15 @@ def test_montage_png(tmp_path: Path):
     out = save_montage({"subject": "S", "days": [0, 20, 90], "t1c": vols, "t2f": vols, "seg": segs, "rt": (30, 69)},
                        tmp_path / "m.png", (3.0, 3.0, 3.0))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_untreated_subject_has_empty_rt_dates_and_keeps_growing(tmp_path: Path):
+    kwargs = dict(_parse(a) for a in TINY)
+    kwargs.update({"n_subjects": 1, "rt.fraction_of_subjects": 0.0})
+    summary = generate_cohort(None, output_dir=str(tmp_path / "norx"), seed=2, log=lambda *_: None, **kwargs)
+    rows = _rows(tmp_path / "norx" / "timeline.csv")
+    assert [(r["rt_start_day"], r["rt_end_day"]) for r in rows] == [("", "")] * 3
+    truth = summary["ground_truth"]
+    assert [r["phase"] for r in truth] == ["no_rt"] * 3
+    cells = [r["tumor_cell_volume_mm3"] for r in truth]
+    assert cells[0] < cells[1] < cells[2]
