@@ -252,8 +252,13 @@ def test_montage_png(tmp_path: Path):
 
 def test_untreated_subject_has_empty_rt_dates_and_keeps_growing(tmp_path: Path):
     kwargs = dict(_parse(a) for a in TINY)
-    kwargs.update({"n_subjects": 1, "rt.fraction_of_subjects": 0.0})
+    kwargs.update({"n_subjects": 1, "rt.fraction_of_subjects": 0.0, "slice_thickness_mm": 5.0})
     summary = generate_cohort(None, output_dir=str(tmp_path / "norx"), seed=2, log=lambda *_: None, **kwargs)
+    seg = nib.load(str(tmp_path / "norx" / "SYN-00001-002" / "SYN-00001-002-seg.nii.gz"))
+    assert np.allclose(np.diag(seg.affine)[:3], [4.0, 4.0, 5.0])  # anisotropic voxels: thick axial slices
+    lab = np.asarray(seg.dataobj)
+    assert summary["ground_truth"][2]["whole_tumor_volume_mm3"] == pytest.approx((lab > 0).sum() * 80.0)
+    assert summary["ground_truth"][2]["max_axial_area_mm2"] == pytest.approx((lab > 0).sum(axis=(0, 1)).max() * 16.0)
     rows = _rows(tmp_path / "norx" / "timeline.csv")
     assert [(r["rt_start_day"], r["rt_end_day"]) for r in rows] == [("", "")] * 3
     truth = summary["ground_truth"]

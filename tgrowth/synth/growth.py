@@ -43,7 +43,7 @@ def stable_steps_per_day(d_max: float, spacing_mm: float, safety: float = 0.8, r
     return max(1, math.ceil(1.0 / dt))
 
 
-def pregrowth_days_per_step(d_max: float, spacing_mm: float, steps_per_day: int, safety: float = 0.8,
+def pregrowth_days_per_step(d_max: float, spacing_mm: float, steps_per_day: int, safety: float = 0.9,
                             rho_max: float = 0.1, cap: int = 4) -> int:
     """Days per step allowed before the first scan (no events then): the largest k with k/steps_per_day stable.
 
