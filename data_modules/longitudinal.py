@@ -111,7 +111,13 @@ class LongitudinalDataModule(_DataModuleBase):
 
     @classmethod
     def from_config(cls, cfg: Any, strict: bool = False) -> LongitudinalDataModule:
-        return cls(strict=strict, **_plain(cfg))
+        """From a ``LongitudinalDataConfig`` section; keys that a command's subclass of the section adds are ignored."""
+        from dataclasses import fields
+
+        from tgrowth.config.data import LongitudinalDataConfig
+
+        known = {f.name for f in fields(LongitudinalDataConfig)}
+        return cls(strict=strict, **{k: v for k, v in _plain(cfg).items() if k in known})
 
     # ------------------------------------------------------------------ subjects
     @property
@@ -169,13 +175,14 @@ class LongitudinalDataModule(_DataModuleBase):
             raise DataError(f"subject {subject}: no tumour in any segmentation, so there is no reference slice")
         return last.max_area_slice
 
-    def sizes_table(self, size: str | None = None, slice_index: int | dict[str, int] | None = None) -> list[dict]:
+    def sizes_table(self, size: str | None = None, slice_index: int | dict[str, int] | None = None,
+                    slice_mode: str | None = None) -> list[dict]:
         """Rows ``subject, day, size, rt_start_day, rt_end_day`` (the ODE fit's input), one per segmented timepoint.
 
         ``size``: ``reference`` (mm^2 on the reference slice), ``largest`` (mm^2) or ``volume`` (mm^3);
         default the configured ``size``. ``slice_index`` overrides the reference slice (one int, or per subject).
         """
-        size = size or self.cfg.size
+        size = size or slice_mode or self.cfg.size  # slice_mode: the name docs/architecture.md uses
         if size not in SIZE_MODES:
             raise DataError(f"size must be one of {', '.join(SIZE_MODES)}, not {size!r}")
         rows = []

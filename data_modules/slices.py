@@ -72,7 +72,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("tgrowth.data")
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 # --------------------------------------------------------------------------- settings
@@ -146,9 +146,8 @@ def intensity_stats(images: np.ndarray, mask: np.ndarray, lower: float = 0.5, up
     if not mask.any():
         raise DataError("empty brain mask")
     vox = images[:, mask]  # [C, N]
-    lo = np.percentile(vox, lower, axis=1)
-    hi = np.percentile(vox, upper, axis=1)
-    return np.stack([lo, hi], axis=1).astype(np.float64)
+    q = np.percentile(vox, [lower, upper], axis=1)  # [2, C], one partition pass
+    return np.ascontiguousarray(q.T, dtype=np.float64)
 
 
 def normalise(images: np.ndarray, mask: np.ndarray, stats: np.ndarray) -> np.ndarray:
@@ -309,20 +308,19 @@ class SliceSample:
 
     # -- cache (plain tensors / lists only: loads with weights_only=True)
     def to_state(self) -> dict:
-        return {
-            "image": self.image, "seg": self.seg,
-            "meta": {
-                "spacing_mm": list(self.spacing_mm), "affine": np.asarray(self.affine).tolist(),
-                "volume_shape": list(self.volume_shape), "slice_index": self.slice_index,
-                "subject": self.subject, "timepoint": self.timepoint, "day": self.day,
-                "contrasts": list(self.contrasts), "input_spacing_mm": list(self.input_spacing_mm),
-                "geometry": self.geometry,
-            },
+        meta = {
+            "spacing_mm": list(self.spacing_mm), "affine": np.asarray(self.affine).tolist(),
+            "volume_shape": list(self.volume_shape), "slice_index": self.slice_index,
+            "subject": self.subject, "timepoint": self.timepoint, "day": self.day,
+            "contrasts": list(self.contrasts), "input_spacing_mm": list(self.input_spacing_mm),
+            "geometry": self.geometry,
         }
+        # metadata as one JSON string: far cheaper to load under weights_only than nested lists
+        return {"image": self.image, "seg": self.seg, "meta_json": json.dumps(meta)}
 
     @classmethod
     def from_state(cls, state: dict) -> SliceSample:
-        m = state["meta"]
+        m = json.loads(state["meta_json"])
         return cls(
             image=state["image"], seg=state["seg"], spacing_mm=tuple(m["spacing_mm"]), affine=np.asarray(m["affine"]),
             volume_shape=tuple(m["volume_shape"]), slice_index=int(m["slice_index"]), subject=m["subject"],
@@ -380,10 +378,14 @@ def _plane_affine(vol: Volume, k: int) -> np.ndarray:
 def preprocess_slices(vol: Volume, indices: Sequence[int], prep: Preprocessing) -> list[SliceSample]:
     """Normalise (stats over the whole volume's brain) and crop/pad/resize the given axial slices."""
     tp = vol.timepoint
-    mask = brain_mask(vol.images, prep.brain_mask)
-    if not mask.any():
-        raise DataError(f"subject {tp.subject}, timepoint {tp.timepoint}, file {next(iter(tp.images.values())).name}: empty brain (no voxel inside the brain mask)")
-    stats = intensity_stats(vol.images, mask, prep.lower_percentile, prep.upper_percentile)
+    memo = vol.__dict__.setdefault("_norm_memo", {})  # mask + stats per setting, reused while the volume lives
+    mkey = (prep.brain_mask, prep.lower_percentile, prep.upper_percentile)
+    if mkey not in memo:
+        mask = brain_mask(vol.images, prep.brain_mask)
+        if not mask.any():
+            raise DataError(f"subject {tp.subject}, timepoint {tp.timepoint}, file {next(iter(tp.images.values())).name}: empty brain (no voxel inside the brain mask)")
+        memo[mkey] = (mask, intensity_stats(vol.images, mask, prep.lower_percentile, prep.upper_percentile))
+    mask, stats = memo[mkey]
     nz = vol.shape[2]
     out = []
     for i in indices:
@@ -647,7 +649,13 @@ class SliceDataModule(_DataModuleBase):
 
     @classmethod
     def from_config(cls, cfg: Any, strict: bool = False) -> SliceDataModule:
-        return cls(strict=strict, **_plain(cfg))
+        """From a ``SliceDataConfig`` section; keys that a command's subclass of the section adds are ignored."""
+        from dataclasses import fields
+
+        from tgrowth.config.data import SliceDataConfig
+
+        known = {f.name for f in fields(SliceDataConfig)}
+        return cls(strict=strict, **{k: v for k, v in _plain(cfg).items() if k in known})
 
     @property
     def num_channels(self) -> int:

@@ -86,3 +86,19 @@ def test_authors2d_is_not_longitudinal(tmp_path):
 def test_unknown_setting_is_a_clear_error(root):
     with pytest.raises(DataError, match="image_sise"):
         LongitudinalDataModule(root, image_sise=32)
+
+
+def test_from_config_ignores_keys_a_command_adds(root):
+    from dataclasses import dataclass
+
+    from omegaconf import OmegaConf
+
+    from tgrowth.config.base import doc
+
+    @dataclass
+    class PredictData(LongitudinalDataConfig):
+        subjects: list = doc([], "extra key of a command")
+
+    cfg = OmegaConf.structured(PredictData(root=str(root), image_size=24, subjects=["SUB01"]))
+    dm = LongitudinalDataModule.from_config(cfg)
+    assert dm.prep.image_size == 24 and len(dm.subjects) == 2

@@ -233,3 +233,25 @@ def test_bad_subject_reported_and_others_go_on(tmp_path):
     assert "SUB02-001-t1c.nii.gz" in (tmp_path / "errors.csv").read_text()
     with pytest.raises(DataError, match="SUB02.*NaN/Inf"):
         SliceDataModule(root, image_size=24, strict=True).setup()
+
+
+def test_axial_axis_follows_the_affine(tmp_path):
+    """A volume stored with the superior-inferior axis first: slices are cut along it and mapped back."""
+    from data_modules.formats import Timepoint
+    from tests.factories import phantom
+
+    images, seg = phantom((12, 24, 20), center=(6, 11, 9), radius=4)
+    aff = np.zeros((4, 4))
+    aff[0, 1], aff[1, 2], aff[2, 0], aff[3, 3] = 1.0, 1.25, 2.0, 1.0  # voxel axis 0 -> z (S), 1 -> x, 2 -> y
+    paths = {m: write_nifti(tmp_path / f"S-000-{m}.nii.gz", images[m], aff) for m in images}
+    segp = write_nifti(tmp_path / "S-000-seg.nii.gz", seg, aff)
+    tp = Timepoint("S", "000", 0.0, paths, segp)
+    s = load_slice(tp, None, image_size=32)
+    counts = (seg > 0).sum(axis=(1, 2))
+    assert s.slice_index == int(np.argmax(counts))
+    assert s.spacing_mm == (1.0, 1.25) and s.volume_shape == (12, 24, 20)
+    back = s.to_volume(s.seg.numpy())
+    assert back.shape == (12, 24, 20)
+    np.testing.assert_array_equal(back[s.slice_index], seg[s.slice_index])
+    assert not back[s.slice_index - 1].any()
+    assert s.area_mm2() == pytest.approx(counts.max() * 1.25)

@@ -86,8 +86,11 @@ def test_segmenter_from_logits_and_errors(setup):
     model, prior = setup
     x = torch.randn(2, 1, 4, 4)
     one = segmenter_from_logits(lambda z: z)(x)
-    assert torch.equal(one, x[:, 0] >= 0)
-    multi = segmenter_from_logits(lambda z: torch.cat([torch.zeros_like(z), z], 1))(x)
+    assert torch.equal(one, x[:, 0] > 0)
+    # channel 0 is the whole tumour (tgrowth's Segmenter); sub-region channels after it do not matter
+    regions = segmenter_from_logits(lambda z: torch.cat([z, torch.full_like(z, 9.0)], 1))(x)
+    assert torch.equal(regions, x[:, 0] > 0)
+    multi = segmenter_from_logits(lambda z: torch.cat([torch.zeros_like(z), z], 1), mode="argmax")(x)
     assert torch.equal(multi, x[:, 0] > 0)
     with pytest.raises(ValueError, match="segmenter must return"):
         probability_map(model, SCHED, prior, lambda z: z.flatten(), num_generations=2, num_steps=2)

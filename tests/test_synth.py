@@ -116,8 +116,10 @@ def test_same_seed_same_bytes_other_seed_differs(cohort: Path, tmp_path: Path):
     # subject 1 alone, same seed: byte-identical to subject 1 of the two-subject run (independent of n_subjects)
     kwargs = dict(_parse(a) for a in TINY)
     kwargs["n_subjects"] = 1
-    same = generate_cohort(output_dir=str(tmp_path / "a"), seed=3, log=lambda *_: None, **kwargs)
-    other = generate_cohort(output_dir=str(tmp_path / "b"), seed=4, log=lambda *_: None, **kwargs)
+    same = generate_cohort(None, output_dir=str(tmp_path / "a"), seed=3, log=lambda *_: None, **kwargs)
+    yaml = tmp_path / "other.yaml"  # the API also takes a YAML path (keywords override it)
+    yaml.write_text("seed: 4\ngrowth:\n  mass_effect: 0.0\n" + "".join(f"{k}: {v}\n" for k, v in kwargs.items() if "." not in k))
+    other = generate_cohort(yaml, output_dir=str(tmp_path / "b"), log=lambda *_: None)
     assert same["subjects"] == other["subjects"] == ["SYN-00001"]
     for tp in ("000", "002"):
         for k in ("t1c", "seg"):
@@ -127,6 +129,9 @@ def test_same_seed_same_bytes_other_seed_differs(cohort: Path, tmp_path: Path):
             c = nib.load(str(tmp_path / "b" / name))
             assert np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj)) and np.array_equal(a.affine, b.affine)
             assert not np.array_equal(np.asarray(a.dataobj), np.asarray(c.dataobj))
+    # without mass effect the anatomy (brain mask) is the same at every scan
+    masks = [np.asarray(nib.load(str(tmp_path / "b" / f"SYN-00001-{tp}/SYN-00001-{tp}-t1n.nii.gz")).dataobj) > 0 for tp in ("000", "002")]
+    assert np.array_equal(masks[0], masks[1])
     assert (cohort / "timeline.csv").read_text().splitlines()[1:4] == (tmp_path / "a" / "timeline.csv").read_text().splitlines()[1:4]
 
 
@@ -139,6 +144,7 @@ def test_same_seed_same_bytes_other_seed_differs(cohort: Path, tmp_path: Path):
     ("growth.rho_per_day=[0.05,0.01]", "growth.rho_per_day"),
     ("schedule.pre_rt_scans=0", "schedule.pre_rt_scans"),
     ("split_fractions=[1,0]", "split_fractions"),
+    ("device=tpu9", "device"),
 ])
 def test_bad_config_names_the_key(override, key, tmp_path: Path, capsys):
     kwargs = dict(_parse(a) for a in TINY)
@@ -159,6 +165,8 @@ def _parse(override: str):
         return key, [float(v) for v in value.strip("[]").split(",")]
     if value in ("true", "false"):
         return key, value == "true"
+    if not value.lstrip("-").replace(".", "").isdigit():
+        return key, value
     return key, float(value) if ("." in value or key.endswith("_mm")) else int(value)
 
 
@@ -227,3 +235,16 @@ def test_linear_quadratic_kill_and_damage_compartment():
     assert float(d[8, 8, 8]) == pytest.approx(expected, rel=1e-4)
     scan1 = res.snapshots[0, 1]  # scans come before the fraction on the same day
     assert float(scan1[0, 8, 8, 8]) == pytest.approx(0.8)
+
+
+def test_montage_png(tmp_path: Path):
+    from tgrowth.synth.montage import save_montage
+
+    rng = np.random.default_rng(0)
+    vols = [rng.uniform(0, 1000, size=(12, 14, 6)).astype(np.int16) for _ in range(3)]
+    segs = [np.zeros((12, 14, 6), np.uint8) for _ in range(3)]
+    for k, s in enumerate(segs):
+        s[4:6 + k, 5:7 + k, 3] = [2, 3, 1][k]
+    out = save_montage({"subject": "S", "days": [0, 20, 90], "t1c": vols, "t2f": vols, "seg": segs, "rt": (30, 69)},
+                       tmp_path / "m.png", (3.0, 3.0, 3.0))
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

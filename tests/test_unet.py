@@ -6,6 +6,14 @@ import torch
 from tgrowth.diffusion.unet import EncoderRegressor, Segmenter, UNet, timestep_embedding
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # a busy 2-core box runs these small convolutions far faster on one thread
+    yield
+    torch.set_num_threads(old)
+
+
 def _randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Zero-initialised output layers make a fresh UNet output 0; give every weight a random value."""
     g = torch.Generator().manual_seed(seed)

@@ -43,12 +43,16 @@ class ProbabilityMap:
 
 
 def segmenter_from_logits(net: Callable[[torch.Tensor], torch.Tensor], threshold: float = 0.5,
-                          autocast_dtype: torch.dtype | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Wrap a segmentation network into a ``images -> [B, H, W] bool`` segmenter.
+                          mode: str = "sigmoid", autocast_dtype: torch.dtype | None = None
+                          ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Wrap a segmentation network into an ``images -> [B, H, W] bool`` whole-tumour segmenter.
 
-    One output channel: ``sigmoid(logit) >= threshold``; K > 1 channels: ``argmax > 0`` (any tumour class,
-    i.e. whole tumour).
+    ``mode="sigmoid"`` (the convention of :class:`tgrowth.diffusion.unet.Segmenter`: channel 0 is the whole
+    tumour logit, further channels optional sub-regions): ``sigmoid(logits[:, 0]) > threshold``.
+    ``mode="argmax"`` (softmax over background + K classes): ``argmax > 0``.
     """
+    if mode not in ("sigmoid", "argmax"):
+        raise ValueError(f"mode must be 'sigmoid' or 'argmax', got {mode!r}")
 
     def seg(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -59,10 +63,10 @@ def segmenter_from_logits(net: Callable[[torch.Tensor], torch.Tensor], threshold
                 out = net(x)
         out = out.float()
         if out.ndim == 3:
-            return out.sigmoid() >= threshold
-        if out.shape[1] == 1:
-            return out[:, 0].sigmoid() >= threshold
-        return out.argmax(1) > 0
+            out = out[:, None]
+        if mode == "argmax":
+            return out.argmax(1) > 0
+        return out[:, 0].sigmoid() > threshold
 
     return seg
 

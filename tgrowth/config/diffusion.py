@@ -1,20 +1,136 @@
-"""Config schemas of `tgrowth train-denoiser|train-regressor|train-segmenter` (owned by the diffusion work)."""
+"""Config schemas of `tgrowth train-denoiser|train-regressor|train-segmenter` (owned by the diffusion work).
+
+Sections: ``data`` (the slice data), ``toy_data`` (an in-memory blob set for smoke tests), ``model``
+(network sizes), ``diffusion`` (noise schedule), ``optim``, ``trainer`` (Lightning), ``wandb`` and
+``ckpt_path`` (``last`` resumes the run in ``output_dir``).
+"""
 
 from dataclasses import dataclass
+from typing import Optional
 
-from tgrowth.config.base import RunConfig
-
-
-@dataclass
-class TrainDenoiserConfig(RunConfig):
-    """Placeholder."""
+from tgrowth.config.base import RunConfig, TrainerConfig, WandbConfig, doc
+from tgrowth.config.data import SliceDataConfig
 
 
 @dataclass
-class TrainRegressorConfig(RunConfig):
-    """Placeholder."""
+class TrainSliceData(SliceDataConfig):
+    """2D slice data (``data_modules.slices.SliceDataModule``); root may stay empty with toy_data.enabled."""
+
+    root: str = doc("", "Data set folder (BraTS, longitudinal or the authors' 2D layout).")
 
 
 @dataclass
-class TrainSegmenterConfig(RunConfig):
-    """Placeholder."""
+class ToyDataSettings:
+    """An in-memory set of bright blobs in a dim ellipse ('brain'), for smoke tests and CPU timing only."""
+
+    enabled: bool = doc(False, "Train on the toy blob set instead of data.root (no files needed).")
+    n_train: int = doc(256, "Training images.")
+    n_val: int = doc(32, "Validation images.")
+
+
+@dataclass
+class DiffusionSettings:
+    """The DDPM forward process."""
+
+    schedule: str = doc("linear", "Beta schedule: linear (the authors') or cosine.")
+    num_steps: int = doc(1000, "Training diffusion steps T.")
+
+
+@dataclass
+class RegressorDiffusionSettings(DiffusionSettings):
+    """The denoiser's forward process, and the range of t the regressor is trained on."""
+
+    train_t_max: int = doc(0, "Train on t in [0, train_t_max) (0: all T steps, as the authors). Guidance from noise level L only needs t < L.")
+
+
+@dataclass
+class OptimSettings:
+    """AdamW with linear warm-up."""
+
+    lr: float = doc(1e-4, "Peak learning rate.")
+    weight_decay: float = doc(0.0, "AdamW weight decay.")
+    warmup_steps: int = doc(0, "Linear learning-rate warm-up steps.")
+    ema_decay: float = doc(0.9999, "EMA decay of the weights used for validation and sampling (denoiser only).")
+
+
+@dataclass
+class DenoiserModelSettings:
+    """ADM UNet sizes (the authors': 128 channels, 2 res blocks, attention at 16, 1 head, learned sigma)."""
+
+    model_channels: int = doc(128, "Base width.")
+    channel_mult: list[float] = doc([], "Width multipliers per level; [] = ADM's table for the image size.")
+    num_res_blocks: int = doc(2, "Residual blocks per level.")
+    attention_resolutions: list[int] = doc([16], "Resolutions (pixels) with self-attention, e.g. [16] = at 16x16.")
+    num_heads: int = doc(1, "Attention heads.")
+    num_head_channels: int = doc(-1, "Channels per head (overrides num_heads when > 0).")
+    dropout: float = doc(0.0, "Dropout in the residual blocks.")
+    class_conditional: bool = doc(True, "Condition on the slice label (0 healthy, 1 diseased).")
+    class_dropout: float = doc(0.0, "Probability of dropping the label in training (allows y=None at sampling).")
+    learn_sigma: bool = doc(True, "Also learn the variances (improved-DDPM hybrid loss: MSE + VLB).")
+    use_scale_shift_norm: bool = doc(True, "Timestep embedding scales and shifts the GroupNorm (ADM).")
+    channels_last: bool = doc(False, "Train in channels_last memory format (faster convolutions on GPU).")
+
+
+@dataclass
+class RegressorModelSettings:
+    """Encoder-half UNet with attention pooling (the authors': depth 4, width 32, attention at 32,16,8)."""
+
+    model_channels: int = doc(32, "Base width ('width').")
+    channel_mult: list[float] = doc([], "Width multipliers per level; [] = ADM's table for the image size.")
+    num_res_blocks: int = doc(4, "Residual blocks per level ('depth').")
+    attention_resolutions: list[int] = doc([32, 16, 8], "Resolutions (pixels) with self-attention.")
+    num_head_channels: int = doc(64, "Channels per attention head.")
+    dropout: float = doc(0.0, "Dropout in the residual blocks.")
+    target: str = doc("area_frac", "Batch key regressed: area_frac (tumour pixels / H*W) or area_mm2.")
+    target_scale: float = doc(100.0, "Regressor output = target * target_scale (area_frac * 100 = percent of the slice).")
+    channels_last: bool = doc(False, "Train in channels_last memory format.")
+
+
+@dataclass
+class SegmenterModelSettings:
+    """Small 2D UNet without timestep embedding; Dice + binary cross-entropy per region."""
+
+    model_channels: int = doc(32, "Base width.")
+    channel_mult: list[float] = doc([1, 2, 4, 8], "Width multipliers per level.")
+    num_res_blocks: int = doc(2, "Residual blocks per level.")
+    attention_resolutions: list[int] = doc([], "Resolutions (pixels) with self-attention (none by default).")
+    dropout: float = doc(0.0, "Dropout in the residual blocks.")
+    regions: list[str] = doc(["wt"], "Output regions: wt (whole tumour, always first), tc (tumour core), et (enhancing).")
+    channels_last: bool = doc(False, "Train in channels_last memory format.")
+
+
+@dataclass
+class _TrainCommon(RunConfig):
+    data: TrainSliceData = doc(TrainSliceData(), "Slice data (see tgrowth data-check).")
+    toy_data: ToyDataSettings = doc(ToyDataSettings(), "Toy in-memory data (smoke tests).")
+    optim: OptimSettings = doc(OptimSettings(), "Optimiser.")
+    trainer: TrainerConfig = doc(TrainerConfig(), "Lightning Trainer.")
+    wandb: WandbConfig = doc(WandbConfig(), "Experiment tracking.")
+    ckpt_path: Optional[str] = doc(  # noqa: UP045 (OmegaConf structured configs)
+        None, "Resume from a Lightning checkpoint: 'last' (output_dir/checkpoints/last.ckpt), 'best' or a path.")
+    val_images: int = doc(4, "Validation images logged to wandb per validation (0: none).")
+    num_threads: int = doc(0, "torch CPU threads (0: torch's default; on a busy shared CPU, 1 is often fastest).")
+
+
+@dataclass
+class TrainDenoiserConfig(_TrainCommon):
+    """Train the DDPM denoiser."""
+
+    model: DenoiserModelSettings = doc(DenoiserModelSettings(), "UNet.")
+    diffusion: DiffusionSettings = doc(DiffusionSettings(), "Noise schedule.")
+
+
+@dataclass
+class TrainRegressorConfig(_TrainCommon):
+    """Train the noisy tumour-area regressor."""
+
+    model: RegressorModelSettings = doc(RegressorModelSettings(), "Encoder regressor.")
+    diffusion: RegressorDiffusionSettings = doc(RegressorDiffusionSettings(), "Noise schedule (the denoiser's) and t range.")
+    val_t_bins: int = doc(5, "Validation error is reported in this many bins of t.")
+
+
+@dataclass
+class TrainSegmenterConfig(_TrainCommon):
+    """Train the tumour segmenter."""
+
+    model: SegmenterModelSettings = doc(SegmenterModelSettings(), "Segmentation UNet.")

@@ -1,20 +1,168 @@
-"""Config schemas of `tgrowth predict`, `tgrowth sweep` and `tgrowth demo` (owned by the end-to-end work)."""
+# ruff: noqa: UP045  (Optional[...] keeps `tgrowth <cmd> --help` printing "int?" like the base schemas)
+"""Config schemas of `tgrowth predict`, `tgrowth sweep` and `tgrowth demo` (owned by the end-to-end work).
+
+Every key has its help text here, so `tgrowth predict --help` documents it.
+"""
+
+from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Optional
 
-from tgrowth.config.base import RunConfig
+from tgrowth.config.base import RunConfig, TrainerConfig, WandbConfig, doc
+from tgrowth.config.data import LongitudinalDataConfig
+from tgrowth.config.ode import FitSettings
+
+METHODS = ("tgrowth", "no-change", "unguided", "oracle-area")
+
+
+@dataclass
+class PredictDataConfig(LongitudinalDataConfig):
+    """The longitudinal data section (data_modules) plus the subject and slice choice of predict.
+
+    ``contrasts`` and ``image_size`` must match the checkpoints (a mismatch is an error naming both).
+    """
+
+    subjects: list[str] = doc([], "Predict only these subject ids (empty: every subject of `split`; split=null or all: every subject).")
+    slice: str = doc("largest_prior", "Axial slice when slice_index is null: largest_prior (largest tumour on the prior "
+                     "scan's seg: known at prediction time), largest_target (on the real follow-up's seg), or an integer.")
+
+
+@dataclass
+class CheckpointsConfig:
+    """Trained models (written by tgrowth train-denoiser|train-regressor|train-segmenter)."""
+
+    denoiser: str = doc("???", "Denoiser checkpoint (.ckpt).")
+    regressor: str = doc("???", "Noisy tumour-area regressor checkpoint (.ckpt).")
+    segmenter: str = doc("???", "Tumour segmenter checkpoint (.ckpt).")
+
+
+@dataclass
+class TargetConfig:
+    """What to predict: a follow-up timepoint of the data set, or sizes at future days."""
+
+    timepoint: Optional[str] = doc(None, "Target timepoint as in timeline.csv (e.g. '004'); None: the last one. "
+                                   "The ODE is fitted on the timepoints before it; the one just before is the prior.")
+    days: list[float] = doc([], "Days after the prior scan to predict at (e.g. [30,60,90]); when set, every "
+                            "timepoint with a seg is used for the fit, no metrics, and a montage over time.")
+    min_timepoints: int = doc(2, "Fewer usable timepoints (with a seg) before the target: the subject is skipped "
+                              "with a reason (or fitted with the population prior if ode.population_prior=true).")
+
+
+@dataclass
+class GuidanceConfig:
+    """Regressor guidance toward the ODE-forecast tumour area."""
+
+    scale: float = doc(5.0e4, "Guidance scale (authors: 5e4 to 2e5 at 256x256; the demo tunes its own).")
+    target: str = doc("median", "Per-generation targets: median (ODE median for all N) or bootstrap "
+                      "(generation n uses bootstrap replicate n's forecast, so the ODE uncertainty reaches the map).")
+    form: str = doc("authors", "Guidance term: authors ((target - pred) * grad pred), loss (grad of 0.5 (target-pred)^2) "
+                    "or x0 (through the denoiser's x0 prediction); as tgrowth.diffusion.guidance.AreaGuidance.")
+    high_noise_boost: float = doc(0.15, "Raise the target by this fraction at high noise (authors: 15 %).")
+    boost_above_t: int = doc(20, "Apply high_noise_boost while t > this step (authors: 20).")
+
+
+@dataclass
+class SamplingConfig:
+    """Known-image DDIM sampling from the prior scan and the probability map."""
+
+    num_generations: int = doc(50, "N generations per subject and method (authors: 50 to 100); batched.")
+    noise_level: int = doc(200, "L: encode the prior scan to step L (of the schedule's T) and denoise back.")
+    num_steps: Optional[int] = doc(None, "DDIM steps from L to 0 (None: L steps, no respacing).")
+    eta: float = doc(0.0, "DDIM eta (0: deterministic steps).")
+    encode: str = doc("noise", "How the prior is brought to step L: noise (stochastic q-sample, distinct "
+                      "generations) or invert (deterministic DDIM inversion).")
+    batch_size: int = doc(64, "Generations per forward pass (all methods and targets share batches).")
+    threshold: float = doc(0.5, "Probability-map threshold for Dice / HD95 / area.")
+    ema: bool = doc(True, "Use the denoiser's EMA weights where the checkpoint has them.")
 
 
 @dataclass
 class PredictConfig(RunConfig):
-    """Placeholder."""
+    """`tgrowth predict`: ODE forecast + guided diffusion -> probability maps, predicted images, metrics."""
+
+    data: PredictDataConfig = doc(PredictDataConfig(), "Input data set and slices.")
+    checkpoints: CheckpointsConfig = doc(CheckpointsConfig(), "Trained models.")
+    ode: FitSettings = doc(FitSettings(), "Growth ODE fit (same keys as `tgrowth fit-ode`'s fit section).")
+    target: TargetConfig = doc(TargetConfig(), "What to predict.")
+    guidance: GuidanceConfig = doc(GuidanceConfig(), "Regressor guidance.")
+    sampling: SamplingConfig = doc(SamplingConfig(), "DDIM sampling and probability maps.")
+    methods: list[str] = doc(list(METHODS), "Methods in metrics.csv: tgrowth, no-change, unguided, oracle-area.")
+    resume: bool = doc(False, "Continue an interrupted run in output_dir: finished subjects are kept, not redone.")
+    plots: bool = doc(True, "Write the PNG panel, growth curve and montage per subject.")
+    trainer: TrainerConfig = doc(TrainerConfig(), "Devices: predict splits subjects across ranks "
+                                 "(accelerator, devices, strategy, num_nodes, precision are used).")
+    wandb: WandbConfig = doc(WandbConfig(), "Experiment tracking (offline by default).")
+
+
+# --------------------------------------------------------------------------- sweep
+@dataclass
+class SweepMetricConfig:
+    """wandb sweep metric."""
+
+    name: str = doc("predict/hd95", "Metric the sweep optimises (a summary key of the predict run).")
+    goal: str = doc("minimize", "minimize or maximize.")
 
 
 @dataclass
 class SweepConfig(RunConfig):
-    """Placeholder."""
+    """`tgrowth sweep`: the wandb sweep file, run locally (no wandb server) with guidance scales batched.
+
+    The same YAML works with `wandb sweep FILE` + `wandb agent ID`: wandb reads program/method/metric/
+    parameters/command; the local runner reads the `-c` files of `command` as the predict base config,
+    the parameters with `value` as fixed overrides and those with `values` as the grid.
+    """
+
+    program: str = doc("tgrowth", "wandb: the program (the command below names the real invocation).")
+    name: Optional[str] = doc(None, "wandb: sweep name.")
+    description: Optional[str] = doc(None, "wandb: sweep description.")
+    project: Optional[str] = doc(None, "wandb: project of the sweep (local runs use wandb.project).")
+    method: str = doc("grid", "Search method; the local runner supports grid.")
+    metric: SweepMetricConfig = doc(SweepMetricConfig(), "Metric to optimise.")
+    # Any, not dict[str, Any]: OmegaConf 2.4 refuses new keys in a struct Dict node, even an open one
+    parameters: Any = doc(None, "wandb parameters: {key: {values: [...]}} (grid axes) or {key: {value: x}} "
+                                     "(fixed); keys are predict config keys, e.g. guidance.scale, sampling.noise_level.")
+    command: list[str] = doc(["${env}", "${interpreter}", "-m", "tgrowth", "predict", "-c", "experiments/predict.yaml",
+                              "${args_no_hyphens}"], "wandb agent command; its -c files are the predict base config.")
+    # wandb's command macros: the agent substitutes them; locally they resolve to these placeholders (OmegaConf
+    # reads ${env} as an interpolation, so the keys must exist for the file to load)
+    env: str = doc("/usr/bin/env", "wandb command macro ${env} (placeholder; filled in by wandb agent).")
+    interpreter: str = doc("python", "wandb command macro ${interpreter} (placeholder).")
+    args: str = doc("", "wandb command macro ${args} (placeholder).")
+    args_no_hyphens: str = doc("", "wandb command macro ${args_no_hyphens}: the grid point's key=value overrides (placeholder).")
+    args_no_boolean_flags: str = doc("", "wandb command macro ${args_no_boolean_flags} (placeholder).")
+    args_json: str = doc("", "wandb command macro ${args_json} (placeholder).")
+    args_json_file: str = doc("", "wandb command macro ${args_json_file} (placeholder).")
+    scale_key: str = doc("guidance.scale", "Grid axis batched into one sampling pass (per-sample scales).")
+    overrides: list[str] = doc([], "Local runner only: extra predict key=value overrides (e.g. data.root=...).")
+    trainer: TrainerConfig = doc(TrainerConfig(), "Devices for the local predict runs.")
+    wandb: WandbConfig = doc(WandbConfig(), "Tracking of the local sweep (one run with a table and plot).")
+
+
+# --------------------------------------------------------------------------- demo / pipelines
+@dataclass
+class StageConfig:
+    """One pipeline stage: a tgrowth command with its YAML files and overrides."""
+
+    enabled: bool = doc(True, "Run this stage.")
+    configs: list[str] = doc([], "Experiment YAMLs for the stage's command (relative to the repository root or absolute).")
+    overrides: list[str] = doc([], "key=value overrides for the stage (data.root / output_dir are set by the pipeline).")
+    skip_if_done: bool = doc(True, "Reuse the stage's outputs when they already exist (rerunning the demo is quick).")
 
 
 @dataclass
 class DemoConfig(RunConfig):
-    """Placeholder."""
+    """`tgrowth demo`: synthetic data -> tiny denoiser/regressor/segmenter -> predict -> metrics table.
+
+    Stages write into output_dir: data/, denoiser/, regressor/, segmenter/, predict/. A pipeline config for
+    real data (e.g. experiments/paper_brats2d.yaml) disables synth and names train_root / predict_root.
+    """
+
+    train_root: Optional[str] = doc(None, "Training data root (None: the synthetic data set of the synth stage).")
+    predict_root: Optional[str] = doc(None, "Longitudinal root to predict (None: the synthetic data set).")
+    synth: StageConfig = doc(StageConfig(configs=["experiments/synth_demo.yaml"]), "tgrowth synth stage.")
+    denoiser: StageConfig = doc(StageConfig(configs=["experiments/models/denoiser_tiny.yaml"]), "tgrowth train-denoiser stage.")
+    regressor: StageConfig = doc(StageConfig(configs=["experiments/models/regressor_tiny.yaml"]), "tgrowth train-regressor stage.")
+    segmenter: StageConfig = doc(StageConfig(configs=["experiments/models/segmenter_tiny.yaml"]), "tgrowth train-segmenter stage.")
+    predict: StageConfig = doc(StageConfig(configs=["experiments/predict.yaml"], skip_if_done=False), "tgrowth predict stage.")
+    wandb: WandbConfig = doc(WandbConfig(), "Tracking (mode, enabled, project) passed to every stage; offline by default.")

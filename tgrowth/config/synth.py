@@ -17,6 +17,8 @@ class GrowthRanges:
     alpha_per_gy: list[float] = doc([0.025, 0.06], "Linear-quadratic alpha (1/Gy); beta = alpha / alpha_beta_gy.")
     damage_clearance_days: list[float] = doc([30.0, 120.0], "Mean lifetime of treatment damage (days).")
     initial_volume_ml: list[float] = doc([4.0, 25.0], "Visible tumour volume at the first scan (ml).")
+    heterogeneity: float = doc(0.35, "Log-amplitude of a smooth random field that multiplies D and rho locally (0: homogeneous tissue classes).")
+    mass_effect: float = doc(1.0, "Scale of the mass effect (tissue pushed away from the tumour, up to about 3 mm at 1.0); 0: none.")
     max_pregrowth_days: int = doc(3000, "Cap on the simulated time from the seed to the first scan (days).")
 
 
@@ -48,7 +50,7 @@ class ImagingSettings:
     """Rendering noise and artefacts."""
 
     noise_level: list[float] = doc([0.02, 0.045], "Rician noise sigma as a fraction of white-matter signal [low, high].")
-    bias_strength: list[float] = doc([0.05, 0.2], "Bias field strength (log-amplitude) [low, high].")
+    bias_strength: list[float] = doc([0.05, 0.15], "Bias field strength (log-amplitude) [low, high].")
     warp_mm: float = doc(2.5, "Amplitude of the smooth random anatomical deformation (mm).")
     rotation_deg: float = doc(3.0, "Standard deviation of the random head rotation about each axis (degrees).")
     scale_sd: float = doc(0.04, "Standard deviation of the random head scaling per axis.")
@@ -72,6 +74,7 @@ class SynthConfig(RunConfig):
     device: str = doc("cpu", "torch device for the simulation (cpu, cuda). Byte-identical output is guaranteed per device.")
     threads: int | None = doc(1, "torch CPU threads while generating (1 is fastest for the small per-step tensors, above all on a shared CPU); None: torch's default.")
     montage: bool = doc(True, "Write montage.png: one subject over time (t1c, t2f, labels).")
+    montage_subject: int = doc(1, "Which subject (1-based number) montage.png shows.")
     growth: GrowthRanges = doc(GrowthRanges(), "Growth parameter ranges.")
     rt: RTSettings = doc(RTSettings(), "Radiotherapy.")
     schedule: ScheduleSettings = doc(ScheduleSettings(), "Scan schedule.")

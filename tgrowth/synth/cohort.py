@@ -31,8 +31,14 @@ import torch
 
 from tgrowth.errors import ConfigError
 from tgrowth.synth import anatomy as A
-from tgrowth.synth.growth import Schedule, gaussian_blur, simulate, stable_steps_per_day
-from tgrowth.synth.render import CONTRASTS, render
+from tgrowth.synth.growth import (
+    Schedule,
+    gaussian_blur,
+    pregrowth_days_per_step,
+    simulate,
+    stable_steps_per_day,
+)
+from tgrowth.synth.render import CONTRASTS, render, smooth_noise
 
 #: seed regions in (approximately) MNI mm: centre and half extent; midline ones mimic paediatric DMG
 MIDLINE_REGIONS = {
@@ -40,18 +46,23 @@ MIDLINE_REGIONS = {
     "thalamus": ((0.0, -16.0, 6.0), (14.0, 6.0, 4.0)),
 }
 OEDEMA_SIGMA_MAX_MM = 5.0
+MASS_SIGMA_MM = 8.0  # smoothing of the tumour burden whose gradient displaces tissue (mass effect)
 HEMISPHERIC_BOX = ((20.0, 45.0), (-60.0, 30.0), (0.0, 42.0))  # |x|, y, z ranges
 
 
 # --------------------------------------------------------------------------- config
 def _as_config(cfg: Any = None, **kwargs: Any):
-    """A validated SynthConfig DictConfig from a DictConfig, a SynthConfig, a dict and/or keyword overrides."""
+    """A validated SynthConfig DictConfig from a DictConfig, a SynthConfig, a dict or a YAML path, and keyword overrides."""
     from omegaconf import DictConfig, OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     from tgrowth.config.base import _check_keys
     from tgrowth.config.synth import SynthConfig
 
+    if isinstance(cfg, (str, Path)):  # a YAML file (with its extends: bases)
+        from tgrowth.config.base import load_config
+
+        cfg = load_config(SynthConfig, [str(cfg)])
     base = OmegaConf.structured(SynthConfig)
     OmegaConf.set_struct(base, True)
     extra = None
@@ -124,6 +135,10 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"config key 'split_fractions' must be three non-negative train/val/test fractions, got {fr}")
     if not cfg.subject_prefix or any(c in cfg.subject_prefix for c in "/\\ ,"):
         raise ConfigError(f"config key 'subject_prefix' must be a non-empty name without '/', spaces or commas, got {cfg.subject_prefix!r}")
+    if cfg.growth.mass_effect < 0 or cfg.growth.mass_effect > 3:
+        raise ConfigError(f"config key 'growth.mass_effect' must be in [0, 3], got {cfg.growth.mass_effect}")
+    if cfg.growth.heterogeneity < 0 or cfg.growth.heterogeneity > 2:
+        raise ConfigError(f"config key 'growth.heterogeneity' must be in [0, 2], got {cfg.growth.heterogeneity}")
     for key in ("growth.d_white_mm2_per_day", "growth.grey_white_ratio", "growth.rho_per_day", "growth.alpha_per_gy",
                 "growth.damage_clearance_days", "growth.initial_volume_ml", "imaging.noise_level"):
         _range(cfg, key)
@@ -143,6 +158,14 @@ def validate(cfg: Any) -> None:
         raise ConfigError("config keys 'rt.dose_per_fraction_gy' (>= 0), 'rt.alpha_beta_gy' (> 0), 'rt.margin_mm' (>= 0) are out of range")
     if cfg.growth.max_pregrowth_days < 1:
         raise ConfigError(f"config key 'growth.max_pregrowth_days' must be at least 1, got {cfg.growth.max_pregrowth_days}")
+    if not 1 <= cfg.montage_subject <= cfg.n_subjects:
+        raise ConfigError(f"config key 'montage_subject' must be between 1 and n_subjects ({cfg.n_subjects}), got {cfg.montage_subject}")
+    try:
+        dev = torch.device(cfg.device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"config key 'device' is not a torch device: {cfg.device!r} ({exc})") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"config key 'device' is {cfg.device!r} but CUDA is not available here (use device=cpu)")
     if cfg.threads is not None and cfg.threads < 1:
         raise ConfigError(f"config key 'threads' must be at least 1 (or null), got {cfg.threads}")
 
@@ -196,11 +219,12 @@ def draw_subject(cfg: Any, index: int, lattice: tuple[int, int, int], sim_voxel:
         "alpha": float(rng.uniform(*g.alpha_per_gy)),
         "k_clear": 1.0 / float(rng.uniform(*g.damage_clearance_days)),
         # midline (DMG-like): little necrosis and enhancement; hemispheric high-grade: necrotic core, ring
-        "k_nec": float(rng.uniform(0.0, 0.004) if midline else rng.uniform(0.01, 0.04)),
+        "k_nec": float(rng.uniform(0.0, 0.004) if midline else rng.uniform(0.015, 0.05)),
         "enh_threshold": float(rng.uniform(0.85, 0.97) if midline else rng.uniform(0.5, 0.7)),
         "oedema_sigma_mm": float(rng.uniform(2.0, OEDEMA_SIGMA_MAX_MM)),
         "pseudo_progression": float(rng.uniform(1.0, 2.5)),
         "initial_volume_ml": float(rng.uniform(*g.initial_volume_ml)),
+        "mass_effect": float(rng.uniform(0.3, 1.0)),
     }
     params["beta"] = params["alpha"] / float(rt.alpha_beta_gy)
     # scan schedule
@@ -311,7 +335,8 @@ def _nifti_header():
 
 
 def generate_cohort(cfg: Any = None, prepare: bool = True, log: Any = print, **kwargs: Any) -> dict[str, Any]:
-    """Generate the phantom. ``cfg``: a SynthConfig DictConfig/dataclass/dict; ``kwargs`` override keys.
+    """Generate the phantom. ``cfg``: a SynthConfig DictConfig/dataclass/dict or a YAML path; ``kwargs``
+    override keys (dotted keys reach into sections: ``**{"growth.rho_per_day": [0.01, 0.02]}``).
 
     Returns a summary dict: ``root``, ``subjects``, ``splits``, ``seconds``, ``shape``, ``voxel_mm``,
     ``ground_truth`` (the rows of ground_truth.csv).
@@ -350,7 +375,10 @@ def _generate(cfg: Any, prepare: bool, log: Any) -> dict[str, Any]:
     lattice = A.lattice_shape()
     n_sim = int(math.ceil(cfg.sim_box_mm / sim_h))
     offsets = A.grid_points((n_sim,) * 3, np.diag([sim_h, sim_h, sim_h, 1.0])) - sim_h * (n_sim - 1) / 2.0
-    steps_per_day = stable_steps_per_day(float(cfg.growth.d_white_mm2_per_day[1]), sim_h, rho_max=float(cfg.growth.rho_per_day[1]))
+    het_max = math.exp(2.0 * float(cfg.growth.heterogeneity))  # the heterogeneity field is clamped to [-2, 2] sd
+    d_max, rho_max = float(cfg.growth.d_white_mm2_per_day[1]) * het_max, float(cfg.growth.rho_per_day[1]) * het_max
+    steps_per_day = stable_steps_per_day(d_max, sim_h, rho_max=rho_max)
+    pre_step = pregrowth_days_per_step(d_max, sim_h, steps_per_day, rho_max=rho_max)
     header = _nifti_header()
 
     draws = [draw_subject(cfg, i, lattice, sim_h) for i in range(cfg.n_subjects)]
@@ -368,15 +396,23 @@ def _generate(cfg: Any, prepare: bool, log: Any) -> dict[str, Any]:
         seeds = np.stack([choose_seed(d, anat[i], out_points) for i, d in enumerate(batch)])
         sim_pts = offsets[None] + torch.as_tensor(seeds, dtype=torch.float32)[:, None, None, None, :]
         sim_tissue = A.sample_anatomy(template, warps, sim_pts)[:, 1:3]  # gm, wm
+        oedema_weight = (0.35 + 0.9 * sim_tissue[:, 1]).clamp(max=1.0) * ((sim_tissue.sum(1)) > 0.2)
         r2 = (offsets**2).sum(-1)
         u0 = (0.8 * torch.exp(-0.5 * r2 / 16.0))[None].expand(bsz, -1, -1, -1).contiguous()  # sigma 4 mm
         params = {k: torch.tensor([d.params[k] for d in batch], dtype=torch.float32)
                   for k in ("d_white", "d_grey", "rho", "alpha", "beta", "k_clear", "k_nec")}
+        het = None
+        if cfg.growth.heterogeneity > 0:
+            het = torch.stack([
+                torch.exp(float(cfg.growth.heterogeneity) * smooth_noise((n_sim,) * 3, torch.Generator().manual_seed(d.torch_seed + 1), lattice=6).clamp(-2.0, 2.0))
+                for d in batch
+            ])
         t_sim = time.perf_counter()
         res = simulate(
             sim_tissue.to(device), u0.to(device), {k: v.to(device) for k, v in params.items()},
             [d.schedule for d in batch], sim_h, steps_per_day, float(cfg.rt.dose_per_fraction_gy),
-            float(cfg.rt.margin_mm), int(cfg.growth.max_pregrowth_days),
+            float(cfg.rt.margin_mm), int(cfg.growth.max_pregrowth_days), pregrowth_days_per_step=pre_step,
+            heterogeneity=None if het is None else het.to(device),
         )
         t_sim = time.perf_counter() - t_sim
         # output voxel -> this subject's simulation box, as grid_sample coordinates
@@ -386,6 +422,7 @@ def _generate(cfg: Any, prepare: bool, log: Any) -> dict[str, Any]:
         sigma_vox = torch.tensor([d.params["oedema_sigma_mm"] / sim_h for d in batch])
         kpp = torch.tensor([d.params["pseudo_progression"] for d in batch]).reshape(-1, 1, 1, 1)
         enh = torch.tensor([d.params["enh_threshold"] for d in batch])
+        mass = torch.tensor([d.params["mass_effect"] for d in batch]) * float(cfg.growth.mass_effect)
         jitter = torch.as_tensor(np.stack([d.imaging["tissue_jitter"] for d in batch]), dtype=torch.float32)
         bias = torch.tensor([d.imaging["bias_strength"] for d in batch])
         noise = torch.tensor([d.imaging["noise_level"] for d in batch])
@@ -393,10 +430,28 @@ def _generate(cfg: Any, prepare: bool, log: Any) -> dict[str, Any]:
         snaps = res.snapshots.cpu()
         for j in range(cfg.n_timepoints):
             u, n, dmg = snaps[:, j].unbind(1)
-            e = gaussian_blur(u + n + kpp * dmg, sigma_vox, max_sigma=OEDEMA_SIGMA_MAX_MM / sim_h)
+            # vasogenic oedema spreads along white matter more than through grey matter
+            e = gaussian_blur(u + n + kpp * dmg, sigma_vox, max_sigma=OEDEMA_SIGMA_MAX_MM / sim_h) * oedema_weight
             sim_fields = torch.stack([u, n, dmg, e], 1)
-            fields = torch.nn.functional.grid_sample(sim_fields, coords, mode="bilinear", padding_mode="zeros", align_corners=True)
-            images, seg = render(anat, fields, enh, jitter, gens, bias, noise)
+            anat_j, coords_j = anat, coords
+            if cfg.growth.mass_effect > 0:
+                # mass effect: tissue pushed down the gradient of the smoothed tumour burden (oedema counts half);
+                # the image at x shows what was at x - disp(x), so the tumour and its neighbourhood expand
+                burden = gaussian_blur(u + n + dmg + 0.5 * e, MASS_SIGMA_MM / sim_h)
+                grad = torch.stack([torch.gradient(burden, spacing=sim_h, dim=k)[0] for k in (1, 2, 3)], 1)
+                disp = -(mass * MASS_SIGMA_MM**2)[:, None, None, None, None] * grad  # mm, world axes
+                disp_out = torch.nn.functional.grid_sample(disp, coords, mode="bilinear", padding_mode="zeros", align_corners=True)
+                moved = out_points[None] - disp_out.permute(0, 2, 3, 4, 1)
+                # re-sample the anatomy only where tissue moved (exact, and far cheaper than the whole grid)
+                anat_j = anat.clone()
+                for i in range(bsz):
+                    hit = disp_out[i].abs().amax(0) > 1e-3
+                    if bool(hit.any()):
+                        pts = moved[i][hit].reshape(1, -1, 1, 1, 3)
+                        anat_j[i][:, hit] = A.sample_anatomy(template, warps.select(i), pts).reshape(anat.shape[1], -1)
+                coords_j = (((moved - origin[:, None, None, None, :]) / sim_h) / max(n_sim - 1, 1) * 2.0 - 1.0).flip(-1)
+            fields = torch.nn.functional.grid_sample(sim_fields, coords_j, mode="bilinear", padding_mode="zeros", align_corners=True)
+            images, seg = render(anat_j, fields, enh, jitter, gens, bias, noise)
             for i, d in enumerate(batch):
                 tp = f"{j:03d}"
                 folder = root / f"{d.subject}-{tp}"
@@ -421,11 +476,12 @@ def _generate(cfg: Any, prepare: bool, log: Any) -> dict[str, Any]:
                     "damage_clearance_per_day": d.params["k_clear"], "necrosis_rate_per_day": d.params["k_nec"],
                     "enhancement_threshold": d.params["enh_threshold"], "pseudo_progression": d.params["pseudo_progression"],
                     "oedema_sigma_mm": d.params["oedema_sigma_mm"],
+                    "mass_effect": d.params["mass_effect"] * float(cfg.growth.mass_effect),
                     "initial_volume_ml_target": d.params["initial_volume_ml"],
                     "pregrowth_days": res.pregrowth_days[i], "reached_initial_volume": res.reached_target[i],
                 }
                 truth_rows.append(row)
-                if d.index == 0 and cfg.montage:
+                if d.index == cfg.montage_subject - 1 and cfg.montage:
                     if montage_data is None:
                         montage_data = {"subject": d.subject, "days": [], "t1c": [], "t2f": [], "seg": [],
                                         "rt": (d.rt_start_day, d.rt_end_day)}

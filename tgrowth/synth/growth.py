@@ -6,8 +6,8 @@ State per voxel (fractions of the carrying capacity, ``u + n + d <= 1``):
   ``du/dt = div(D(x) grad u) + rho u (1 - u - n - d) - k_nec u h(u + n + d)``;
   ``D = D_white * p_wm + D_grey * p_gm`` (tissue probabilities), zero in CSF and outside the brain;
   the flux between two voxels uses the harmonic mean of their ``D`` (no flux into ``D = 0``).
-- ``n``: hypoxic necrosis, fed where the tissue is nearly full (``h`` ramps from 0 at ``hypoxia_threshold``
-  to 1 at full occupancy); it is not cleared.
+- ``n``: hypoxic necrosis, fed where the tissue is crowded (``h`` ramps from 0 at ``hypoxia_threshold``
+  (0.7) to 1 at full occupancy), at most 1; it is not cleared.
 - ``d``: treatment damage (radiation necrosis / pseudo-progression): each RT fraction kills
   ``u (1 - S)`` with the linear-quadratic survival ``S = exp(-alpha D - beta D^2)`` (dose ``D`` from a
   planning volume: the visible tumour at RT start grown by a margin, smoothed edge); killed cells move to
@@ -32,6 +32,8 @@ import torch.nn.functional as F
 VISIBLE_THRESHOLD = 0.2
 #: cell densities below this are set to zero (keeps the active box small; the front speed changes < 3 %)
 TRUNCATION = 1e-9
+#: the active box is recomputed every this many iterations (with a margin that covers the spread meanwhile)
+BOX_REUSE_DAYS = 8
 
 
 def stable_steps_per_day(d_max: float, spacing_mm: float, safety: float = 0.8, rho_max: float = 0.1) -> int:
@@ -41,16 +43,23 @@ def stable_steps_per_day(d_max: float, spacing_mm: float, safety: float = 0.8, r
     return max(1, math.ceil(1.0 / dt))
 
 
+def pregrowth_days_per_step(d_max: float, spacing_mm: float, steps_per_day: int, safety: float = 0.8,
+                            rho_max: float = 0.1, cap: int = 4) -> int:
+    """Days per step allowed before the first scan (no events then): the largest k with k/steps_per_day stable."""
+    dt_max = min(safety * spacing_mm**2 / (6.0 * max(d_max, 1e-12)), 0.1 / max(rho_max, 1e-12))
+    return int(max(1, min(cap, math.floor(dt_max * steps_per_day))))
+
+
 def gaussian_blur(x: torch.Tensor, sigma_vox: torch.Tensor | float, max_sigma: float | None = None) -> torch.Tensor:
     """Separable Gaussian blur of ``x [B, X, Y, Z]`` with a per-subject ``sigma_vox [B]`` (zero padding).
 
     Written as weighted sums of shifted copies (elementwise only), so results do not depend on thread count.
     """
     b = x.shape[0]
-    sig = torch.as_tensor(sigma_vox, dtype=x.dtype).reshape(-1).expand(b)
+    sig = torch.as_tensor(sigma_vox, dtype=x.dtype, device=x.device).reshape(-1).expand(b)
     smax = float(sig.max()) if max_sigma is None else max_sigma
     r = max(1, int(math.ceil(3.0 * smax)))
-    offs = torch.arange(-r, r + 1, dtype=x.dtype)
+    offs = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
     w = torch.exp(-0.5 * (offs[None, :] / sig[:, None].clamp_min(1e-3)) ** 2)
     w = w / w.sum(1, keepdim=True)  # [B, 2r+1]
     out = x
@@ -150,42 +159,55 @@ def simulate(
     dose_per_fraction_gy: float,
     margin_mm: float,
     max_pregrowth_days: int = 3000,
-    hypoxia_threshold: float = 0.9,
+    hypoxia_threshold: float = 0.7,
+    pregrowth_days_per_step: int = 1,
+    heterogeneity: torch.Tensor | None = None,
 ) -> SimResult:
     """Run the batch until every subject has had its last scan.
 
     ``tissue [B, 2, X, Y, Z]``: grey- and white-matter probabilities (CSF/outside get D = 0);
-    ``u0 [B, X, Y, Z]``: the seed density; ``params``: per-subject ``[B]`` tensors ``d_white``, ``d_grey``
+    ``u0 [B, X, Y, Z]``: the seed density; ``heterogeneity [B, X, Y, Z]`` (optional): a positive field that
+    multiplies ``D`` and ``rho`` locally; ``params``: per-subject ``[B]`` tensors ``d_white``, ``d_grey``
     (mm^2/day), ``rho`` (1/day), ``alpha`` (1/Gy), ``beta`` (1/Gy^2), ``k_clear``, ``k_nec`` (1/day).
     """
     # tiny densities far from the tumour would otherwise become denormal floats, which are ~100x slower
     torch.set_flush_denormal(True)
     try:
         return _simulate(tissue, u0, params, schedules, spacing_mm, steps_per_day, dose_per_fraction_gy,
-                         margin_mm, max_pregrowth_days, hypoxia_threshold)
+                         margin_mm, max_pregrowth_days, hypoxia_threshold, pregrowth_days_per_step, heterogeneity)
     finally:
         torch.set_flush_denormal(False)  # torch's default
 
 
 def _simulate(tissue, u0, params, schedules, spacing_mm, steps_per_day, dose_per_fraction_gy, margin_mm,
-              max_pregrowth_days, hypoxia_threshold) -> SimResult:
+              max_pregrowth_days, hypoxia_threshold, pregrowth_days_per_step, heterogeneity) -> SimResult:
     bsz = u0.shape[0]
+    dev = u0.device
     dt = 1.0 / steps_per_day
     col = {k: v.to(torch.float32).reshape(bsz, 1, 1, 1) for k, v in params.items()}
     gm, wm = tissue[:, 0], tissue[:, 1]
     diff = col["d_white"] * wm + col["d_grey"] * gm
+    rho = col["rho"]
+    if heterogeneity is not None:  # a smooth positive field: local variation of proliferation and motility
+        diff = diff * heterogeneity
+        rho = rho * heterogeneity
     brain = ((gm + wm) > 0).float()
-    faces = _face_coefficients(diff, dt / spacing_mm**2)
-    rho_dt = col["rho"] * dt
-    knec_dt = col["k_nec"] * dt
-    clear = torch.exp(-col["k_clear"] * dt)
-    u = (u0 * brain).masked_fill(u0 * brain < TRUNCATION, 0.0)
-    n = torch.zeros_like(u)
-    d = torch.zeros_like(u)
-    survival = torch.ones_like(u)
+    # per-row state and coefficients; rows are dropped once their subject has had its last scan
+    st = {
+        "u": (u0 * brain).masked_fill(u0 * brain < TRUNCATION, 0.0),
+        "n": torch.zeros_like(u0),
+        "d": torch.zeros_like(u0),
+        "survival": torch.ones_like(u0),
+        "rho": rho.expand_as(u0).contiguous() if heterogeneity is not None else rho, "k_nec": col["k_nec"], "k_clear": col["k_clear"],
+        "alpha": col["alpha"], "beta": col["beta"],
+    }
+    for axis, f in zip((1, 2, 3), _face_coefficients(diff, 1.0 / spacing_mm**2)):
+        st[f"face{axis}"] = f
+    rows = list(range(bsz))  # row -> subject
 
     n_scans = len(schedules[0].scan_days)
-    snaps = torch.zeros((bsz, n_scans, 3) + tuple(u.shape[1:]), dtype=torch.float32)
+    snaps = torch.zeros((bsz, n_scans, 3) + tuple(u0.shape[1:]), dtype=torch.float32)
+    clock = [0] * bsz  # days simulated, per subject
     day0: list[int | None] = [None] * bsz
     reached = [True] * bsz
     last_day = [max(s.scan_days) for s in schedules]
@@ -195,54 +217,69 @@ def _simulate(tissue, u0, params, schedules, spacing_mm, steps_per_day, dose_per
     margin_vox = margin_mm / spacing_mm
     penumbra_vox = max(0.5, 4.0 / spacing_mm)
 
-    day = 0
-    while True:
-        # ---- events at the start of this day (scans first, then the day's RT fraction)
-        counts = None
-        for b in range(bsz):
-            if day0[b] is None:
-                if counts is None:
-                    counts = ((u + n + d) > VISIBLE_THRESHOLD).flatten(1).sum(1).tolist()
-                if counts[b] >= schedules[b].target_visible_voxels or day >= max_pregrowth_days:
-                    day0[b] = day
-                    reached[b] = counts[b] >= schedules[b].target_visible_voxels
-        local = [None if day0[b] is None else day - day0[b] for b in range(bsz)]
-        for b in range(bsz):
-            if local[b] is not None and local[b] in scans[b]:
-                snaps[b, scans[b][local[b]]] = torch.stack([u[b], n[b], d[b]])
-        starting = [b for b in range(bsz) if local[b] is not None and local[b] == rt_start[b]]
+    box, box_age, box_rows = None, BOX_REUSE_DAYS, bsz
+    while rows:
+        u, n, d = st["u"], st["n"], st["d"]
+        # ---- events at each subject's current day (scans first, then the day's RT fraction)
+        pending = [r for r, b in enumerate(rows) if day0[b] is None]
+        if pending:
+            counts = ((u + n + d) > VISIBLE_THRESHOLD).flatten(1).sum(1).tolist()
+            for r in pending:
+                b = rows[r]
+                if counts[r] >= schedules[b].target_visible_voxels or clock[b] >= max_pregrowth_days:
+                    day0[b] = clock[b]
+                    reached[b] = counts[r] >= schedules[b].target_visible_voxels
+        local = [None if day0[b] is None else clock[b] - day0[b] for b in rows]
+        for r, b in enumerate(rows):
+            if local[r] is not None and local[r] in scans[b]:
+                snaps[b, scans[b][local[r]]] = torch.stack([u[r], n[r], d[r]])
+        starting = [r for r, b in enumerate(rows) if local[r] is not None and local[r] == rt_start[b]]
         if starting:
-            idx = torch.tensor(starting)
+            idx = torch.tensor(starting, device=dev)
             visible = (u[idx] + n[idx] + d[idx]) > VISIBLE_THRESHOLD
             dose = dose_per_fraction_gy * planning_dose(visible, margin_vox, penumbra_vox)
-            alpha, beta = col["alpha"][idx], col["beta"][idx]
-            survival[idx] = torch.exp(-alpha * dose - beta * dose**2)
-        firing = [b for b in range(bsz) if local[b] is not None and local[b] in fractions[b]]
+            st["survival"][idx] = torch.exp(-st["alpha"][idx] * dose - st["beta"][idx] * dose**2)
+        firing = [r for r, b in enumerate(rows) if local[r] is not None and local[r] in fractions[b]]
         if firing:
-            idx = torch.tensor(firing)
-            killed = u[idx] * (1.0 - survival[idx])
+            idx = torch.tensor(firing, device=dev)
+            killed = u[idx] * (1.0 - st["survival"][idx])
             u[idx] = u[idx] - killed
             d[idx] = d[idx] + killed
-        if all(local[b] is not None and local[b] >= last_day[b] for b in range(bsz)):
-            break
-        # ---- one day of growth, on the box that holds the tumour (support grows <= 1 voxel per step)
-        box = _support_box(u, n, d, steps_per_day + 1)
-        if box is None:
-            day += 1
-            continue
-        ub, nb, db = u[box], n[box], d[box]
-        fb = [f[_face_box(box, axis)] for axis, f in zip((1, 2, 3), faces)]
-        rb = rho_dt
-        for _ in range(steps_per_day):
-            occ = 1.0 - ub - nb - db
-            hyp = knec_dt * ub * ((1.0 - occ - hypoxia_threshold) / (1.0 - hypoxia_threshold)).clamp(0.0, 1.0)
-            u_new = ub + _diffuse(ub, fb) + rb * ub * occ - hyp
-            nb = nb + hyp
-            db = db * clear
-            ub = u_new.clamp_min(0.0)
-            ub = ub.masked_fill(ub < TRUNCATION, 0.0)
-        u[box], n[box], d[box] = ub, nb, db
-        day += 1
+        keep = [r for r, b in enumerate(rows) if local[r] is None or local[r] < last_day[b]]
+        if len(keep) < len(rows):
+            idx = torch.tensor(keep, dtype=torch.long, device=dev)
+            st = {k: v[idx] for k, v in st.items()}
+            rows = [rows[r] for r in keep]
+            local = [local[r] for r in keep]
+            if not rows:
+                break
+        # ---- advance: one day, or several while a subject is still growing towards its first scan
+        days = [pregrowth_days_per_step if day0[b] is None else 1 for b in rows]
+        dt_row = torch.tensor(days, dtype=torch.float32, device=dev).reshape(-1, 1, 1, 1) * dt
+        if box_age >= BOX_REUSE_DAYS or box_rows != len(rows):
+            # valid for BOX_REUSE_DAYS iterations: the support grows by <= 1 voxel per sub-step
+            box = _support_box(st["u"], st["n"], st["d"], BOX_REUSE_DAYS * steps_per_day + 1)
+            box_age, box_rows = 0, len(rows)
+        box_age += 1
+        if box is not None:
+            ub, nb, db = st["u"][box], st["n"][box], st["d"][box]
+            fb = [st[f"face{axis}"][_face_box(box, axis)] for axis in (1, 2, 3)]
+            rho_b = st["rho"][box] if st["rho"].dim() == 4 and st["rho"].shape[1] > 1 else st["rho"]
+            rho_dt, knec_dt = rho_b * dt_row, st["k_nec"] * dt_row
+            clear = torch.exp(-st["k_clear"] * dt_row)
+            damaged = bool(firing) or bool((db > 0).any())
+            for _ in range(steps_per_day):
+                total = ub + nb + db if damaged else ub + nb
+                ramp = ((total - hypoxia_threshold) * (1.0 / (1.0 - hypoxia_threshold))).clamp_(0.0, 1.0)
+                hyp = knec_dt * ub * ramp
+                u_new = ub + dt_row * _diffuse(ub, fb) + rho_dt * ub * (1.0 - total) - hyp
+                nb = (nb + hyp).clamp_max_(1.0)
+                if damaged:
+                    db = db * clear
+                ub = u_new.masked_fill_(u_new < TRUNCATION, 0.0)  # also clears negatives
+            st["u"][box], st["n"][box], st["d"][box] = ub, nb, db
+        for r, b in enumerate(rows):
+            clock[b] += days[r]
 
     pre = [int(x) for x in day0]  # type: ignore[arg-type]
     return SimResult(snaps, pre, reached, steps_per_day)

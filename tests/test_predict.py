@@ -1,0 +1,185 @@
+"""`tgrowth predict` end to end on a tiny longitudinal set: files, geometry, metrics, wandb, resume, days."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from tests.predict_fixtures import CONTRASTS, make_data, make_models, predict_overrides
+from tgrowth.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+PREDICT_YAML = str(REPO / "experiments" / "predict.yaml")
+INFO_KEYS = {"prior_timepoint", "target_timepoint", "prior_day", "target_day", "slice_index", "contrasts", "ode",
+             "target_area_mm2", "guidance", "seed"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: these tiny convolutions gain nothing from two, and on a shared 2-core machine
+    two spinning OpenMP threads can be ~10x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    base = tmp_path_factory.mktemp("tiny")
+    root = make_data(base / "data")
+    models = make_models(base / "models", root)
+    return root, models
+
+
+def predict(tiny, out, *extra) -> int:
+    root, models = tiny
+    return main(["predict", "-c", PREDICT_YAML, *predict_overrides(root, models, out, *extra)])
+
+
+def read_csv(path):
+    import csv
+
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_predict_end_to_end(tiny, tmp_path):
+    from data_modules.formats import discover
+    from data_modules.slices import load_slice
+    from tests.test_tracking import read_run
+    from tgrowth import metrics as M
+
+    root, _ = tiny
+    out = tmp_path / "pred"
+    assert predict(tiny, out, "wandb.enabled=true", "wandb.mode=offline", "experiment=tinytest") == 0
+    rows = read_csv(out / "metrics.csv")
+    assert {(r["subject"], r["method"]) for r in rows} == {
+        (s, m) for s in ("SUB02", "SUB03") for m in ("tgrowth", "no-change", "unguided", "oracle-area")}
+    ds = discover(root)
+    for s in ("SUB02", "SUB03"):
+        d = out / s
+        info = json.loads((d / "info.json").read_text())
+        assert INFO_KEYS <= set(info)
+        assert (info["prior_timepoint"], info["target_timepoint"], info["prior_day"], info["target_day"]) == \
+            ("001", "002", 30.0, 75.0)
+        assert info["contrasts"] == CONTRASTS and set(info["ode"]) >= {"model", "median", "p05", "p95"}
+        assert info["ode"]["p05"] <= info["ode"]["median"] <= info["ode"]["p95"]
+        # NIfTI in the input geometry: same affine and shape, the slice at its index, the rest zero
+        ref = nib.load(str(root / f"{s}-002" / f"{s}-002-t1n.nii.gz"))
+        prob = nib.load(str(d / "prob_map.nii.gz"))
+        mean = nib.load(str(d / "pred_mean.nii.gz"))
+        std = nib.load(str(d / "pred_std.nii.gz"))
+        assert prob.shape == ref.shape and mean.shape == ref.shape + (4,) and std.shape == ref.shape + (4,)
+        assert np.allclose(prob.affine, ref.affine) and np.allclose(mean.affine, ref.affine)
+        k = info["slice_index"]
+        pm, mm = prob.get_fdata(), mean.get_fdata()
+        others = np.delete(mm, k, axis=2)
+        assert not others.any() and np.abs(mm[:, :, k]).max() > 0 and 0 <= pm.min() and pm.max() <= 1
+        for f in ("panel.png", "growth_curve.png"):
+            assert (d / f).stat().st_size > 1000
+        # the no-change baseline has known answers: the prior slice and its tumour against the real follow-up
+        sub = next(x for x in ds.subjects if x.subject == s)
+        prior = load_slice(sub.timepoints[1], k, CONTRASTS, 32)
+        target = load_slice(sub.timepoints[2], k, CONTRASTS, 32)
+        nc = next(r for r in rows if r["subject"] == s and r["method"] == "no-change")
+        assert float(nc["dice"]) == pytest.approx(M.dice(prior.seg > 0, target.seg > 0), abs=1e-6)
+        assert float(nc["ssim"]) == pytest.approx(M.ssim(prior.image, target.image), abs=1e-6)
+        assert float(nc["pred_area_mm2"]) == pytest.approx(prior.area_mm2("whole"))
+        true_area = target.area_mm2("whole")
+        for r in (x for x in rows if x["subject"] == s):
+            assert float(r["true_area_mm2"]) == pytest.approx(true_area)
+            tgt = float(r["target_area_mm2"])
+            assert float(r["ode_forecast_error"]) == pytest.approx(abs(tgt - true_area) / true_area, rel=1e-6)
+            assert float(r["area_error_vs_truth"]) == pytest.approx(
+                abs(float(r["pred_area_mm2"]) - true_area) / true_area, rel=1e-6)
+        orc = next(r for r in rows if r["subject"] == s and r["method"] == "oracle-area")
+        assert float(orc["guided_to_area_mm2"]) == pytest.approx(true_area)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_predicted"] == 2 and set(summary["methods"]) == {"tgrowth", "no-change", "unguided", "oracle-area"}
+    got = read_run(out, ("predict/hd95", "predict/ssim"))
+    tg = summary["methods"]["tgrowth"]
+    assert got["summary"]["predict/hd95"] == pytest.approx(tg["hd95"]["mean"])
+    assert got["summary"]["predict/ssim"] == pytest.approx(tg["ssim"]["mean"])
+    assert got["run"]["group"] == "tinytest" and "predict" in got["run"]["tags"]
+
+
+def test_predict_resume_skips_finished_subjects(tiny, tmp_path):
+    out = tmp_path / "pred"
+    assert predict(tiny, out, "data.subjects=[SUB02,SUB03]") == 0
+    done = out / "SUB02" / "prob_map.nii.gz"
+    stamp = done.stat().st_mtime_ns
+    # the state an interrupted run leaves: SUB03's info.json (written last) is missing
+    (out / "SUB03" / "info.json").unlink()
+    (out / "summary.json").unlink()
+    assert predict(tiny, out) == 1  # the folder exists: refused without resume/overwrite
+    assert predict(tiny, out, "resume=true") == 0
+    assert done.stat().st_mtime_ns == stamp  # SUB02 not redone
+    assert (out / "SUB03" / "info.json").is_file()
+    assert json.loads((out / "summary.json").read_text())["n_predicted"] == 2
+    assert predict(tiny, out, "resume=true", "guidance.scale=9") == 1  # different settings: refused
+
+
+def test_predict_future_days_montage(tiny, tmp_path):
+    out = tmp_path / "days"
+    assert predict(tiny, out, "data.subjects=[SUB02]", "target.days=[30,60,90]", "sampling.num_generations=2",
+                   "guidance.target=bootstrap") == 0
+    d = out / "SUB02"
+    info = json.loads((d / "info.json").read_text())
+    assert [t["days_after_prior"] for t in info["targets"]] == [30.0, 60.0, 90.0]
+    assert info["prior_timepoint"] == "002" and info["target_day"] == [105.0, 135.0, 165.0]
+    for t in ("day+030", "day+060", "day+090"):
+        assert nib.load(str(d / t / "prob_map.nii.gz")).shape == (32, 32, 6)
+    assert (d / "montage.png").stat().st_size > 1000
+    rows = read_csv(out / "metrics.csv")  # no real follow-up: only the area error vs the ODE target per day
+    assert [float(r["target_day"]) for r in rows] == [105.0, 135.0, 165.0]
+    assert all(r["hd95"] == "" and float(r["area_error_vs_target"]) >= 0 for r in rows)
+
+
+def test_bad_inputs_have_clear_messages(tiny, tmp_path, capsys):
+    root, models = tiny
+    # missing checkpoint
+    assert predict(tiny, tmp_path / "a", f"checkpoints.segmenter={tmp_path / 'nope.pt'}") == 1
+    assert "checkpoints.segmenter: file not found" in capsys.readouterr().err
+    # wrong kind
+    assert predict(tiny, tmp_path / "b", f"checkpoints.denoiser={models['regressor']}") == 1
+    assert "is a regressor checkpoint, expected a denoiser" in capsys.readouterr().err
+    # wrong image size
+    assert predict(tiny, tmp_path / "c", "data.image_size=64") == 1
+    assert "was trained on 32x32 images, expected 64x64" in capsys.readouterr().err
+    # one usable timepoint before the target: reported per subject, nothing generated
+    assert predict(tiny, tmp_path / "d", "target.timepoint=001") == 0
+    errs = read_csv(tmp_path / "d" / "errors.csv")
+    assert [e["subject"] for e in errs] == ["SUB02", "SUB03"]
+    assert "subject SUB02: only 1 usable timepoint(s) (000) before the target timepoint 001; the growth ODE needs " \
+           "at least 2" in errs[0]["error"]
+    assert predict(tiny, tmp_path / "e", "target.timepoint=001", "strict=true") == 1
+    assert "only 1 usable timepoint" in capsys.readouterr().err
+
+
+def test_target_timepoint_without_needed_modalities(tmp_path, tiny):
+    _, models = tiny
+    root = make_data(tmp_path / "data")
+    (root / "SUB02-002" / "SUB02-002-t2f.nii.gz").unlink()
+    out = tmp_path / "pred"
+    rc = main(["predict", "-c", PREDICT_YAML, *predict_overrides(root, models, out, "sampling.num_generations=2")])
+    assert rc == 0  # SUB03 still predicted
+    errs = read_csv(out / "errors.csv")
+    assert errs[0]["subject"] == "SUB02"
+    assert "target timepoint 002 lacks the contrast(s) t2f needed to compare" in errs[0]["error"]
+    assert (out / "SUB03" / "info.json").is_file() and not (out / "SUB02" / "info.json").exists()
+
+
+def test_same_seed_same_maps(tiny, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for o in (a, b):
+        assert predict(tiny, o, "data.subjects=[SUB02]", "methods=[tgrowth]", "plots=false") == 0
+    pa = nib.load(str(a / "SUB02" / "pred_mean.nii.gz")).get_fdata()
+    pb = nib.load(str(b / "SUB02" / "pred_mean.nii.gz")).get_fdata()
+    assert np.array_equal(pa, pb)
+    assert torch.get_num_threads() >= 1

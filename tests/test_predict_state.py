@@ -1,0 +1,95 @@
+"""Output-dir policy, resume fingerprint, rank split and the merged tables of `tgrowth predict`."""
+
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from tgrowth.config.base import load_config
+from tgrowth.config.predict import PredictConfig
+from tgrowth.errors import TgrowthError
+from tgrowth.predict import report, state
+
+
+def _cfg(out, *extra):
+    return load_config(PredictConfig, [], [f"output_dir={out}", "data.root=/nowhere", "checkpoints.denoiser=a",
+                                           "checkpoints.regressor=b", "checkpoints.segmenter=c", *extra])
+
+
+def test_output_dir_policy_refuse_resume_overwrite(tmp_path):
+    out = tmp_path / "run"
+    state.prepare_predict_dir(_cfg(out))  # fresh folder: fine
+    (out / "S1").mkdir()
+    (out / "S1" / "info.json").write_text("{}")
+    (out / "S1" / "metrics.json").write_text("[]")
+    with pytest.raises(TgrowthError, match=r"exists and is not empty\. It holds a predict run \(1 subject\(s\) "
+                                           r"finished, unfinished\)\. Pass resume=true .* or overwrite=true"):
+        state.prepare_predict_dir(_cfg(out))
+    # same settings (only neutral keys differ): resume is allowed and keeps the finished subject
+    state.prepare_predict_dir(_cfg(out, "resume=true", "trainer.devices=2", "wandb.enabled=false"))
+    assert state.is_done(out, "S1")
+    # different results-changing settings: resume refuses and names the key
+    with pytest.raises(TgrowthError, match=r"settings differ .*guidance\.scale: 50000\.0 -> 7\.0"):
+        state.prepare_predict_dir(_cfg(out, "resume=true", "guidance.scale=7"))
+    # overwrite starts again: finished subjects and merged tables go
+    (out / "metrics.csv").write_text("x\n")
+    (out / "notes.txt").write_text("user file\n")
+    state.prepare_predict_dir(_cfg(out, "overwrite=true"))
+    assert not (out / "S1").exists() and not (out / "metrics.csv").exists() and (out / "notes.txt").exists()
+
+
+def test_resume_needs_a_predict_run(tmp_path):
+    out = tmp_path / "other"
+    out.mkdir()
+    (out / "x.txt").write_text("hello")
+    with pytest.raises(TgrowthError, match="holds no predict run"):
+        state.prepare_predict_dir(_cfg(out, "resume=true"))
+
+
+def test_split_for_rank_covers_every_item_once():
+    items = [f"S{i}" for i in range(7)]
+    parts = [state.split_for_rank(items, r, 3) for r in range(3)]
+    assert sorted(sum(parts, [])) == sorted(items)
+    assert [len(p) for p in parts] == [3, 2, 2]
+    with pytest.raises(ValueError):
+        state.split_for_rank(items, 3, 3)
+
+
+def test_collect_and_tables(tmp_path):
+    rows = [
+        {"subject": "A", "method": "tgrowth", "hd95": 2.0, "ssim": 0.9, "area_error_vs_target": 0.1},
+        {"subject": "A", "method": "no-change", "hd95": 4.0, "ssim": 0.8, "area_error_vs_target": 0.5},
+        {"subject": "A", "method": "unguided", "hd95": 3.0, "ssim": 0.85, "area_error_vs_target": 0.3},
+        {"subject": "B", "method": "tgrowth", "hd95": float("inf"), "ssim": 0.7, "area_error_vs_target": 0.2},
+        {"subject": "B", "method": "no-change", "hd95": 6.0, "ssim": 0.6, "area_error_vs_target": 0.4},
+        {"subject": "B", "method": "unguided", "hd95": 5.0, "ssim": 0.65, "area_error_vs_target": 0.1},
+    ]
+    for s in ("A", "B"):
+        d = tmp_path / s
+        d.mkdir()
+        (d / "metrics.json").write_text(json.dumps([r for r in rows if r["subject"] == s]))
+        (d / "info.json").write_text(json.dumps({"subject": s}))
+    state.record_error(tmp_path, "C", "plan", "subject C: only 1 usable timepoint")
+    got_rows, infos, errors = state.collect(tmp_path, ["A", "B", "C"])
+    assert len(got_rows) == 6 and [i["subject"] for i in infos] == ["A", "B"]
+    assert errors == [{"subject": "C", "stage": "plan", "error": "subject C: only 1 usable timepoint"}]
+    summary = report.write_tables(tmp_path, got_rows, errors, ["tgrowth", "no-change", "unguided"])
+    t = summary["methods"]["tgrowth"]
+    assert t["hd95"]["mean"] == 2.0 and t["hd95"]["n"] == 1 and t["hd95"]["n_nonfinite"] == 1
+    assert t["ssim"]["mean"] == pytest.approx(0.8) and t["ssim"]["median"] == pytest.approx(0.8)
+    assert summary["checks"]["guided_beats_unguided_on_area_error"] == {
+        "tgrowth": pytest.approx(0.15), "unguided": pytest.approx(0.2), "holds": True}
+    assert summary["checks"]["tgrowth_beats_no_change_on_hd95"]["holds"] is True
+    header = (tmp_path / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert header[:10] == ["subject", "method", "ssim", "psnr", "mae", "dice", "hd95", "area_error_vs_truth",
+                           "area_error_vs_target", "ode_forecast_error"]
+    assert "subject C: only 1 usable timepoint" in (tmp_path / "errors.csv").read_text()
+    table = report.format_table(summary)
+    assert "tgrowth" in table and "(1 inf)" in table and "guided beats unguided on area error: yes" in table
+
+
+def test_fingerprint_ignores_neutral_keys():
+    a = OmegaConf.create({"seed": 1, "trainer": {"devices": 1}, "resume": False, "guidance": {"scale": 1.0}})
+    b = OmegaConf.create({"seed": 1, "trainer": {"devices": 4}, "resume": True, "guidance": {"scale": 1.0}})
+    c = OmegaConf.create({"seed": 2, "trainer": {"devices": 1}, "resume": False, "guidance": {"scale": 1.0}})
+    assert state.fingerprint(a)[0] == state.fingerprint(b)[0] != state.fingerprint(c)[0]

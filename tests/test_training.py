@@ -1,0 +1,198 @@
+"""Short real training runs (tiny nets, tiny in-memory blob data), checkpoints and model files."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from tgrowth.config.base import load_config
+from tgrowth.config.diffusion import TrainDenoiserConfig, TrainRegressorConfig, TrainSegmenterConfig
+from tgrowth.diffusion.checkpoints import load_denoiser, load_regressor, load_segmenter
+from tgrowth.diffusion.modules import DenoiserModule, dice_score, region_targets
+from tgrowth.diffusion.schedule import make_schedule
+from tgrowth.diffusion.toydata import make_blobs
+from tgrowth.diffusion.unet import UNet
+from tgrowth.errors import TgrowthError
+
+COMMON = [
+    "toy_data.enabled=true", "toy_data.n_train=64", "toy_data.n_val=16", "data.image_size=32",
+    "data.contrasts=[t1c,t2f]", "data.batch_size=8", "wandb.enabled=false", "trainer.enable_progress_bar=false",
+    "trainer.check_val_every_n_epoch=null", "trainer.limit_val_batches=2", "trainer.accelerator=cpu",
+    "num_threads=1", "val_images=0", "overwrite=true",
+]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # a busy 2-core box runs these convolutions far faster on one thread
+    yield
+    torch.set_num_threads(old)
+
+
+def _cfg(schema, out, *extra):
+    return load_config(schema, [], [*COMMON, f"output_dir={out}", *extra])
+
+
+@pytest.fixture(scope="module")
+def denoiser_run(tmp_path_factory, one_thread):
+    from tgrowth.diffusion.train import train_denoiser
+
+    out = tmp_path_factory.mktemp("den")
+    cfg = _cfg(TrainDenoiserConfig, out, "model.model_channels=8", "model.channel_mult=[1,2]", "model.num_res_blocks=1",
+               "model.attention_resolutions=[16]", "model.learn_sigma=true", "model.class_conditional=true",
+               "optim.lr=3e-3", "optim.ema_decay=0.9", "trainer.max_steps=40", "trainer.val_check_interval=20")
+    assert train_denoiser(cfg) == 0
+    return out, cfg
+
+
+def test_denoiser_training_lowers_loss_and_exports_ema(denoiser_run):
+    out, cfg = denoiser_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["global_step"] == 40
+    # a fresh UNet outputs eps = 0 (zero-initialised head), so its eps-MSE is E[noise^2] = 1
+    assert metrics["val/mse"] < 0.6
+    net, schedule, meta = load_denoiser(out / "denoiser.pt", expect_image_size=32, expect_contrasts=["t1c", "t2f"])
+    assert meta["kind"] == "denoiser" and meta["learn_sigma"] and meta["class_labels"] == {"healthy": 0, "diseased": 1}
+    assert schedule.num_train_steps == 1000 and torch.equal(schedule.betas, make_schedule("linear", 1000).betas)
+    # the model file holds the EMA weights of the best checkpoint, exactly
+    ckpt = torch.load(metrics["checkpoint"], map_location="cpu", weights_only=True)
+    ema = {k[len("ema_model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("ema_model.")}
+    assert ema and all(torch.equal(net.state_dict()[k], v) for k, v in ema.items())
+    raw = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    assert any(not torch.equal(raw[k], ema[k]) for k in ema)  # EMA differs from the raw weights
+
+
+def test_checkpoint_round_trip_identical_outputs(denoiser_run, tmp_path):
+    out, cfg = denoiser_run
+    from tgrowth.diffusion.checkpoints import export_model
+    from tgrowth.diffusion.train import build_denoiser
+
+    net, _, meta = load_denoiser(out / "denoiser.pt")
+    x, t, y = torch.randn(3, 2, 32, 32), torch.tensor([0, 500, 999]), torch.tensor([0, 1, 1])
+    ref = net(x, t, y)
+    export_model(tmp_path / "again.pt", "denoiser", net, meta)
+    net2, _, _ = load_denoiser(tmp_path / "again.pt")
+    assert torch.equal(net2(x, t, y), ref)
+    # the same weights in a network rebuilt from the config
+    fresh, _ = build_denoiser(cfg)
+    fresh.load_state_dict(net.state_dict())
+    assert torch.equal(fresh.eval()(x, t, y), ref)
+
+
+def test_resume_from_last_continues_step_count(denoiser_run):
+    out, cfg = denoiser_run
+    from omegaconf import OmegaConf
+
+    from tgrowth.diffusion.train import train_denoiser
+
+    before = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert before["global_step"] == 40
+    cfg2 = OmegaConf.merge(cfg, {"ckpt_path": "last", "overwrite": False, "trainer": {"max_steps": 45}})
+    assert train_denoiser(cfg2) == 0
+    after = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert after["global_step"] == 45  # 5 more steps, not 45 from scratch
+    assert json.loads((out / "metrics.json").read_text())["global_step"] == 45
+
+
+def test_model_file_errors(denoiser_run, tmp_path):
+    out, _ = denoiser_run
+    f = out / "denoiser.pt"
+    with pytest.raises(TgrowthError, match=r"denoiser\.pt is a denoiser checkpoint, expected a regressor"):
+        load_regressor(f)
+    with pytest.raises(TgrowthError, match=r"denoiser\.pt was trained on 32x32 images, expected 64x64"):
+        load_denoiser(f, expect_image_size=64)
+    with pytest.raises(TgrowthError, match=r"trained on contrasts \['t1c', 't2f'\], expected \['t1c'\]"):
+        load_denoiser(f, expect_image_size=32, expect_contrasts=["t1c"])
+    with pytest.raises(TgrowthError, match=r"model file not found: .*nothing\.pt"):
+        load_segmenter(tmp_path / "nothing.pt")
+    bad = tmp_path / "bad.pt"
+    torch.save({"weights": torch.zeros(2)}, bad)
+    with pytest.raises(TgrowthError, match=r"bad\.pt is not a tgrowth model file"):
+        load_denoiser(bad)
+    # the Lightning checkpoint itself is accepted too (EMA weights of the denoiser)
+    net, _, meta = load_denoiser(out / "checkpoints" / "last.ckpt")
+    assert meta["kind"] == "denoiser" and meta["step"] > 0
+
+
+def test_regressor_training_lowers_loss(tmp_path, one_thread):
+    from tgrowth.diffusion.train import build_regressor, train_regressor
+
+    cfg = _cfg(TrainRegressorConfig, tmp_path / "reg", "model.model_channels=8", "model.channel_mult=[1,2,2]",
+               "model.num_res_blocks=1", "model.attention_resolutions=[8]", "model.num_head_channels=16",
+               "optim.lr=3e-3", "trainer.max_steps=80", "trainer.val_check_interval=40", "val_t_bins=2",
+               "diffusion.train_t_max=300",
+               "toy_data.n_train=128")
+    torch.manual_seed(int(cfg.seed))
+    initial, _ = build_regressor(cfg)  # train_regressor seeds the same way: identical initial weights
+    assert train_regressor(cfg) == 0
+    net, meta = load_regressor(tmp_path / "reg" / "regressor.pt", expect_image_size=32)
+    assert meta["area"] == {"key": "area_frac", "scale": 100.0} and meta["train_t_max"] == 300
+    metrics = json.loads((tmp_path / "reg" / "metrics.json").read_text())
+    assert {"val/mae_t0-149", "val/mae_t150-299"} <= set(metrics)
+
+    data = make_blobs(32, 32, 2, seed=123)
+    target = data["area_frac"] * 100
+    g = torch.Generator().manual_seed(0)
+    t = torch.randint(0, 300, (32,), generator=g)
+    xt = make_schedule("linear").q_sample(data["image"], t, torch.randn(data["image"].shape, generator=g))
+    with torch.no_grad():
+        mse0 = (initial.eval()(xt, t) - target).pow(2).mean()
+        mse1 = (net(xt, t) - target).pow(2).mean()
+        baseline = (target - target.mean()).pow(2).mean()  # predicting the mean area
+    assert mse1 < 0.3 * mse0 and mse1 < baseline  # learned more than the mean
+
+
+def test_segmenter_beats_all_background(tmp_path, one_thread):
+    from tgrowth.diffusion.train import train_segmenter
+
+    cfg = _cfg(TrainSegmenterConfig, tmp_path / "seg", "model.model_channels=8", "model.channel_mult=[1,2]",
+               "model.num_res_blocks=1", "model.regions=[wt,tc]", "optim.lr=5e-3", "trainer.max_steps=50",
+               "trainer.val_check_interval=25")
+    assert train_segmenter(cfg) == 0
+    net, meta = load_segmenter(tmp_path / "seg" / "segmenter.pt", expect_image_size=32)
+    assert meta["regions"] == ["wt", "tc"]
+    data = make_blobs(32, 32, 2, seed=321)
+    gt = data["seg"] > 0
+    dice = dice_score(net.segment(data["image"]), gt).mean()
+    trivial = dice_score(torch.zeros_like(gt), gt).mean()  # = share of tumour-free slices
+    assert dice > trivial + 0.3 and dice > 0.75
+    metrics = json.loads((tmp_path / "seg" / "metrics.json").read_text())
+    assert metrics["val/dice"] > metrics["val/dice_all_background"]
+
+
+# --------------------------------------------------------------------------- known answers of the pieces
+def test_vlb_is_zero_for_the_true_posterior():
+    """With eps = the true noise and v = -1 (posterior variance), p(x_{t-1}|x_t) equals q: KL = 0."""
+    net = UNet(image_size=8, in_channels=1, model_channels=8, channel_mult=(1,), num_res_blocks=1,
+               attention_resolutions=(), learn_sigma=True)
+    mod = DenoiserModule(net, make_schedule("linear", 1000))
+    x0 = torch.rand(4, 1, 8, 8) * 2 - 1
+    noise = torch.randn_like(x0)
+    t = torch.tensor([1, 10, 500, 999])
+    xt = mod.schedule.q_sample(x0, t, noise)
+    vb = mod.vlb_terms(x0, xt, t, noise, -torch.ones_like(x0))
+    assert torch.allclose(vb, torch.zeros(4), atol=1e-5)
+    wrong = mod.vlb_terms(x0, xt, t, noise + 0.5, -torch.ones_like(x0))
+    assert (wrong > 1e-4).all()
+
+
+def test_ema_update_formula():
+    net = UNet(image_size=8, in_channels=1, model_channels=8, channel_mult=(1,), num_res_blocks=1, attention_resolutions=())
+    mod = DenoiserModule(net, make_schedule("linear", 100), ema_decay=0.5)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in mod.ema_model.parameters()]
+    mod.update_ema()  # step 0: decay = min(0.5, 1/10) = 0.1
+    for e, b, p in zip(mod.ema_model.parameters(), before, net.parameters()):
+        assert torch.allclose(e, 0.1 * b + 0.9 * p)
+
+
+def test_region_targets_brats_labels():
+    seg = torch.tensor([[[0, 1, 2, 3, 4]]])
+    r = region_targets(seg, ["wt", "tc", "et"])
+    assert r[0, :, 0].tolist() == [[0, 1, 1, 1, 1], [0, 1, 0, 1, 1], [0, 0, 0, 1, 1]]
+    assert math.isclose(dice_score(torch.tensor([[1, 1, 0]]).bool(), torch.tensor([[1, 0, 0]]).bool()).item(), 2 / 3, rel_tol=1e-6)
+    assert dice_score(torch.zeros(1, 3).bool(), torch.zeros(1, 3).bool()).item() == 1.0

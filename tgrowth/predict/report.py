@@ -1,0 +1,114 @@
+"""metrics.csv columns, summary.json statistics and the console table (tgrowth vs the baselines)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tgrowth.io import write_csv, write_json
+
+METRIC_COLUMNS = ["ssim", "psnr", "mae", "dice", "hd95", "area_error_vs_truth", "area_error_vs_target",
+                  "ode_forecast_error"]
+COLUMNS = ["subject", "method", *METRIC_COLUMNS, "pred_area_mm2", "map_area_mm2", "true_area_mm2",
+           "target_area_mm2", "guided_to_area_mm2", "prior_area_mm2", "scale", "prior_timepoint",
+           "target_timepoint", "target_day", "slice_index"]
+# the console table: (column, header, lower is better)
+TABLE = [("hd95", "HD95 mm", True), ("dice", "Dice", False), ("ssim", "SSIM", False), ("psnr", "PSNR", False),
+         ("mae", "MAE", True), ("area_error_vs_truth", "AreaErr/true", True),
+         ("area_error_vs_target", "AreaErr/ODE", True)]
+ERROR_COLUMNS = ["subject", "stage", "error"]
+
+
+def _finite(values: Sequence[Any]) -> list[float]:
+    out = []
+    for v in values:
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(f):
+            out.append(f)
+    return out
+
+
+def _median(xs: list[float]) -> float:
+    s = sorted(xs)
+    n = len(s)
+    if not n:
+        return float("nan")
+    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+
+def summarise(rows: Sequence[dict[str, Any]], methods: Sequence[str] | None = None) -> dict[str, Any]:
+    """Per method and metric: mean, median, n (finite values), n_nonfinite (e.g. HD95 of an empty map)."""
+    methods = list(methods) if methods else list(dict.fromkeys(r["method"] for r in rows))
+    out: dict[str, Any] = {"n_subjects": len({r["subject"] for r in rows}), "methods": {}}
+    for m in methods:
+        mrows = [r for r in rows if r["method"] == m]
+        if not mrows:
+            continue
+        stats: dict[str, Any] = {"n_subjects": len({r["subject"] for r in mrows}), "n_rows": len(mrows)}
+        for c in METRIC_COLUMNS:
+            vals = [r.get(c) for r in mrows]
+            fin = _finite(vals)
+            present = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
+            stats[c] = {"mean": sum(fin) / len(fin) if fin else float("nan"), "median": _median(fin),
+                        "n": len(fin), "n_nonfinite": len(present) - len(fin)}
+        out["methods"][m] = stats
+    ms = out["methods"]
+    checks: dict[str, Any] = {}
+    if "tgrowth" in ms and "unguided" in ms:
+        g, u = ms["tgrowth"]["area_error_vs_target"]["mean"], ms["unguided"]["area_error_vs_target"]["mean"]
+        checks["guided_beats_unguided_on_area_error"] = {"tgrowth": g, "unguided": u, "holds": bool(g < u)}
+    if "tgrowth" in ms and "no-change" in ms:
+        t, n = ms["tgrowth"]["hd95"]["mean"], ms["no-change"]["hd95"]["mean"]
+        checks["tgrowth_beats_no_change_on_hd95"] = {"tgrowth": t, "no-change": n, "holds": bool(t < n)}
+    out["checks"] = checks
+    return out
+
+
+def write_tables(out: Path, rows: list[dict[str, Any]], errors: list[dict[str, Any]], methods: Sequence[str],
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    order = {m: i for i, m in enumerate(methods)}
+    rows = sorted(rows, key=lambda r: (r["subject"], order.get(r["method"], len(order)), str(r.get("target_day"))))
+    summary = summarise(rows, methods)
+    if extra:
+        summary.update(extra)
+    summary["n_errors"] = len(errors)
+    if rows:
+        write_csv(Path(out) / "metrics.csv", rows, COLUMNS)
+    write_csv(Path(out) / "errors.csv", errors, ERROR_COLUMNS)
+    write_json(Path(out) / "summary.json", summary)
+    return summary
+
+
+def _fmt(v: float) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float) and math.isinf(v):
+        return "inf"
+    return f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """Mean over subjects per method (median in brackets for HD95)."""
+    ms = summary.get("methods", {})
+    if not ms:
+        return "(no metrics: no subject had a real follow-up to compare with)"
+    heads = ["method", "n"] + [h for _, h, _ in TABLE]
+    lines = []
+    for m, st in ms.items():
+        cells = [m, str(st["n_subjects"])]
+        for c, _, _ in TABLE:
+            cells.append(_fmt(st[c]["mean"]) + ("" if not st[c]["n_nonfinite"] else f" ({st[c]['n_nonfinite']} inf)"))
+        lines.append(cells)
+    widths = [max(len(h), *(len(r[i]) for r in lines)) for i, h in enumerate(heads)]
+    fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
+    body = [fmt.format(*heads), fmt.format(*["-" * w for w in widths])] + [fmt.format(*r) for r in lines]
+    body.append("(means over subjects; HD95 and Dice of the probability map at the threshold; area errors relative)")
+    for name, c in summary.get("checks", {}).items():
+        vals = ", ".join(f"{k}={_fmt(v)}" for k, v in c.items() if k != "holds")
+        body.append(f"{name.replace('_', ' ')}: {'yes' if c['holds'] else 'NO'} ({vals})")
+    return "\n".join(body)
