@@ -40,16 +40,26 @@ ROWS = {
     # name: (kind, steps, bf16, channels_last, compile)
     "baseline": ("baseline", 200, False, False, False),
     "fp32": ("tgrowth", 200, False, False, False),
+    "fp32+cl": ("tgrowth", 200, False, True, False),
+    "fp32+compile": ("tgrowth", 200, False, False, True),
     "bf16": ("tgrowth", 200, True, False, False),
     "bf16+cl": ("tgrowth", 200, True, True, False),
     "bf16+cl+compile": ("tgrowth", 200, True, True, True),
     "fp32 50 steps": ("tgrowth", 50, False, False, False),
+    "fp32+compile 50 steps": ("tgrowth", 50, False, False, True),
     "bf16+cl+compile 50 steps": ("tgrowth", 50, True, True, True),
+}
+# CPUs without native bf16 (this project's 2-core machines) run bf16 autocast far slower than fp32, so the
+# default CPU rows are fp32; pass --rows to run any row anywhere.
+DEFAULT_ROWS = {
+    "cpu": ["baseline", "fp32", "fp32+cl", "fp32+compile", "fp32 50 steps", "fp32+compile 50 steps"],
+    "cuda": ["baseline", "fp32", "bf16", "bf16+cl", "bf16+cl+compile", "fp32 50 steps",
+             "bf16+cl+compile 50 steps"],
 }
 
 
-def model_sizes(device: str) -> dict:
-    if device == "cuda":  # the authors' sizes (method.md)
+def model_sizes(size: str) -> dict:
+    if size == "authors":  # the authors' sizes (method.md)
         return dict(
             image_size=256,
             unet=dict(image_size=256, in_channels=4, model_channels=128, num_res_blocks=2,
@@ -97,7 +107,9 @@ def worker(cfg: dict) -> dict:
         torch.set_num_threads(cfg["threads"])
     dev = torch.device(cfg["device"])
     kind, steps, bf16, cl, comp = ROWS[cfg["row"]]
-    sizes = model_sizes(cfg["device"])
+    if cfg.get("smoke"):
+        steps = 2
+    sizes = model_sizes(cfg.get("size", "tiny"))
     torch.manual_seed(0)
     unet = UNet(**sizes["unet"])
     torch.nn.init.normal_(unet.out[-1].weight, std=0.02)  # random weights; eps not identically zero
@@ -166,7 +178,7 @@ def worker(cfg: dict) -> dict:
                 spread=spread, warmup_s=warm_s, finite=bool(torch.isfinite(imgs).all()))
 
 
-def device_name(device: str) -> str:
+def device_name(device: str, threads: int | None = None) -> str:
     if device == "cuda":
         import torch
 
@@ -174,7 +186,7 @@ def device_name(device: str) -> str:
     import torch
 
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-            f"{torch.get_num_threads()} torch threads (torch {torch.__version__}), no GPU")
+            f"{threads or torch.get_num_threads()} torch thread(s) per run (torch {torch.__version__}), no GPU")
 
 
 def main() -> None:
@@ -194,6 +206,9 @@ def main() -> None:
     ap.add_argument("--compile-mode", default="default", help="torch.compile mode (e.g. max-autotune)")
     ap.add_argument("--rows", default=None, help=f"comma-separated subset of: {', '.join(ROWS)}")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    ap.add_argument("--size", default=None, choices=["tiny", "authors"],
+                    help="model size (default: authors on cuda, tiny on cpu)")
+    ap.add_argument("--smoke", action="store_true", help="2 sampling steps per row: checks the code path, no timing")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -203,22 +218,25 @@ def main() -> None:
 
     n = args.n or (4 if args.quick else 50)
     bgens = args.baseline_gens or (n if args.device == "cuda" else (1 if args.quick else 2))
-    rows = args.rows.split(",") if args.rows else list(ROWS)
+    rows = args.rows.split(",") if args.rows else list(DEFAULT_ROWS[args.device])
     if args.no_compile:
         rows = [r for r in rows if "compile" not in r]
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
         raise SystemExit(f"unknown rows {unknown}; choose from {list(ROWS)}")
-    sizes = model_sizes(args.device)
+    size = args.size or ("authors" if args.device == "cuda" else "tiny")
+    sizes = model_sizes(size)
     print(f"# probability map: N={n} generations, L={args.noise_level}, guided (authors' form, scale "
           f"{args.scale:g}, +15% boost above t=20), eta={args.eta} for tgrowth rows; device: {args.device}")
     print(f"# models (random weights): UNet {sizes['unet']}; regressor {sizes['regressor']}")
     print(f"# command: python benchmarks/sampling.py {' '.join(sys.argv[1:])}")
+    if args.smoke:
+        print("# SMOKE RUN: 2 sampling steps per row; the figures below are not timings of a map")
     results = []
     for r in rows:
         cfg = dict(row=r, device=args.device, n=n, noise_level=args.noise_level, baseline_gens=bgens,
                    chunk=args.chunk, eta=args.eta, scale=args.scale, delta=args.delta, threads=args.threads,
-                   compile_mode=args.compile_mode)
+                   compile_mode=args.compile_mode, size=size, smoke=args.smoke)
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(cfg)], capture_output=True,
                               text=True, cwd=ROOT)
@@ -233,7 +251,8 @@ def main() -> None:
     base = next((x for x in results if x["kind"] == "baseline"), None)
     mem = "peak GPU MiB" if args.device == "cuda" else "peak RSS +MiB"
     print()
-    print(f"device: {device_name(args.device)}")
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    print(f"device: {device_name(args.device, args.threads)}" + (f"; load average at the end {load[0]:.1f}" if load else ""))
     print(f"| config | steps | s / map | speedup vs baseline | {mem} | area err | gen. spread | warm-up s |")
     print("|---|---|---|---|---|---|---|---|")
     for x in results:

@@ -57,6 +57,8 @@ def test_zero_scale_equals_unguided_exactly(setup):
     for form in AreaGuidance.FORMS:
         guided = _gen(model, prior, [AreaGuidance(area_proxy, 0.4, 0.0, form=form)], n=3, eta=0.7, generator=g())
         assert torch.equal(plain, guided)
+    per_sample_zero = AreaGuidance(area_proxy, torch.tensor([0.1, 0.4, 0.3]), torch.zeros(3))
+    assert torch.equal(plain, _gen(model, prior, [per_sample_zero], n=3, eta=0.7, generator=g()))
 
 
 def test_per_sample_scales_and_targets_equal_separate_runs(setup):

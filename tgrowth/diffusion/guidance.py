@@ -136,8 +136,8 @@ class AreaGuidance:
         abar = step.abar_t.reshape(-1).expand(x_t.shape[0]) if step.abar_t.numel() > 1 else \
             step.abar_t.reshape(()).expand(x_t.shape[0])
         scale = scale * self.schedule(step.t, abar).to(x_t.dtype)
-        if not bool((scale != 0).any()):
-            return eps
+        if isinstance(self.scale, (int, float)) and self.scale == 0:
+            return eps  # (a zero tensor scale also leaves eps exactly unchanged: eps - 0 * grad)
         target = self.effective_target(step.t, step.rows, x_t)
         view = (-1,) + (1,) * (x_t.ndim - 1)
         with torch.enable_grad():

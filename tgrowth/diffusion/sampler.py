@@ -105,9 +105,9 @@ def ddim_step(
     eta_t = _bcast(eta, x_t)
     sigma = ddim_sigma(abar_t, abar_s, eta_t)
     out = abar_s.sqrt() * x0 + (1 - abar_s - sigma**2).clamp(min=0).sqrt() * eps
-    if bool((eta_t != 0).any()):
-        if noise is None:
-            noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+    if noise is None and not (isinstance(eta, (int, float)) and eta == 0) and bool((eta_t != 0).any()):
+        noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+    if noise is not None:  # sigma is 0 where eta is 0, so those rows are unchanged
         out = out + sigma * noise
     return out
 
@@ -311,7 +311,8 @@ def sample_known_image(
     steps = sampling_steps(schedule, noise_level, num_steps).tolist()
     states: list[dict] = [{} for _ in callbacks]
     eta_t = _bcast(eta, x)
-    stochastic = bool((eta_t != 0).any())
+    stochastic = bool((eta_t != 0).any())  # one host sync per run, not per step
+    eta_arg = eta_t.flatten() if eta_t.ndim else float(eta_t)
     with torch.no_grad():
         for i, (t, s) in enumerate(zip(steps[:-1], steps[1:])):
             tt = torch.full((b,), t, dtype=torch.long, device=x.device)
@@ -328,6 +329,6 @@ def sample_known_image(
             noise = None
             if stochastic:
                 noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = ddim_step(schedule, x, eps, t, s, eta_t.flatten() if eta_t.ndim else eta_t, noise=noise,
+            x = ddim_step(schedule, x, eps, t, s, eta_arg, noise=noise,
                           clip_denoised=clip_denoised)
     return x
