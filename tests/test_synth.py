@@ -116,8 +116,10 @@ def test_same_seed_same_bytes_other_seed_differs(cohort: Path, tmp_path: Path):
     # subject 1 alone, same seed: byte-identical to subject 1 of the two-subject run (independent of n_subjects)
     kwargs = dict(_parse(a) for a in TINY)
     kwargs["n_subjects"] = 1
-    same = generate_cohort(output_dir=str(tmp_path / "a"), seed=3, log=lambda *_: None, **kwargs)
-    other = generate_cohort(output_dir=str(tmp_path / "b"), seed=4, log=lambda *_: None, **kwargs)
+    same = generate_cohort(None, output_dir=str(tmp_path / "a"), seed=3, log=lambda *_: None, **kwargs)
+    yaml = tmp_path / "other.yaml"  # the API also takes a YAML path (keywords override it)
+    yaml.write_text("seed: 4\ngrowth:\n  mass_effect: 0.0\n" + "".join(f"{k}: {v}\n" for k, v in kwargs.items() if "." not in k))
+    other = generate_cohort(yaml, output_dir=str(tmp_path / "b"), log=lambda *_: None)
     assert same["subjects"] == other["subjects"] == ["SYN-00001"]
     for tp in ("000", "002"):
         for k in ("t1c", "seg"):
@@ -127,6 +129,9 @@ def test_same_seed_same_bytes_other_seed_differs(cohort: Path, tmp_path: Path):
             c = nib.load(str(tmp_path / "b" / name))
             assert np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj)) and np.array_equal(a.affine, b.affine)
             assert not np.array_equal(np.asarray(a.dataobj), np.asarray(c.dataobj))
+    # without mass effect the anatomy (brain mask) is the same at every scan
+    masks = [np.asarray(nib.load(str(tmp_path / "b" / f"SYN-00001-{tp}/SYN-00001-{tp}-t1n.nii.gz")).dataobj) > 0 for tp in ("000", "002")]
+    assert np.array_equal(masks[0], masks[1])
     assert (cohort / "timeline.csv").read_text().splitlines()[1:4] == (tmp_path / "a" / "timeline.csv").read_text().splitlines()[1:4]
 
 
@@ -139,6 +144,7 @@ def test_same_seed_same_bytes_other_seed_differs(cohort: Path, tmp_path: Path):
     ("growth.rho_per_day=[0.05,0.01]", "growth.rho_per_day"),
     ("schedule.pre_rt_scans=0", "schedule.pre_rt_scans"),
     ("split_fractions=[1,0]", "split_fractions"),
+    ("device=tpu9", "device"),
 ])
 def test_bad_config_names_the_key(override, key, tmp_path: Path, capsys):
     kwargs = dict(_parse(a) for a in TINY)
@@ -159,6 +165,8 @@ def _parse(override: str):
         return key, [float(v) for v in value.strip("[]").split(",")]
     if value in ("true", "false"):
         return key, value == "true"
+    if not value.lstrip("-").replace(".", "").isdigit():
+        return key, value
     return key, float(value) if ("." in value or key.endswith("_mm")) else int(value)
 
 
@@ -227,3 +235,69 @@ def test_linear_quadratic_kill_and_damage_compartment():
     assert float(d[8, 8, 8]) == pytest.approx(expected, rel=1e-4)
     scan1 = res.snapshots[0, 1]  # scans come before the fraction on the same day
     assert float(scan1[0, 8, 8, 8]) == pytest.approx(0.8)
+
+
+def test_montage_png(tmp_path: Path):
+    from tgrowth.synth.montage import save_montage
+
+    rng = np.random.default_rng(0)
+    vols = [rng.uniform(0, 1000, size=(12, 14, 6)).astype(np.int16) for _ in range(3)]
+    segs = [np.zeros((12, 14, 6), np.uint8) for _ in range(3)]
+    for k, s in enumerate(segs):
+        s[4:6 + k, 5:7 + k, 3] = [2, 3, 1][k]
+    out = save_montage({"subject": "S", "days": [0, 20, 90], "t1c": vols, "t2f": vols, "seg": segs, "rt": (30, 69)},
+                       tmp_path / "m.png", (3.0, 3.0, 3.0))
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_untreated_subject_has_empty_rt_dates_and_keeps_growing(tmp_path: Path):
+    kwargs = dict(_parse(a) for a in TINY)
+    kwargs.update({"n_subjects": 1, "rt.fraction_of_subjects": 0.0, "slice_thickness_mm": 5.0})
+    summary = generate_cohort(None, output_dir=str(tmp_path / "norx"), seed=2, log=lambda *_: None, **kwargs)
+    seg = nib.load(str(tmp_path / "norx" / "SYN-00001-002" / "SYN-00001-002-seg.nii.gz"))
+    assert np.allclose(np.diag(seg.affine)[:3], [4.0, 4.0, 5.0])  # anisotropic voxels: thick axial slices
+    lab = np.asarray(seg.dataobj)
+    assert summary["ground_truth"][2]["whole_tumor_volume_mm3"] == pytest.approx((lab > 0).sum() * 80.0)
+    assert summary["ground_truth"][2]["max_axial_area_mm2"] == pytest.approx((lab > 0).sum(axis=(0, 1)).max() * 16.0)
+    rows = _rows(tmp_path / "norx" / "timeline.csv")
+    assert [(r["rt_start_day"], r["rt_end_day"]) for r in rows] == [("", "")] * 3
+    truth = summary["ground_truth"]
+    assert [r["phase"] for r in truth] == ["no_rt"] * 3
+    cells = [r["tumor_cell_volume_mm3"] for r in truth]
+    assert cells[0] < cells[1] < cells[2]
+
+
+@pytest.mark.parametrize("h", [1.0, 2.0, 2.5, 3.0, 4.0])
+def test_time_steps_respect_the_explicit_stability_bound(h):
+    from tgrowth.synth.growth import pregrowth_days_per_step, stable_steps_per_day
+
+    d_max, rho_max = 0.6, 0.08
+    spd = stable_steps_per_day(d_max, h, rho_max=rho_max)
+    dt = 1.0 / spd
+    assert dt * 6 * d_max / h**2 <= 0.8 + 1e-9 and rho_max * dt <= 0.1 + 1e-9
+    k = pregrowth_days_per_step(d_max, h, spd, rho_max=rho_max)
+    assert k >= 1 and k * dt * 6 * d_max / h**2 <= 1.0 and rho_max * k * dt <= 0.25 + 1e-9
+
+
+def test_rough_diffusivity_at_the_stable_step_matches_a_fine_step():
+    """Checkerboard D at the maximum: the chosen step agrees with an 8x finer one (a too-large step does not)."""
+    from tgrowth.synth.growth import stable_steps_per_day
+
+    n, h = 16, 1.0
+    idx = torch.arange(n)
+    tissue = torch.zeros(1, 2, n, n, n)
+    tissue[0, 1] = 0.2 + 0.8 * ((idx[:, None, None] + idx[None, :, None] + idx[None, None, :]) % 2).float()
+    u0 = torch.zeros(1, n, n, n)
+    u0[0, 6:10, 6:10, 6:10] = 1.0
+    sched = Schedule(scan_days=[0, 20], fraction_days=[], target_visible_voxels=1)
+    p = _params(d_white=0.6, d_grey=0.6, rho=0.05)
+
+    def run(spd: int) -> torch.Tensor:
+        return simulate(tissue, u0, p, [sched], h, spd, 0.0, 0.0).snapshots[0, 1, 0]
+
+    spd = stable_steps_per_day(0.6, h, rho_max=0.05)
+    ref = run(8 * spd)
+    u = run(spd)
+    assert float(u.min()) >= 0.0 and float(u.max()) <= 1.0 + 1e-5
+    assert float((u - ref).abs().max()) < 0.01
+    assert float((run(1) - ref).abs().max()) > 0.05  # dt 6 D / h^2 = 3.6: the bound matters

@@ -57,6 +57,9 @@ def test_unet_shapes_learned_sigma_and_broadcast():
     assert torch.allclose(m(x, 7), m(x, torch.full((3,), 7)))
     # other resolutions run (convolutions), e.g. 64x64
     assert m(torch.randn(1, 2, 64, 64), t[:1]).shape == (1, 2, 64, 64)
+    # float64 networks work too (e.g. for exact-arithmetic checks)
+    m64 = _randomise(_tiny_unet(learn_sigma=True)).double().eval()
+    assert m64(x.double(), t).dtype == torch.float64
     with pytest.raises(ValueError, match="shape \\[3\\]"):
         m(x, torch.tensor([1, 2]))
 

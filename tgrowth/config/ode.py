@@ -37,6 +37,8 @@ class FitSettings:
     population_prior: bool = doc(False, "Fit all subjects jointly with a learned log-normal prior over the parameters; subjects with 1 point get a prior-only forecast.")
     prior_mode: str = doc("hierarchical", "hierarchical: prior mean/SD learned jointly with the subjects; map: prior estimated from subjects with >= prior_min_points, then each subject's MAP fit.")
     prior_min_points: int = doc(5, "prior_mode=map: subjects with at least this many fitted points define the prior.")
+    auto_pool: float = doc(3.0, "auto: weight (in folds) of the cohort's CV error of each model in a subject's CV score; 0: per subject only.")
+    auto_horizon: int = doc(0, "auto: CV forecasts this many points ahead of each training window (0: holdout_last, at least 1).")
     auto_min_train: int = doc(3, "auto: smallest number of points a CV fold trains on.")
     max_fold: float = doc(1.0e4, "Forecasts are clamped to [0, max_fold x first size] (extreme parameters never give inf).")
     accelerator: str = doc("auto", "Lightning accelerator for the fit: auto, cpu, gpu.")

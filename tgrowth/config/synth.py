@@ -18,6 +18,7 @@ class GrowthRanges:
     damage_clearance_days: list[float] = doc([30.0, 120.0], "Mean lifetime of treatment damage (days).")
     initial_volume_ml: list[float] = doc([4.0, 25.0], "Visible tumour volume at the first scan (ml).")
     heterogeneity: float = doc(0.35, "Log-amplitude of a smooth random field that multiplies D and rho locally (0: homogeneous tissue classes).")
+    mass_effect: float = doc(1.0, "Scale of the mass effect (tissue pushed away from the tumour, up to about 3 mm at 1.0); 0: none.")
     max_pregrowth_days: int = doc(3000, "Cap on the simulated time from the seed to the first scan (days).")
 
 

@@ -53,7 +53,7 @@ def _log_images(module: pl.LightningModule, key: str, rows: list[torch.Tensor], 
     if logger is None or not hasattr(logger, "log_image") or not rows:
         return
     grid = torch.cat([torch.cat(list(r.float().clamp(-1, 1).cpu()), dim=1) for r in rows], dim=0)
-    grid = ((grid - grid.min()) / (grid.max() - grid.min() + 1e-8)).numpy()
+    grid = ((grid - grid.min()) / (grid.max() - grid.min() + 1e-8) * 255).round().to(torch.uint8).numpy()
     logger.log_image(key=key, images=[grid], caption=[" / ".join(captions)], step=module.global_step)
 
 

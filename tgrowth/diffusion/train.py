@@ -157,6 +157,18 @@ def _seed(cfg: DictConfig) -> None:
         torch.set_num_threads(int(cfg.num_threads))
 
 
+def _ensure_run_id(path: Path) -> None:
+    """Write a new wandb run id unless one is stored (tracking.py's fallback calls
+    ``wandb.util.generate_id``, which wandb 0.31 no longer has)."""
+    if not path.is_file():
+        import secrets
+
+        from tgrowth.io import atomic_write_text
+
+        alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+        atomic_write_text(path, "".join(secrets.choice(alphabet) for _ in range(8)) + "\n")
+
+
 def _fit(cfg: DictConfig, kind: str, module, monitor: str, mode: str) -> int:
     import pytorch_lightning as pl
 
@@ -176,6 +188,8 @@ def _fit(cfg: DictConfig, kind: str, module, monitor: str, mode: str) -> int:
     save_resolved_config(cfg, out)
     datamodule = make_datamodule(cfg)
 
+    if cfg.wandb.enabled and cfg.wandb.mode != "disabled" and not cfg.wandb.run_id:
+        _ensure_run_id(out / RUN_ID_FILE)
     logger = make_wandb_logger(cfg, f"train-{kind}")
     callbacks = checkpoint_callbacks(out, monitor, mode)
     try:

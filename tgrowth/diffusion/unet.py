@@ -223,7 +223,7 @@ class _TimeEmbed(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(model_channels, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(timestep_embedding(t, self.model_channels))
+        return self.mlp(timestep_embedding(t, self.model_channels).to(self.mlp[0].weight.dtype))
 
 
 # --------------------------------------------------------------------------- the denoiser

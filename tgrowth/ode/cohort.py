@@ -6,7 +6,12 @@ bootstrap fit per chosen model (subjects x replicates x starts as tensor dimensi
 
 - Model selection (``fit.model=auto``): per subject, rolling-origin cross-validation on its own fitted
   points (fit on the first k, forecast point k+1, for every k >= ``auto_min_train``), mean relative
-  error; subjects without any fold fall back to AIC. Ties go to the model with fewer parameters.
+  error; subjects without any fold fall back to AICc (infinite where n <= k + 1), then AIC. The CV
+  horizon is ``auto_horizon`` points ahead (default: as far as the held-out points). Models whose in-sample
+  R^2 is below 0.5 cannot describe the data and are not candidates. A subject's few folds give a noisy error, so
+  it is shrunk toward the cohort's CV error of the same model: ``(sum of the subject's fold errors +
+  auto_pool x cohort mean) / (folds + auto_pool)`` (``auto_pool=0``: purely per subject).
+  Ties go to the model with fewer parameters.
 - AIC/BIC (least squares): ``n log(max(SSE/n, 1e-6)) + 2k`` and ``+ k log n``, on the unperturbed
   point fit, with k the parameters acting on the subject (RT ones only when RT falls in the fitted span).
 - Metrics: R^2 and nRMSE (RMSE / mean observed) of the median curve on fitted points; relative error
@@ -98,6 +103,11 @@ def baseline_linear(days_fit, sizes_fit, days) -> torch.Tensor:
 def aic_bic(sse: float, n: int, k: int) -> tuple[float, float]:
     mse = max(sse / max(n, 1), SSE_FLOOR)
     return n * math.log(mse) + 2 * k, n * math.log(mse) + k * math.log(max(n, 1))
+
+
+def aicc(aic: float, n: int, k: int) -> float:
+    """Small-sample AIC; infinite when n <= k + 1 (no information left to compare)."""
+    return aic + 2 * k * (k + 1) / (n - k - 1) if n - k - 1 > 0 else math.inf
 
 
 # --------------------------------------------------------------------------- results
@@ -364,9 +374,10 @@ def fit_cohort(rows, fit_cfg: Any = None, *, seed: int = 0, strict: bool = False
             model = get_model(name, s.size_kind)
             items = list(base_items)
             if s.model == "auto":
+                horizon = s.auto_horizon if s.auto_horizon > 0 else max(s.holdout_last, 1)
                 for it in base_items:
-                    for k in range(max(s.auto_min_train, 1), it.n_train):
-                        items.append(_Item(it.subject, it.t, it.y, k, it.t_rt, target=k))
+                    for k in range(max(s.auto_min_train, 1), it.n_train - horizon + 1):
+                        items.append(_Item(it.subject, it.t, it.y, k, it.t_rt, target=k + horizon - 1))
             res = _fit(model, items, 0, s, seed + 1000 + mi, prior=prior_arg)
             cv: dict[str, list[float]] = {}
             for i, it in enumerate(items):
@@ -376,8 +387,11 @@ def fit_cohort(rows, fit_cfg: Any = None, *, seed: int = 0, strict: bool = False
                     has_rt = it.t_rt <= float(it.t[it.n_train - 1])
                     k_eff = model.effective_n_params(has_rt)
                     aic, bic = aic_bic(sse, it.n_train, k_eff)
+                    yf = it.y[: it.n_train].double()
+                    ss_tot = float(((yf - yf.mean()) ** 2).sum())
                     comparison[it.subject][name] = {"n_params": k_eff, "n_points": it.n_train, "sse": sse,
-                                                    "aic": aic, "bic": bic}
+                                                    "r2": 1.0 - sse / ss_tot if ss_tot > 0 else float("nan"),
+                                                    "aic": aic, "bic": bic, "aicc": aicc(aic, it.n_train, k_eff)}
                 else:
                     pred = simulate_closed_form(model, res.theta[i, 0].double(), it.t[it.target : it.target + 1].double(),
                                                 torch.tensor(it.t_rt, dtype=torch.float64))
@@ -386,18 +400,31 @@ def fit_cohort(rows, fit_cfg: Any = None, *, seed: int = 0, strict: bool = False
             for subj, errs in cv.items():
                 comparison[subj][name]["cv_error"] = sum(errs) / len(errs)
                 comparison[subj][name]["cv_folds"] = len(errs)
+        # cohort-wide CV error of each model; each subject's CV error is shrunk toward it (auto_pool)
+        pooled: dict[str, float] = {}
+        for name in names:
+            errs = [c[name]["cv_error"] * c[name]["cv_folds"] for c in comparison.values() if "cv_error" in c.get(name, {})]
+            folds = [c[name]["cv_folds"] for c in comparison.values() if "cv_error" in c.get(name, {})]
+            if folds:
+                pooled[name] = sum(errs) / sum(folds)
+        for c in comparison.values():
+            for name, row in c.items():
+                if "cv_error" in row:
+                    w = float(s.auto_pool)
+                    row["cv_score"] = (row["cv_error"] * row["cv_folds"] + w * pooled[name]) / (row["cv_folds"] + w)
         for ser, _ in usable:
             comp = comparison[ser.subject]
             if s.model != "auto":
                 chosen[ser.subject] = s.model
                 continue
-            with_cv = {m: c for m, c in comp.items() if "cv_error" in c}
+            # a model that cannot describe the fitted points (in-sample R^2 < 0.5) is no candidate
+            with_cv = {m: c for m, c in comp.items() if "cv_error" in c and not c["r2"] < 0.5}
             if with_cv:
-                best = min(with_cv, key=lambda m: (round(with_cv[m]["cv_error"], 6), with_cv[m]["n_params"]))
+                best = min(with_cv, key=lambda m: (round(with_cv[m]["cv_score"], 6), with_cv[m]["n_params"]))
                 why = f"auto: rolling-origin CV ({int(with_cv[best]['cv_folds'])} folds)"
             else:
-                best = min(comp, key=lambda m: (round(comp[m]["aic"], 6), comp[m]["n_params"]))
-                why = "auto: AIC (too few points for cross-validation)"
+                best = min(comp, key=lambda m: (comp[m]["aicc"], comp[m]["aic"], comp[m]["n_params"]))
+                why = "auto: AICc (too few points for cross-validation)"
             chosen[ser.subject] = best
             subject_notes[ser.subject] = "; ".join(x for x in (subject_notes.get(ser.subject, ""), why) if x)
     else:

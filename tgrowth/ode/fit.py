@@ -217,7 +217,7 @@ class BatchedFit(pl.LightningModule):
             self.rho.data.copy_(torch.log(torch.expm1((sd - SD_FLOOR).clamp_min(1e-6))))
             sd = self.prior_sd()
         r0, _ = self.residuals(u, mu, sd)
-        h = 1e-6 * (1.0 + u.abs())
+        h = (1e-6 if self.integrator == "closed_form" else 1e-4) * (1.0 + u.abs())  # adaptive solvers: larger steps
         eye = torch.eye(p, dtype=u.dtype, device=u.device)
         up = u.unsqueeze(0) + eye.view(p, 1, 1, 1, p) * h.unsqueeze(0)  # [P, N, R, K, P]
         rp, _ = self.residuals(up, mu, sd)
@@ -227,8 +227,10 @@ class BatchedFit(pl.LightningModule):
         g = (jac.transpose(-1, -2) @ r0.unsqueeze(-1)).squeeze(-1)
         lam = self.damping.unsqueeze(-1)
         diag = torch.diagonal(a, dim1=-2, dim2=-1)
-        a_damped = a + torch.diag_embed(lam * (diag + 1e-9) + 1e-12)
-        step = -torch.linalg.solve(a_damped, g.unsqueeze(-1)).squeeze(-1)
+        a_damped = a + torch.diag_embed(lam * (diag + 1e-6 * diag.amax(-1, keepdim=True) + 1e-12) + 1e-12)
+        sol, info = torch.linalg.solve_ex(a_damped, g.unsqueeze(-1))
+        ok = (info == 0).unsqueeze(-1)  # a singular system (flat directions): take a small gradient step instead
+        step = torch.where(ok, -sol.squeeze(-1), -1e-3 * g / (g.norm(dim=-1, keepdim=True) + 1e-30))
         step = torch.nan_to_num(step, nan=0.0, posinf=0.0, neginf=0.0).clamp(-5.0, 5.0)
         u_new = (u + step).clamp(-30.0, 30.0)
         r1, _ = self.residuals(u_new, mu, sd)

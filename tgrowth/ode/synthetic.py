@@ -3,8 +3,8 @@
 - :func:`rt_cohort`: the authors' RT model with known parameters and multiplicative noise.
 - :func:`fk_cohort`: Fisher-Kolmogorov-like fronts: the radius grows at a constant speed (the
   "velocity of diametric expansion"), RT pushes the front back (a dip that sets in over a few weeks)
-  and the front then moves on at a constant, possibly slower, speed. Areas = pi r^2. None of the
-  registered models is exactly this curve.
+  and the front then moves on at the same speed (``speed_after_range`` can make it slower). Areas =
+  pi r^2. None of the registered models is exactly this curve.
 
 Both return rows ``subject, day, size, rt_start_day, rt_end_day`` (sizes in mm^2) and the truth.
 """
@@ -38,7 +38,7 @@ def scan_days(g: torch.Generator, n_scans: int, rt_end: float, spacing: float = 
 
 def rt_cohort(n_subjects: int = 8, n_scans: int | list[int] = 6, noise: float = 0.05, seed: int = 0,
               base_area: tuple[float, float] = (200.0, 800.0), theta: torch.Tensor | None = None,
-              prefix: str = "sim") -> tuple[list[dict[str, Any]], dict[str, Any]]:
+              prefix: str = "sim", spacing: float = 60.0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Authors' RT model (``exponential_rt``): random (or given) parameters, RT ending on day 42+.
 
     Returns ``(rows, truth)``; truth holds ``theta [S, P]``, ``param_names``, per-subject clean series.
@@ -58,7 +58,7 @@ def rt_cohort(n_subjects: int = 8, n_scans: int | list[int] = 6, noise: float = 
     rows, clean = [], {}
     for i in range(n_subjects):
         rt_end = 42.0 + float(torch.randint(0, 20, (1,), generator=g))
-        days = scan_days(g, scans[i], rt_end)
+        days = scan_days(g, scans[i], rt_end, spacing)
         t = torch.tensor(days, dtype=torch.float64)
         y = simulate_closed_form(model, theta[i], t, torch.tensor(rt_end, dtype=torch.float64))
         a0 = float(_uniform(g, 1, *base_area))
@@ -86,7 +86,7 @@ def fk_area(days: torch.Tensor, r0: float, speed: float, rt_end: float | None, p
 
 
 def fk_cohort(n_subjects: int = 12, n_scans: int = 8, noise: float = 0.03, seed: int = 0, spacing: float = 60.0,
-              rt_fraction: float = 0.75, prefix: str = "fk") -> tuple[list[dict[str, Any]], dict[str, Any]]:
+              rt_fraction: float = 0.75, prefix: str = "fk", speed_after_range: tuple[float, float] = (1.0, 1.0)) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Fisher-Kolmogorov-like cohort (radius linear in time, RT dips); sizes are areas in mm^2."""
     g = torch.Generator().manual_seed(seed)
     rows, truth = [], {}
@@ -96,7 +96,7 @@ def fk_cohort(n_subjects: int = 12, n_scans: int = 8, noise: float = 0.03, seed:
         has_rt = float(torch.rand(1, generator=g, dtype=torch.float64)) < rt_fraction
         rt_end = 42.0 + float(torch.randint(0, 20, (1,), generator=g)) if has_rt else None
         push = float(_uniform(g, 1, 0.1, 0.3)) if has_rt else 0.0
-        speed_after = speed * float(_uniform(g, 1, 0.6, 1.0)) if has_rt else speed
+        speed_after = speed * float(_uniform(g, 1, *speed_after_range)) if has_rt else speed
         days = scan_days(g, n_scans, rt_end if rt_end is not None else 42.0, spacing)
         t = torch.tensor(days, dtype=torch.float64)
         area = fk_area(t, r0, speed, rt_end, push, speed_after)

@@ -154,6 +154,10 @@ class SubjectWarps:
     disp: torch.Tensor  # [B, 3, cx, cy, cz] displacement (mm) on a coarse control lattice
     disp_affine: np.ndarray  # control lattice voxel -> world
 
+    def select(self, i: int) -> SubjectWarps:
+        """The warp of subject ``i`` alone (batch of one)."""
+        return SubjectWarps(self.linear[i : i + 1], self.shift[i : i + 1], self.disp[i : i + 1], self.disp_affine)
+
     def __call__(self, points: torch.Tensor) -> torch.Tensor:
         """``points [B, ..., 3]`` (subject world mm) -> template world mm, same shape."""
         b = points.shape[0]

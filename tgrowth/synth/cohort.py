@@ -46,18 +46,23 @@ MIDLINE_REGIONS = {
     "thalamus": ((0.0, -16.0, 6.0), (14.0, 6.0, 4.0)),
 }
 OEDEMA_SIGMA_MAX_MM = 5.0
+MASS_SIGMA_MM = 8.0  # smoothing of the tumour burden whose gradient displaces tissue (mass effect)
 HEMISPHERIC_BOX = ((20.0, 45.0), (-60.0, 30.0), (0.0, 42.0))  # |x|, y, z ranges
 
 
 # --------------------------------------------------------------------------- config
 def _as_config(cfg: Any = None, **kwargs: Any):
-    """A validated SynthConfig DictConfig from a DictConfig, a SynthConfig, a dict and/or keyword overrides."""
+    """A validated SynthConfig DictConfig from a DictConfig, a SynthConfig, a dict or a YAML path, and keyword overrides."""
     from omegaconf import DictConfig, OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     from tgrowth.config.base import _check_keys
     from tgrowth.config.synth import SynthConfig
 
+    if isinstance(cfg, (str, Path)):  # a YAML file (with its extends: bases)
+        from tgrowth.config.base import load_config
+
+        cfg = load_config(SynthConfig, [str(cfg)])
     base = OmegaConf.structured(SynthConfig)
     OmegaConf.set_struct(base, True)
     extra = None
@@ -130,6 +135,8 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"config key 'split_fractions' must be three non-negative train/val/test fractions, got {fr}")
     if not cfg.subject_prefix or any(c in cfg.subject_prefix for c in "/\\ ,"):
         raise ConfigError(f"config key 'subject_prefix' must be a non-empty name without '/', spaces or commas, got {cfg.subject_prefix!r}")
+    if cfg.growth.mass_effect < 0 or cfg.growth.mass_effect > 3:
+        raise ConfigError(f"config key 'growth.mass_effect' must be in [0, 3], got {cfg.growth.mass_effect}")
     if cfg.growth.heterogeneity < 0 or cfg.growth.heterogeneity > 2:
         raise ConfigError(f"config key 'growth.heterogeneity' must be in [0, 2], got {cfg.growth.heterogeneity}")
     for key in ("growth.d_white_mm2_per_day", "growth.grey_white_ratio", "growth.rho_per_day", "growth.alpha_per_gy",
@@ -153,6 +160,12 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"config key 'growth.max_pregrowth_days' must be at least 1, got {cfg.growth.max_pregrowth_days}")
     if not 1 <= cfg.montage_subject <= cfg.n_subjects:
         raise ConfigError(f"config key 'montage_subject' must be between 1 and n_subjects ({cfg.n_subjects}), got {cfg.montage_subject}")
+    try:
+        dev = torch.device(cfg.device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"config key 'device' is not a torch device: {cfg.device!r} ({exc})") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"config key 'device' is {cfg.device!r} but CUDA is not available here (use device=cpu)")
     if cfg.threads is not None and cfg.threads < 1:
         raise ConfigError(f"config key 'threads' must be at least 1 (or null), got {cfg.threads}")
 
@@ -211,6 +224,7 @@ def draw_subject(cfg: Any, index: int, lattice: tuple[int, int, int], sim_voxel:
         "oedema_sigma_mm": float(rng.uniform(2.0, OEDEMA_SIGMA_MAX_MM)),
         "pseudo_progression": float(rng.uniform(1.0, 2.5)),
         "initial_volume_ml": float(rng.uniform(*g.initial_volume_ml)),
+        "mass_effect": float(rng.uniform(0.3, 1.0)),
     }
     params["beta"] = params["alpha"] / float(rt.alpha_beta_gy)
     # scan schedule
@@ -321,7 +335,8 @@ def _nifti_header():
 
 
 def generate_cohort(cfg: Any = None, prepare: bool = True, log: Any = print, **kwargs: Any) -> dict[str, Any]:
-    """Generate the phantom. ``cfg``: a SynthConfig DictConfig/dataclass/dict; ``kwargs`` override keys.
+    """Generate the phantom. ``cfg``: a SynthConfig DictConfig/dataclass/dict or a YAML path; ``kwargs``
+    override keys (dotted keys reach into sections: ``**{"growth.rho_per_day": [0.01, 0.02]}``).
 
     Returns a summary dict: ``root``, ``subjects``, ``splits``, ``seconds``, ``shape``, ``voxel_mm``,
     ``ground_truth`` (the rows of ground_truth.csv).
@@ -407,6 +422,7 @@ def _generate(cfg: Any, prepare: bool, log: Any) -> dict[str, Any]:
         sigma_vox = torch.tensor([d.params["oedema_sigma_mm"] / sim_h for d in batch])
         kpp = torch.tensor([d.params["pseudo_progression"] for d in batch]).reshape(-1, 1, 1, 1)
         enh = torch.tensor([d.params["enh_threshold"] for d in batch])
+        mass = torch.tensor([d.params["mass_effect"] for d in batch]) * float(cfg.growth.mass_effect)
         jitter = torch.as_tensor(np.stack([d.imaging["tissue_jitter"] for d in batch]), dtype=torch.float32)
         bias = torch.tensor([d.imaging["bias_strength"] for d in batch])
         noise = torch.tensor([d.imaging["noise_level"] for d in batch])
@@ -417,8 +433,25 @@ def _generate(cfg: Any, prepare: bool, log: Any) -> dict[str, Any]:
             # vasogenic oedema spreads along white matter more than through grey matter
             e = gaussian_blur(u + n + kpp * dmg, sigma_vox, max_sigma=OEDEMA_SIGMA_MAX_MM / sim_h) * oedema_weight
             sim_fields = torch.stack([u, n, dmg, e], 1)
-            fields = torch.nn.functional.grid_sample(sim_fields, coords, mode="bilinear", padding_mode="zeros", align_corners=True)
-            images, seg = render(anat, fields, enh, jitter, gens, bias, noise)
+            anat_j, coords_j = anat, coords
+            if cfg.growth.mass_effect > 0:
+                # mass effect: tissue pushed down the gradient of the smoothed tumour burden (oedema counts half);
+                # the image at x shows what was at x - disp(x), so the tumour and its neighbourhood expand
+                burden = gaussian_blur(u + n + dmg + 0.5 * e, MASS_SIGMA_MM / sim_h)
+                grad = torch.stack([torch.gradient(burden, spacing=sim_h, dim=k)[0] for k in (1, 2, 3)], 1)
+                disp = -(mass * MASS_SIGMA_MM**2)[:, None, None, None, None] * grad  # mm, world axes
+                disp_out = torch.nn.functional.grid_sample(disp, coords, mode="bilinear", padding_mode="zeros", align_corners=True)
+                moved = out_points[None] - disp_out.permute(0, 2, 3, 4, 1)
+                # re-sample the anatomy only where tissue moved (exact, and far cheaper than the whole grid)
+                anat_j = anat.clone()
+                for i in range(bsz):
+                    hit = disp_out[i].abs().amax(0) > 1e-3
+                    if bool(hit.any()):
+                        pts = moved[i][hit].reshape(1, -1, 1, 1, 3)
+                        anat_j[i][:, hit] = A.sample_anatomy(template, warps.select(i), pts).reshape(anat.shape[1], -1)
+                coords_j = (((moved - origin[:, None, None, None, :]) / sim_h) / max(n_sim - 1, 1) * 2.0 - 1.0).flip(-1)
+            fields = torch.nn.functional.grid_sample(sim_fields, coords_j, mode="bilinear", padding_mode="zeros", align_corners=True)
+            images, seg = render(anat_j, fields, enh, jitter, gens, bias, noise)
             for i, d in enumerate(batch):
                 tp = f"{j:03d}"
                 folder = root / f"{d.subject}-{tp}"
@@ -433,7 +466,7 @@ def _generate(cfg: Any, prepare: bool, log: Any) -> dict[str, Any]:
                 row = {
                     "subject": d.subject, "timepoint": tp, "day": float(day), "split": splits[d.subject],
                     "rt_start_day": d.rt_start_day, "rt_end_day": d.rt_end_day,
-                    "phase": "pre_rt" if d.rt_start_day is None or day < d.rt_start_day else ("during_rt" if day <= d.rt_end_day else "post_rt"),
+                    "phase": "no_rt" if d.rt_start_day is None else "pre_rt" if day < d.rt_start_day else ("during_rt" if day <= d.rt_end_day else "post_rt"),
                     **seg_measures(seg_np, voxel),
                     "tumor_cell_volume_mm3": float(fields[i, 0].double().sum()) * float(np.prod(voxel)),
                     "kind": d.kind, "region": d.region,
@@ -443,6 +476,7 @@ def _generate(cfg: Any, prepare: bool, log: Any) -> dict[str, Any]:
                     "damage_clearance_per_day": d.params["k_clear"], "necrosis_rate_per_day": d.params["k_nec"],
                     "enhancement_threshold": d.params["enh_threshold"], "pseudo_progression": d.params["pseudo_progression"],
                     "oedema_sigma_mm": d.params["oedema_sigma_mm"],
+                    "mass_effect": d.params["mass_effect"] * float(cfg.growth.mass_effect),
                     "initial_volume_ml_target": d.params["initial_volume_ml"],
                     "pregrowth_days": res.pregrowth_days[i], "reached_initial_volume": res.reached_target[i],
                 }

@@ -1,0 +1,128 @@
+"""The batched fit against known answers: recovery, forecasts, bounds, auto vs baselines, the prior."""
+
+import statistics
+
+import pytest
+import torch
+
+from tgrowth.ode import fit_cohort
+from tgrowth.ode.fit import cpu_threads, widened_bounds
+from tgrowth.ode.models import get_model
+from tgrowth.ode.synthetic import fk_cohort, rt_cohort
+
+QUIET = {"progress_bar": False, "compare_models": False}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with cpu_threads(0):
+        yield
+
+
+def test_parameter_recovery_authors_model():
+    """Known parameters, 5 % noise, 12 scans 30 days apart: the identifiable parameters come back."""
+    theta = torch.tensor([[1.0, 0.008, 0.15, 0.05, 20.0, 0.5], [1.0, 0.012, 0.08, 0.03, 35.0, 0.5]], dtype=torch.float64)
+    rows, truth = rt_cohort(2, 12, noise=0.05, seed=3, theta=theta, spacing=30.0)
+    cohort = fit_cohort(rows, {**QUIET, "model": "exponential_rt", "n_bootstrap": 16})
+    for i, subject in enumerate(cohort.subjects):
+        point = cohort.fits[subject].theta_point
+        p = cohort.params(subject)
+        assert point[1] == pytest.approx(float(theta[i, 1]), rel=0.12), f"{subject} lambda_gr {point[1]}"
+        assert abs(float(point[2]) - float(theta[i, 2])) < 0.04, f"{subject} SF {point[2]}"
+        lo, hi = torch.quantile(p["lambda_gr"], torch.tensor([0.05, 0.95], dtype=torch.float64))
+        assert lo <= theta[i, 1] <= hi  # the bootstrap band covers the true growth rate
+        days, clean = truth["clean"][subject]
+        fc = cohort.forecast(subject, days)
+        rel = ((fc.median - torch.tensor(clean)) / torch.tensor(clean)).abs()
+        assert float(rel.mean()) < 0.04 and float(rel.max()) < 0.15, f"{subject}: median curve vs noiseless truth {rel}"
+
+
+@pytest.mark.parametrize("name, theta", [("exponential", [1.0, 0.01]), ("linear_radial", [1.0, 0.004]),
+                                         ("gompertz", [1.0, 0.01, 6.0])])
+def test_parameter_recovery_growth_laws(name, theta):
+    model = get_model(name)
+    days = torch.arange(0.0, 300.0, 30.0, dtype=torch.float64)
+    th = torch.tensor(theta, dtype=torch.float64)
+    clean = model.logflow(days, torch.log(th[:1]), [th[i : i + 1] for i in range(1, len(theta))]).exp() * 100.0
+    noise = 1 + 0.05 * torch.randn(len(days), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    rows = [{"subject": "s", "day": float(d), "size": float(v), "rt_start_day": "", "rt_end_day": ""}
+            for d, v in zip(days, clean * noise)]
+    cohort = fit_cohort(rows, {**QUIET, "model": name, "n_bootstrap": 8})
+    # parameters are relative to the (noisy) first size; the rates come back within 10 %
+    assert float(cohort.fits["s"].theta_point[1]) == pytest.approx(theta[1], rel=0.10)
+
+
+def test_heldout_forecast_error_small():
+    rows, _ = rt_cohort(6, 7, noise=0.02, seed=4, spacing=45.0)
+    cohort = fit_cohort(rows, {**QUIET, "model": "exponential_rt", "n_bootstrap": 16, "holdout_last": 1})
+    m = cohort.metrics_rows()
+    err = statistics.median(r["holdout_rel_error"] for r in m)
+    last = statistics.median(r["baseline_last_rel_error"] for r in m)
+    assert err < 0.10 and err < last, (err, last)
+    assert all(0 <= r["holdout_in_band"] <= 1 for r in m)
+
+
+def test_bounds_respected_and_forecasts_finite():
+    """Data far outside what the bounds allow (a 1000-fold jump): parameters stay inside the widened bounds,
+    forecasts stay finite and clamped."""
+    rows = [{"subject": "wild", "day": d, "size": s, "rt_start_day": 10, "rt_end_day": 52}
+            for d, s in [(0, 1.0), (5, 1000.0), (60, 0.001), (61, 5000.0), (400, 1e-4)]]
+    rows += [{"subject": "tiny", "day": d, "size": s, "rt_start_day": "", "rt_end_day": ""}
+             for d, s in [(0, 1e-6), (30, 2e-6), (90, 5e-6)]]
+    for name in ("exponential_rt", "logistic_rt", "linear_radial_rt", "gompertz"):
+        cohort = fit_cohort(rows, {**QUIET, "model": name, "n_bootstrap": 6, "noise": 0.1})
+        lo, hi = widened_bounds(get_model(name), 0.1)
+        for subject, f in cohort.fits.items():
+            assert ((f.theta_samples >= lo - 1e-9) & (f.theta_samples <= hi + 1e-9)).all(), (name, subject)
+            fc = cohort.forecast(subject, [0.0, 100.0, 1e4, 1e6])
+            assert torch.isfinite(fc.samples).all() and (fc.samples >= 0).all()
+            assert (fc.samples <= cohort.settings.max_fold * f.y0).all()
+
+
+def test_adam_through_the_solver_lowers_the_loss():
+    from tgrowth.ode.fit import BatchedFit, FitProblems, run_fit
+
+    rows, _ = rt_cohort(2, 5, noise=0.02, seed=6)
+    t = torch.tensor([[r["day"] for r in rows[i * 5:(i + 1) * 5]] for i in range(2)], dtype=torch.float64)
+    y = torch.tensor([[r["size"] for r in rows[i * 5:(i + 1) * 5]] for i in range(2)], dtype=torch.float64)
+    problems = FitProblems(t - t[:, :1], (y / y[:, :1]).unsqueeze(1), torch.ones_like(t, dtype=torch.bool),
+                           torch.tensor([rows[0]["rt_end_day"], rows[5]["rt_end_day"]], dtype=torch.float64))
+    module = BatchedFit(get_model("exponential_rt"), problems, n_starts=1, steps=6, lr=0.05, optimizer="adam",
+                        integrator="odeint", ode_kwargs={"rtol": 1e-7, "atol": 1e-9})
+    before = module.objective()[0].detach().clone()
+    closed = BatchedFit(get_model("exponential_rt"), problems, n_starts=1)
+    assert torch.allclose(before, closed.objective()[0].detach(), rtol=1e-4)  # solver objective == closed form
+    res = run_fit(module, progress_bar=False)
+    assert (res.objective[:, 0] < before[:, 0, 0]).all()
+
+
+def test_auto_beats_both_baselines_on_fk_cohort():
+    """Constant-speed fronts with RT dips (Fisher-Kolmogorov-like), 5 % noise, last two scans held out.
+
+    A fixed draw (seed 3) as a regression check. It is not a general guarantee: `auto` beats the
+    last-value baseline on every draw we tried, but linear extrapolation of the last two points is a
+    strong competitor on this cohort and wins on some draws (see docs/benchmarks.md)."""
+    rows, _ = fk_cohort(12, 8, noise=0.05, seed=3)
+    cohort = fit_cohort(rows, {**QUIET, "model": "auto", "n_bootstrap": 10, "holdout_last": 2, "n_starts": 3})
+    m = cohort.metrics_rows()
+    auto = [r["holdout_rel_error"] for r in m]
+    last = [r["baseline_last_rel_error"] for r in m]
+    linear = [r["baseline_linear_rel_error"] for r in m]
+    for stat in (statistics.median, statistics.fmean):
+        assert stat(auto) < stat(last) and stat(auto) < stat(linear), (stat.__name__, stat(auto), stat(last), stat(linear))
+    assert all("rolling-origin CV" in r["note"] for r in m)
+    comp = cohort.comparison_rows()
+    assert {r["model"] for r in comp} >= {"linear_radial", "exponential_rt"} and sum(r["chosen"] for r in comp) == 12
+
+
+def test_population_prior_helps_three_scan_subjects():
+    n_rich, n_poor = 12, 8
+    rows, _ = rt_cohort(n_rich + n_poor, [7] * n_rich + [4] * n_poor, noise=0.05, seed=0)
+    poor = {f"sim{i:03d}" for i in range(n_rich, n_rich + n_poor)}
+    cfg = {**QUIET, "model": "exponential_rt", "n_bootstrap": 10, "holdout_last": 1, "n_starts": 2}
+    errors = {}
+    for prior in (False, True):
+        cohort = fit_cohort(rows, {**cfg, "population_prior": prior})
+        errors[prior] = [r["holdout_rel_error"] for r in cohort.metrics_rows() if r["subject"] in poor]
+    assert statistics.median(errors[True]) < 0.6 * statistics.median(errors[False]), errors
+    assert statistics.fmean(errors[True]) < statistics.fmean(errors[False]), errors
