@@ -18,7 +18,7 @@ test: install
 	$(PYTHON) -m pytest -q tests
 
 demo: install
-	tgrowth fit-ode -c experiments/ode_fit_demo.yaml output_dir=$(DEMO_DIR)/ode overwrite=true
+	tgrowth demo -c experiments/demo.yaml output_dir=$(DEMO_DIR) overwrite=true
 
 demo-ode: install
 	tgrowth fit-ode -c experiments/ode_fit_demo.yaml output_dir=runs/ode_demo overwrite=true

@@ -163,14 +163,15 @@ def phantom_rows(n_subjects, seed, log):
     import tempfile
 
     root = Path(tempfile.mkdtemp(prefix="tgrowth_phantom_"))
-    summary = generate_cohort(output_dir=str(root / "ph"), n_subjects=n_subjects, seed=seed, overwrite=True,
-                              log=lambda *a: None)
+    t0 = time.perf_counter()
+    summary = generate_cohort(output_dir=str(root / "ph"), n_subjects=n_subjects, n_timepoints=6, seed=seed,
+                              overwrite=True, log=lambda *a: None)
+    log(f"(phantom: {n_subjects} subjects generated in {time.perf_counter() - t0:.0f} s)")
     rows = []
-    timeline = {(r["subject"], r["timepoint"]): r for r in __import__("csv").DictReader(open(root / "ph" / "timeline.csv"))}
     for g in summary["ground_truth"]:
-        tl = timeline[(g["subject"], g["timepoint"])]
-        rows.append({"subject": g["subject"], "day": float(tl["day"]), "size": float(g["wt_volume_mm3"]),
-                     "rt_start_day": tl["rt_start_day"], "rt_end_day": tl["rt_end_day"]})
+        rt = ("" if g["rt_start_day"] is None else g["rt_start_day"], "" if g["rt_end_day"] is None else g["rt_end_day"])
+        rows.append({"subject": g["subject"], "day": float(g["day"]), "size": float(g["whole_tumor_volume_mm3"]),
+                     "rt_start_day": rt[0], "rt_end_day": rt[1]})
     return rows
 
 

@@ -20,3 +20,18 @@ def brats2d_root() -> Path:
     if not BRATS2D.is_dir():
         pytest.skip("../shared/data/brats2d_sample not present")
     return BRATS2D
+
+
+@pytest.fixture(scope="session")
+def tiny_predict(tmp_path_factory):
+    """A 3-subject longitudinal set (32x32x6) and briefly fitted tiny networks (predict/DDP/sweep tests)."""
+    from tests.predict_fixtures import make_data, make_models
+
+    base = tmp_path_factory.mktemp("tiny_predict")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        root = make_data(base / "data")
+        return root, make_models(base / "models", root)
+    finally:
+        torch.set_num_threads(n)

@@ -72,3 +72,24 @@ def test_cli_help_lists_commands(capsys):
     for name in COMMANDS:
         assert name in out
     assert main(["no-such-command"]) == 2
+
+
+def test_atomic_writes_have_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from tgrowth.io import write_json
+
+    old = os.umask(0o022)
+    try:
+        import importlib
+
+        import tgrowth.io as tio
+
+        importlib.reload(tio)
+        p = tio.write_json(tmp_path / "a.json", {"x": 1})
+    finally:
+        os.umask(old)
+        importlib.reload(tio)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o644
+    assert write_json(tmp_path / "b.json", [1]).read_text().strip().startswith("[")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.predict_fixtures import CONTRASTS, make_data, make_models, predict_overrides
+from tests.predict_fixtures import CONTRASTS, make_data, predict_overrides
 from tgrowth.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,12 +29,9 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    base = tmp_path_factory.mktemp("tiny")
-    root = make_data(base / "data")
-    models = make_models(base / "models", root)
-    return root, models
+@pytest.fixture
+def tiny(tiny_predict):
+    return tiny_predict
 
 
 def predict(tiny, out, *extra) -> int:

@@ -1,6 +1,7 @@
 """The guidance-scale sweep file: what `wandb agent` would run parses as predict configs; local grid parsing."""
 
 import itertools
+import json
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,41 @@ def test_bad_grid_specs():
         parse_grid({"sampling.eta": {"distribution": "uniform", "min": 0, "max": 1}}, "guidance.scale")
     with pytest.raises(ConfigError, match="ends with -c"):
         base_files(["tgrowth", "predict", "-c"])
+
+
+def test_local_sweep_batches_scales(tiny_predict, tmp_path):
+    """Two noise levels x three scales on one subject: each level one batched pass; CSV + plot written."""
+    import csv
+
+    import torch
+
+    from tests.predict_fixtures import predict_overrides
+    from tgrowth.cli import main
+
+    root, models = tiny_predict
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "program": "tgrowth", "method": "grid", "metric": {"name": "predict/hd95", "goal": "minimize"},
+        "parameters": {"guidance.scale": {"values": [0, 5, 50]}, "sampling.noise_level": {"values": [40, 60]},
+                       "data.subjects": {"value": ["SUB02"]}, "sampling.num_generations": {"value": 2}},
+        "command": ["${env}", "${interpreter}", "-m", "tgrowth", "predict", "-c", str(REPO / "experiments" / "predict.yaml"),
+                    "${args_no_hyphens}"]}))
+    base = [o for o in predict_overrides(root, models, tmp_path / "unused") if not o.startswith(
+        ("output_dir=", "sampling.num_generations=", "guidance.scale=", "trainer.", "wandb."))]
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rc = main(["sweep", "-c", str(sweep), f"output_dir={tmp_path / 'out'}", "wandb.enabled=false",
+                   "trainer.accelerator=cpu", "trainer.devices=1", "trainer.enable_progress_bar=false",
+                   "overrides=[" + ",".join(f'"{o}"' for o in base) + "]"])
+    finally:
+        torch.set_num_threads(n)
+    assert rc == 0
+    rows = list(csv.DictReader(open(tmp_path / "out" / "sweep.csv")))
+    assert [(r["sampling.noise_level"], float(r["scale"])) for r in rows] == [
+        (lv, s) for lv in ("40", "60") for s in (0.0, 5.0, 50.0)]
+    assert all(float(r["area_error_vs_target"]) >= 0 and r["hd95"] != "" for r in rows)
+    assert (tmp_path / "out" / "sweep.png").stat().st_size > 1000
+    # one predict run per noise level, holding every scale as a method of the same batched pass
+    info = json.loads((tmp_path / "out" / "noise_level=40" / "SUB02" / "info.json").read_text())
+    assert set(info["methods"]) == {"tgrowth@0", "tgrowth@5", "tgrowth@50", "no-change"}

@@ -248,3 +248,56 @@ def test_montage_png(tmp_path: Path):
     out = save_montage({"subject": "S", "days": [0, 20, 90], "t1c": vols, "t2f": vols, "seg": segs, "rt": (30, 69)},
                        tmp_path / "m.png", (3.0, 3.0, 3.0))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_untreated_subject_has_empty_rt_dates_and_keeps_growing(tmp_path: Path):
+    kwargs = dict(_parse(a) for a in TINY)
+    kwargs.update({"n_subjects": 1, "rt.fraction_of_subjects": 0.0, "slice_thickness_mm": 5.0})
+    summary = generate_cohort(None, output_dir=str(tmp_path / "norx"), seed=2, log=lambda *_: None, **kwargs)
+    seg = nib.load(str(tmp_path / "norx" / "SYN-00001-002" / "SYN-00001-002-seg.nii.gz"))
+    assert np.allclose(np.diag(seg.affine)[:3], [4.0, 4.0, 5.0])  # anisotropic voxels: thick axial slices
+    lab = np.asarray(seg.dataobj)
+    assert summary["ground_truth"][2]["whole_tumor_volume_mm3"] == pytest.approx((lab > 0).sum() * 80.0)
+    assert summary["ground_truth"][2]["max_axial_area_mm2"] == pytest.approx((lab > 0).sum(axis=(0, 1)).max() * 16.0)
+    rows = _rows(tmp_path / "norx" / "timeline.csv")
+    assert [(r["rt_start_day"], r["rt_end_day"]) for r in rows] == [("", "")] * 3
+    truth = summary["ground_truth"]
+    assert [r["phase"] for r in truth] == ["no_rt"] * 3
+    cells = [r["tumor_cell_volume_mm3"] for r in truth]
+    assert cells[0] < cells[1] < cells[2]
+
+
+@pytest.mark.parametrize("h", [1.0, 2.0, 2.5, 3.0, 4.0])
+def test_time_steps_respect_the_explicit_stability_bound(h):
+    from tgrowth.synth.growth import pregrowth_days_per_step, stable_steps_per_day
+
+    d_max, rho_max = 0.6, 0.08
+    spd = stable_steps_per_day(d_max, h, rho_max=rho_max)
+    dt = 1.0 / spd
+    assert dt * 6 * d_max / h**2 <= 0.8 + 1e-9 and rho_max * dt <= 0.1 + 1e-9
+    k = pregrowth_days_per_step(d_max, h, spd, rho_max=rho_max)
+    assert k >= 1 and k * dt * 6 * d_max / h**2 <= 1.0 and rho_max * k * dt <= 0.25 + 1e-9
+
+
+def test_rough_diffusivity_at_the_stable_step_matches_a_fine_step():
+    """Checkerboard D at the maximum: the chosen step agrees with an 8x finer one (a too-large step does not)."""
+    from tgrowth.synth.growth import stable_steps_per_day
+
+    n, h = 16, 1.0
+    idx = torch.arange(n)
+    tissue = torch.zeros(1, 2, n, n, n)
+    tissue[0, 1] = 0.2 + 0.8 * ((idx[:, None, None] + idx[None, :, None] + idx[None, None, :]) % 2).float()
+    u0 = torch.zeros(1, n, n, n)
+    u0[0, 6:10, 6:10, 6:10] = 1.0
+    sched = Schedule(scan_days=[0, 20], fraction_days=[], target_visible_voxels=1)
+    p = _params(d_white=0.6, d_grey=0.6, rho=0.05)
+
+    def run(spd: int) -> torch.Tensor:
+        return simulate(tissue, u0, p, [sched], h, spd, 0.0, 0.0).snapshots[0, 1, 0]
+
+    spd = stable_steps_per_day(0.6, h, rho_max=0.05)
+    ref = run(8 * spd)
+    u = run(spd)
+    assert float(u.min()) >= 0.0 and float(u.max()) <= 1.0 + 1e-5
+    assert float((u - ref).abs().max()) < 0.01
+    assert float((run(1) - ref).abs().max()) > 0.05  # dt 6 D / h^2 = 3.6: the bound matters

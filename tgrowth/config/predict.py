@@ -88,6 +88,8 @@ class PredictConfig(RunConfig):
     guidance: GuidanceConfig = doc(GuidanceConfig(), "Regressor guidance.")
     sampling: SamplingConfig = doc(SamplingConfig(), "DDIM sampling and probability maps.")
     methods: list[str] = doc(list(METHODS), "Methods in metrics.csv: tgrowth, no-change, unguided, oracle-area.")
+    num_threads: Optional[int] = doc(None, "torch intra-op CPU threads (None: torch's default; 1 is fastest for tiny "
+                                     "models on a busy 2-core machine).")
     resume: bool = doc(False, "Continue an interrupted run in output_dir: finished subjects are kept, not redone.")
     plots: bool = doc(True, "Write the PNG panel, growth curve and montage per subject.")
     trainer: TrainerConfig = doc(TrainerConfig(), "Devices: predict splits subjects across ranks "

@@ -7,7 +7,8 @@ bootstrap fit per chosen model (subjects x replicates x starts as tensor dimensi
 - Model selection (``fit.model=auto``): per subject, rolling-origin cross-validation on its own fitted
   points (fit on the first k, forecast point k+1, for every k >= ``auto_min_train``), mean relative
   error; subjects without any fold fall back to AICc (infinite where n <= k + 1), then AIC. The CV
-  horizon is ``auto_horizon`` points ahead (default: as far as the held-out points). A subject's few folds give a noisy error, so
+  horizon is ``auto_horizon`` points ahead (default: as far as the held-out points). Models whose in-sample
+  R^2 is below 0.5 cannot describe the data and are not candidates. A subject's few folds give a noisy error, so
   it is shrunk toward the cohort's CV error of the same model: ``(sum of the subject's fold errors +
   auto_pool x cohort mean) / (folds + auto_pool)`` (``auto_pool=0``: purely per subject).
   Ties go to the model with fewer parameters.
@@ -386,7 +387,10 @@ def fit_cohort(rows, fit_cfg: Any = None, *, seed: int = 0, strict: bool = False
                     has_rt = it.t_rt <= float(it.t[it.n_train - 1])
                     k_eff = model.effective_n_params(has_rt)
                     aic, bic = aic_bic(sse, it.n_train, k_eff)
+                    yf = it.y[: it.n_train].double()
+                    ss_tot = float(((yf - yf.mean()) ** 2).sum())
                     comparison[it.subject][name] = {"n_params": k_eff, "n_points": it.n_train, "sse": sse,
+                                                    "r2": 1.0 - sse / ss_tot if ss_tot > 0 else float("nan"),
                                                     "aic": aic, "bic": bic, "aicc": aicc(aic, it.n_train, k_eff)}
                 else:
                     pred = simulate_closed_form(model, res.theta[i, 0].double(), it.t[it.target : it.target + 1].double(),
@@ -413,7 +417,8 @@ def fit_cohort(rows, fit_cfg: Any = None, *, seed: int = 0, strict: bool = False
             if s.model != "auto":
                 chosen[ser.subject] = s.model
                 continue
-            with_cv = {m: c for m, c in comp.items() if "cv_error" in c}
+            # a model that cannot describe the fitted points (in-sample R^2 < 0.5) is no candidate
+            with_cv = {m: c for m, c in comp.items() if "cv_error" in c and not c["r2"] < 0.5}
             if with_cv:
                 best = min(with_cv, key=lambda m: (round(with_cv[m]["cv_score"], 6), with_cv[m]["n_params"]))
                 why = f"auto: rolling-origin CV ({int(with_cv[best]['cv_folds'])} folds)"

@@ -35,6 +35,10 @@ def subject_figure(cohort, subject: str):
     if len(ser) > n:
         ax.plot(ser.days[n:], ser.sizes[n:], "D", mfc="white", mec="crimson", mew=1.8, ms=7, label="held out")
         ax.axvline(ser.days[n - 1], color="grey", ls=":", lw=1)
+    top = 1.6 * max(max(ser.sizes), float(fc.median.max()))
+    if float(fc.p95.max()) > top:  # a few replicates swell between scans (pseudo-progression): keep the data readable
+        ax.set_ylim(0, top)
+        ax.text(0.01, 0.97, "band clipped", transform=ax.transAxes, fontsize=7, va="top", color="grey")
     ax.set_xlabel("day")
     ax.set_ylabel("tumour size")
     title = f"{subject}: {f.model}"

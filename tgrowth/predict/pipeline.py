@@ -480,7 +480,7 @@ def predict_subject(cfg: DictConfig, models: Models, fit: Any, plan: Plan, arms:
         "image_size": models.image_size,
         "pixel_spacing_mm": list(prior_s.spacing_mm),
         "targets": targets_info,
-        "methods": {a.method + (f"@{a.scale:g}" if a.kind == "ode" and a.method != "tgrowth" else ""):
+        "methods": {(a.method if a.day_index == 0 else f"{a.method}/day{a.day_index}"):
                     {"generated_area_mm2": float(r["areas"].mean()), "scale": a.scale} for a, r in results.items()},
         "files": files,
         "seconds": round(time.time() - t0, 2),
@@ -574,6 +574,8 @@ def run(cfg: DictConfig) -> int:
     from tgrowth.config.base import save_resolved_config
     from tgrowth.predict import track
 
+    if cfg.num_threads:
+        torch.set_num_threads(int(cfg.num_threads))
     dist = launch(cfg.trainer)
     err = None
     if dist.is_main:

@@ -29,7 +29,7 @@ from tgrowth.io import write_json
 STATE_FILE = "run_state.json"
 ERRORS_DIR = ".errors"
 # config keys that do not change a subject's outputs: a resumed run may change them freely
-NEUTRAL_KEYS = ("overwrite", "resume", "strict", "plots", "trainer", "wandb", "output_dir", "experiment",
+NEUTRAL_KEYS = ("overwrite", "resume", "strict", "plots", "trainer", "wandb", "output_dir", "experiment", "num_threads",
                 "data.subjects", "data.split")
 
 

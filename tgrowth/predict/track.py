@@ -30,11 +30,11 @@ def start(cfg: DictConfig, command: str):
 
         with open_dict(cfg):
             cfg.wandb.run_id = os.environ["WANDB_RUN_ID"]
-    _ensure_run_id(cfg)
+    ensure_run_id(cfg)
     return start_wandb_run(cfg, command)
 
 
-def _ensure_run_id(cfg: DictConfig) -> None:
+def ensure_run_id(cfg: DictConfig) -> None:
     """Write ``<output_dir>/wandb_run_id`` if missing (tgrowth.tracking calls ``wandb.util.generate_id``,
     which wandb 0.31 no longer has; with the file present it just reads it)."""
     from tgrowth.tracking import RUN_ID_FILE

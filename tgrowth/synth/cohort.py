@@ -466,7 +466,7 @@ def _generate(cfg: Any, prepare: bool, log: Any) -> dict[str, Any]:
                 row = {
                     "subject": d.subject, "timepoint": tp, "day": float(day), "split": splits[d.subject],
                     "rt_start_day": d.rt_start_day, "rt_end_day": d.rt_end_day,
-                    "phase": "pre_rt" if d.rt_start_day is None or day < d.rt_start_day else ("during_rt" if day <= d.rt_end_day else "post_rt"),
+                    "phase": "no_rt" if d.rt_start_day is None else "pre_rt" if day < d.rt_start_day else ("during_rt" if day <= d.rt_end_day else "post_rt"),
                     **seg_measures(seg_np, voxel),
                     "tumor_cell_volume_mm3": float(fields[i, 0].double().sum()) * float(np.prod(voxel)),
                     "kind": d.kind, "region": d.region,
