@@ -18,7 +18,7 @@ class FitSettings:
 
     model: str = doc("exponential_rt", "Growth model: exponential_rt (the authors' RT model), exponential, logistic[_rt], gompertz[_rt], linear_radial[_rt], or auto (rolling-origin CV per subject, AIC fallback).")
     candidates: list[str] = doc([], "Models auto chooses from (empty: every registered model).")
-    compare_models: bool = doc(True, "Also fit every candidate once (no bootstrap) for the AIC/BIC model-comparison report.")
+    compare_models: bool = doc(False, "Also fit every candidate once (no bootstrap) for the AIC/BIC model-comparison report (model_comparison.csv; the fit-ode YAMLs turn it on).")
     size_kind: str = doc("area", "What size measures: area (mm^2 or pixels) or volume (mm^3 or voxels); sets the linear-radial exponent (2 or 3).")
     rt_duration_days: float = doc(42.0, "RT length used when only one of rt_start_day / rt_end_day is given.")
     holdout_last: int = doc(0, "0: 'all' mode, fit every point. k > 0: fit all but the last k points of each subject and forecast them.")
