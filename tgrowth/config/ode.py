@@ -39,6 +39,7 @@ class FitSettings:
     prior_min_points: int = doc(5, "prior_mode=map: subjects with at least this many fitted points define the prior.")
     auto_pool: float = doc(3.0, "auto: weight (in folds) of the cohort's CV error of each model in a subject's CV score; 0: per subject only.")
     auto_horizon: int = doc(0, "auto: CV forecasts this many points ahead of each training window (0: holdout_last, at least 1).")
+    auto_post_rt: int = doc(2, "auto: with RT inside the fitted span, CV training windows include at least this many post-RT points (0: off).")
     auto_min_train: int = doc(3, "auto: smallest number of points a CV fold trains on.")
     max_fold: float = doc(1.0e4, "Forecasts are clamped to [0, max_fold x first size] (extreme parameters never give inf).")
     accelerator: str = doc("auto", "Lightning accelerator for the fit: auto, cpu, gpu.")

@@ -7,7 +7,8 @@ bootstrap fit per chosen model (subjects x replicates x starts as tensor dimensi
 - Model selection (``fit.model=auto``): per subject, rolling-origin cross-validation on its own fitted
   points (fit on the first k, forecast point k+1, for every k >= ``auto_min_train``), mean relative
   error; subjects without any fold fall back to AICc (infinite where n <= k + 1), then AIC. The CV
-  horizon is ``auto_horizon`` points ahead (default: as far as the held-out points). Models whose in-sample
+  horizon is ``auto_horizon`` points ahead (default: as far as the held-out points); with RT inside the
+  fitted span, training windows reach at least ``auto_post_rt`` points past the RT end. Models whose in-sample
   R^2 is below 0.5 cannot describe the data and are not candidates. A subject's few folds give a noisy error, so
   it is shrunk toward the cohort's CV error of the same model: ``(sum of the subject's fold errors +
   auto_pool x cohort mean) / (folds + auto_pool)`` (``auto_pool=0``: purely per subject).
@@ -378,7 +379,11 @@ def fit_cohort(rows, fit_cfg: Any = None, *, seed: int = 0, strict: bool = False
             if s.model == "auto":
                 horizon = s.auto_horizon if s.auto_horizon > 0 else max(s.holdout_last, 1)
                 for it in base_items:
-                    for k in range(max(s.auto_min_train, 1), it.n_train - horizon + 1):
+                    # with RT in the fitted span, a training window must reach auto_post_rt points past
+                    # the RT end: earlier windows say nothing about the post-RT course being forecast
+                    post = (it.t[: it.n_train] > it.t_rt).nonzero()
+                    k_rt = int(post[0]) + s.auto_post_rt if len(post) and s.auto_post_rt > 0 else 0
+                    for k in range(max(s.auto_min_train, 1, k_rt), it.n_train - horizon + 1):
                         items.append(_Item(it.subject, it.t, it.y, k, it.t_rt, target=k + horizon - 1))
             res = _fit(model, items, 0, s, seed + 1000 + mi, prior=prior_arg)
             cv: dict[str, list[float]] = {}
