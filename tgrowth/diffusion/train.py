@@ -56,7 +56,8 @@ def build_denoiser(cfg: DictConfig):
     meta.update(network={"class": "UNet", "kwargs": kwargs},
                 schedule={"kind": str(cfg.diffusion.schedule), "num_steps": int(cfg.diffusion.num_steps)},
                 class_labels={"healthy": 0, "diseased": 1} if m.class_conditional else None,
-                learn_sigma=bool(m.learn_sigma))
+                learn_sigma=bool(m.learn_sigma),
+                train_t_max=int(cfg.diffusion.train_t_max) or int(cfg.diffusion.num_steps))
     return net, meta
 
 
@@ -221,7 +222,8 @@ def train_denoiser(cfg: DictConfig) -> int:
     net, meta = build_denoiser(cfg)
     module = DenoiserModule(net, _schedule(cfg), lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay),
                             warmup_steps=int(cfg.optim.warmup_steps), ema_decay=float(cfg.optim.ema_decay),
-                            channels_last=bool(cfg.model.channels_last), val_images=int(cfg.val_images), meta=meta)
+                            channels_last=bool(cfg.model.channels_last), val_images=int(cfg.val_images),
+                            t_max=int(cfg.diffusion.train_t_max) or None, meta=meta)
     return _fit(cfg, "denoiser", module, monitor="val/loss", mode="min")
 
 
