@@ -36,6 +36,7 @@ from tgrowth.ode.models import NO_RT, GrowthModel, get_model, model_names, simul
 log = logging.getLogger("tgrowth.ode")
 SSE_FLOOR = 1e-6  # per-point squared-error floor of AIC/BIC (normalised sizes): 0.1 % of the first size
 LM_STEPS, ADAM_STEPS = 100, 1000
+REL_FLOOR = 0.01  # relative errors of a size 0 (vanished tumour) are taken relative to 1 % of the first size
 
 
 # --------------------------------------------------------------------------- settings
@@ -226,7 +227,7 @@ class CohortFit:
                 rows.append({
                     "subject": subj, "day": d, "observed": obs, "median": float(fc.median[j]),
                     "p05": float(fc.p05[j]), "p95": float(fc.p95[j]), "is_holdout": int(hold), "model": f.model,
-                    "rel_error": abs(float(fc.median[j]) - obs) / obs if obs > 0 else float("nan"),
+                    "rel_error": abs(float(fc.median[j]) - obs) / max(obs, REL_FLOOR * f.y0),
                     "baseline_last": float(last[j]) if hold else "", "baseline_linear": float(lin[j]) if hold else "",
                 })
         return rows
@@ -249,14 +250,15 @@ class CohortFit:
             if len(ser) > f.n_fit:
                 hold_obs = obs[f.n_fit:]
                 hd = ser.days[f.n_fit:]
-                rel = ((fc.median[f.n_fit:] - hold_obs).abs() / hold_obs)
+                denom = hold_obs.clamp_min(REL_FLOOR * f.y0)  # a vanished tumour (size 0): relative to 1 % of the first size
+                rel = ((fc.median[f.n_fit:] - hold_obs).abs() / denom)
                 last = baseline_last(ser.days[: f.n_fit], ser.sizes[: f.n_fit], hd)
                 lin = baseline_linear(ser.days[: f.n_fit], ser.sizes[: f.n_fit], hd)
                 inside = ((hold_obs >= fc.p05[f.n_fit:]) & (hold_obs <= fc.p95[f.n_fit:])).double()
                 row.update({
                     "holdout_rel_error": float(rel.mean()), "holdout_in_band": float(inside.mean()),
-                    "baseline_last_rel_error": float(((last - hold_obs).abs() / hold_obs).mean()),
-                    "baseline_linear_rel_error": float(((lin - hold_obs).abs() / hold_obs).mean()),
+                    "baseline_last_rel_error": float(((last - hold_obs).abs() / denom).mean()),
+                    "baseline_linear_rel_error": float(((lin - hold_obs).abs() / denom).mean()),
                 })
             row["note"] = f.note
             rows.append(row)
@@ -396,7 +398,7 @@ def fit_cohort(rows, fit_cfg: Any = None, *, seed: int = 0, strict: bool = False
                     pred = simulate_closed_form(model, res.theta[i, 0].double(), it.t[it.target : it.target + 1].double(),
                                                 torch.tensor(it.t_rt, dtype=torch.float64))
                     obs = float(it.y[it.target])
-                    cv.setdefault(it.subject, []).append(abs(float(pred[0]) - obs) / obs)
+                    cv.setdefault(it.subject, []).append(abs(float(pred[0]) - obs) / max(obs, REL_FLOOR))
             for subj, errs in cv.items():
                 comparison[subj][name]["cv_error"] = sum(errs) / len(errs)
                 comparison[subj][name]["cv_folds"] = len(errs)
