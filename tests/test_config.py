@@ -93,3 +93,18 @@ def test_atomic_writes_have_normal_permissions(tmp_path):
         importlib.reload(tio)
     assert stat.S_IMODE(p.stat().st_mode) == 0o644
     assert write_json(tmp_path / "b.json", [1]).read_text().strip().startswith("[")
+
+
+def test_trainer_kwargs_keeps_lightning_semantics(tmp_path):
+    from omegaconf import OmegaConf
+
+    from tgrowth.tracking import ensure_run_id, trainer_kwargs
+
+    cfg = load_config(ToyConfig, [], ["trainer.val_check_interval=200", "trainer.check_val_every_n_epoch=null"])
+    kw = trainer_kwargs(cfg.trainer)
+    assert kw["val_check_interval"] == 200 and isinstance(kw["val_check_interval"], int)
+    assert "check_val_every_n_epoch" in kw and kw["check_val_every_n_epoch"] is None
+    assert "max_epochs" not in kw  # unset keys are left to Lightning
+    run = OmegaConf.create({"output_dir": str(tmp_path), "wandb": {"run_id": None}})
+    rid = ensure_run_id(run)
+    assert len(rid) == 8 and rid.isalnum() and ensure_run_id(run) == rid  # stored, then reused

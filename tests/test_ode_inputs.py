@@ -96,3 +96,13 @@ def test_no_fittable_subject(tmp_path):
 def test_rt_end_derived_from_start(tmp_path):
     series, problems = load_series(_csv(tmp_path, "c,0,100,20,\nc,90,130,20,\n"))
     assert not problems and series[0].rt_end_day == 62.0 and series[0].rt_start_day == 20.0
+
+
+def test_vanished_tumour_size_zero_later(tmp_path):
+    """A later size of 0 (tumour gone after RT) is valid: fitted, forecast, finite metrics."""
+    path = _csv(tmp_path, "v,0,100,10,52\nv,70,40,10,52\nv,130,5,10,52\nv,200,0,10,52\nv,260,0,10,52\n")
+    cohort = fit_cohort(path, {**FAST, "model": "auto", "holdout_last": 1})
+    m = cohort.metrics_rows()[0]
+    assert not cohort.errors and m["n_holdout"] == 1
+    for key in ("holdout_rel_error", "baseline_last_rel_error", "baseline_linear_rel_error", "r2", "nrmse"):
+        assert m[key] == m[key] and abs(m[key]) < float("inf"), key

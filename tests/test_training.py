@@ -55,6 +55,7 @@ def test_denoiser_training_lowers_loss_and_exports_ema(denoiser_run):
     assert metrics["val/mse"] < 0.6
     net, schedule, meta = load_denoiser(out / "denoiser.pt", expect_image_size=32, expect_contrasts=["t1c", "t2f"])
     assert meta["kind"] == "denoiser" and meta["learn_sigma"] and meta["class_labels"] == {"healthy": 0, "diseased": 1}
+    assert meta["train_t_max"] == 1000 and meta["contrasts"] == ["t1c", "t2f"] and meta["labels"] == "whole"
     assert schedule.num_train_steps == 1000 and torch.equal(schedule.betas, make_schedule("linear", 1000).betas)
     # the model file holds the EMA weights of the best checkpoint, exactly
     ckpt = torch.load(metrics["checkpoint"], map_location="cpu", weights_only=True)

@@ -22,17 +22,25 @@ from tgrowth.config.base import to_flat_dict
 RUN_ID_FILE = "wandb_run_id"
 
 
-def _run_id(cfg: DictConfig) -> str:
+def new_run_id() -> str:
+    """A fresh wandb-style run id (8 lowercase letters/digits), made without wandb's private helpers."""
+    import secrets
+
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+def ensure_run_id(cfg: DictConfig) -> str:
+    """The run id to use: ``wandb.run_id`` if set, else the one stored in ``<output_dir>/wandb_run_id``,
+    else a new one that is stored there (so that resuming the run continues the same wandb run)."""
     if cfg.wandb.run_id:
         return str(cfg.wandb.run_id)
     path = Path(cfg.output_dir) / RUN_ID_FILE
-    if path.is_file():
+    if path.is_file() and path.read_text().strip():
         return path.read_text().strip()
-    import wandb
-
-    rid = wandb.util.generate_id()
     from tgrowth.io import atomic_write_text
 
+    rid = new_run_id()
     atomic_write_text(path, rid + "\n")
     return rid
 
@@ -56,7 +64,7 @@ def _wandb_kwargs(cfg: DictConfig, command: str) -> dict[str, Any]:
         name=f"{cfg.experiment}-{command}-{Path(cfg.output_dir).name}",
         dir=str(save_dir),
         mode=mode,
-        id=_run_id(cfg),
+        id=ensure_run_id(cfg),
         resume="allow",
         config=to_flat_dict(cfg),
     )
@@ -86,7 +94,23 @@ def start_wandb_run(cfg: DictConfig, command: str):
 
 
 def trainer_kwargs(trainer_cfg: DictConfig) -> dict[str, Any]:
-    """The ``trainer`` config section as keyword arguments for ``pytorch_lightning.Trainer``."""
+    """The ``trainer`` config section as keyword arguments for ``pytorch_lightning.Trainer``.
+
+    Unset (None) keys are left to Lightning's defaults, except ``check_val_every_n_epoch: null``, which
+    Lightning reads as "validate by steps across epochs" and is passed on. A whole-number
+    ``val_check_interval`` > 1 means steps (the schema's float type would turn 200 into 200.0, which
+    Lightning reads as a fraction of an epoch).
+    """
+    from tgrowth.errors import ConfigError
+
     kw = OmegaConf.to_container(trainer_cfg, resolve=True)
     assert isinstance(kw, dict)
-    return {k: v for k, v in kw.items() if v is not None}
+    out = {k: v for k, v in kw.items() if v is not None}
+    if "check_val_every_n_epoch" in kw and kw["check_val_every_n_epoch"] is None:
+        out["check_val_every_n_epoch"] = None
+    v = out.get("val_check_interval")
+    if isinstance(v, float) and v > 1:
+        if not v.is_integer():
+            raise ConfigError(f"trainer.val_check_interval={v}: use a whole number of steps or a fraction <= 1")
+        out["val_check_interval"] = int(v)
+    return out

@@ -37,10 +37,10 @@ class DiffusionSettings:
 
 
 @dataclass
-class RegressorDiffusionSettings(DiffusionSettings):
-    """The denoiser's forward process, and the range of t the regressor is trained on."""
+class TrainDiffusionSettings(DiffusionSettings):
+    """The forward process, and the range of t the network is trained on."""
 
-    train_t_max: int = doc(0, "Train on t in [0, train_t_max) (0: all T steps, as the authors). Guidance from noise level L only needs t < L.")
+    train_t_max: int = doc(0, "Train on t in [0, train_t_max) (0: all T steps, as the authors). Known-image sampling from noise level L only visits t < L.")
 
 
 @dataclass
@@ -117,7 +117,7 @@ class TrainDenoiserConfig(_TrainCommon):
     """Train the DDPM denoiser."""
 
     model: DenoiserModelSettings = doc(DenoiserModelSettings(), "UNet.")
-    diffusion: DiffusionSettings = doc(DiffusionSettings(), "Noise schedule.")
+    diffusion: TrainDiffusionSettings = doc(TrainDiffusionSettings(), "Noise schedule and t range.")
 
 
 @dataclass
@@ -125,7 +125,7 @@ class TrainRegressorConfig(_TrainCommon):
     """Train the noisy tumour-area regressor."""
 
     model: RegressorModelSettings = doc(RegressorModelSettings(), "Encoder regressor.")
-    diffusion: RegressorDiffusionSettings = doc(RegressorDiffusionSettings(), "Noise schedule (the denoiser's) and t range.")
+    diffusion: TrainDiffusionSettings = doc(TrainDiffusionSettings(), "Noise schedule (the denoiser's) and t range.")
     val_t_bins: int = doc(5, "Validation error is reported in this many bins of t.")
 
 

@@ -18,7 +18,7 @@ class FitSettings:
 
     model: str = doc("exponential_rt", "Growth model: exponential_rt (the authors' RT model), exponential, logistic[_rt], gompertz[_rt], linear_radial[_rt], or auto (rolling-origin CV per subject, AIC fallback).")
     candidates: list[str] = doc([], "Models auto chooses from (empty: every registered model).")
-    compare_models: bool = doc(True, "Also fit every candidate once (no bootstrap) for the AIC/BIC model-comparison report.")
+    compare_models: bool = doc(False, "Also fit every candidate once (no bootstrap) for the AIC/BIC model-comparison report (model_comparison.csv; the fit-ode YAMLs turn it on).")
     size_kind: str = doc("area", "What size measures: area (mm^2 or pixels) or volume (mm^3 or voxels); sets the linear-radial exponent (2 or 3).")
     rt_duration_days: float = doc(42.0, "RT length used when only one of rt_start_day / rt_end_day is given.")
     holdout_last: int = doc(0, "0: 'all' mode, fit every point. k > 0: fit all but the last k points of each subject and forecast them.")
@@ -39,6 +39,7 @@ class FitSettings:
     prior_min_points: int = doc(5, "prior_mode=map: subjects with at least this many fitted points define the prior.")
     auto_pool: float = doc(3.0, "auto: weight (in folds) of the cohort's CV error of each model in a subject's CV score; 0: per subject only.")
     auto_horizon: int = doc(0, "auto: CV forecasts this many points ahead of each training window (0: holdout_last, at least 1).")
+    auto_post_rt: int = doc(2, "auto: with RT inside the fitted span, CV training windows include at least this many post-RT points (0: off).")
     auto_min_train: int = doc(3, "auto: smallest number of points a CV fold trains on.")
     max_fold: float = doc(1.0e4, "Forecasts are clamped to [0, max_fold x first size] (extreme parameters never give inf).")
     accelerator: str = doc("auto", "Lightning accelerator for the fit: auto, cpu, gpu.")

@@ -1,6 +1,7 @@
 """LightningModules that orchestrate training; the networks are plain ``nn.Module``s passed in.
 
-- :class:`DenoiserModule`: epsilon prediction on x_t = q_sample(x0, t, eps) at uniformly random t; with a
+- :class:`DenoiserModule`: epsilon prediction on x_t = q_sample(x0, t, eps) at uniformly random t (all T
+  steps, or t < ``t_max``: known-image sampling from noise level L only needs t < L); with a
   learned-sigma UNet the improved-DDPM hybrid loss (MSE + variational bound with the mean frozen). EMA
   weights (``ema_model``) are used for validation and for the exported sampler weights.
 - :class:`RegressorModule`: predicts ``batch[target] * target_scale`` (e.g. percent of the slice that is
@@ -92,7 +93,7 @@ class DenoiserModule(pl.LightningModule):
 
     def __init__(self, model: nn.Module, schedule: NoiseSchedule, lr: float = 1e-4, weight_decay: float = 0.0,
                  warmup_steps: int = 0, ema_decay: float = 0.9999, channels_last: bool = False,
-                 val_images: int = 4, meta: dict[str, Any] | None = None):
+                 val_images: int = 4, t_max: int | None = None, meta: dict[str, Any] | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["model", "schedule"])
         self.model = model
@@ -114,6 +115,7 @@ class DenoiserModule(pl.LightningModule):
         self.register_buffer("_coef1", b * ac_prev.sqrt() / (1 - ac), persistent=False)
         self.register_buffer("_coef2", (1 - ac_prev) * (1 - b).sqrt() / (1 - ac), persistent=False)
         self.T = T
+        self.t_max = min(int(t_max), T) if t_max else T  # t is drawn from [0, t_max)
 
     # ---- pieces
     def _labels(self, batch: dict, train: bool) -> torch.Tensor | None:
@@ -158,7 +160,7 @@ class DenoiserModule(pl.LightningModule):
     # ---- Lightning hooks
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x0 = batch["image"]
-        t = torch.randint(0, self.T, (x0.shape[0],), device=x0.device)
+        t = torch.randint(0, self.t_max, (x0.shape[0],), device=x0.device)
         terms = self.diffusion_loss(self.model, batch, t, torch.randn_like(x0), train=True)
         loss = terms["loss"].mean()
         b = x0.shape[0]
@@ -187,21 +189,21 @@ class DenoiserModule(pl.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         x0 = batch["image"]
         g = torch.Generator(device="cpu").manual_seed(1000 + batch_idx)  # same t and noise every validation
-        t = torch.randint(0, self.T, (x0.shape[0],), generator=g).to(x0.device)
+        t = torch.randint(0, self.t_max, (x0.shape[0],), generator=g).to(x0.device)
         noise = torch.randn(x0.shape, generator=g).to(x0.device, x0.dtype)
         terms = self.diffusion_loss(self.ema_model, batch, t, noise, train=False)
         self.log("val/loss", terms["loss"].mean(), prog_bar=True, sync_dist=True, batch_size=x0.shape[0])
         self.log("val/mse", terms["mse"].mean(), sync_dist=True, batch_size=x0.shape[0])
         if batch_idx == 0 and self.hparams.val_images > 0 and self.logger is not None:
             n = min(int(self.hparams.val_images), x0.shape[0])
-            tt = torch.full((n,), self.T // 4, device=x0.device, dtype=torch.long)
+            tt = torch.full((n,), self.t_max // 4, device=x0.device, dtype=torch.long)
             xt = self.schedule.q_sample(x0[:n], tt, noise[:n])
             y = self._labels({"label": batch["label"][:n]}, train=False) if "label" in batch else None
             eps = self.ema_model(xt, tt, y)
             abar = self.schedule.abar(tt, like=xt).view(-1, 1, 1, 1)
             x0_hat = ((xt - (1 - abar).sqrt() * eps) / abar.sqrt()).clamp(-1, 1)
             _log_images(self, "val/denoise", [x0[:n, 0], xt[:n, 0], x0_hat[:, 0]],
-                        [f"clean / x_t at t={self.T // 4} / EMA prediction of x0 (channel 0)"])
+                        [f"clean / x_t at t={self.t_max // 4} / EMA prediction of x0 (channel 0)"])
 
     def configure_optimizers(self):
         h = self.hparams

@@ -56,7 +56,8 @@ def build_denoiser(cfg: DictConfig):
     meta.update(network={"class": "UNet", "kwargs": kwargs},
                 schedule={"kind": str(cfg.diffusion.schedule), "num_steps": int(cfg.diffusion.num_steps)},
                 class_labels={"healthy": 0, "diseased": 1} if m.class_conditional else None,
-                learn_sigma=bool(m.learn_sigma))
+                learn_sigma=bool(m.learn_sigma),
+                train_t_max=int(cfg.diffusion.train_t_max) or int(cfg.diffusion.num_steps))
     return net, meta
 
 
@@ -133,21 +134,6 @@ def make_datamodule(cfg: DictConfig):
 
 
 # --------------------------------------------------------------------------- the run
-def _trainer_kwargs(tcfg: DictConfig, base) -> dict[str, Any]:
-    """``tracking.trainer_kwargs`` plus two fixes: an integral ``val_check_interval`` > 1 means steps (the
-    float schema field turns 200 into 200.0, which Lightning would read as a fraction), and an explicit
-    ``check_val_every_n_epoch: null`` is passed on (validation by steps across epochs)."""
-    kw = base(tcfg)
-    v = kw.get("val_check_interval")
-    if isinstance(v, float) and v > 1:
-        if not v.is_integer():
-            raise ConfigError(f"trainer.val_check_interval={v}: use a whole number of steps or a fraction <= 1")
-        kw["val_check_interval"] = int(v)
-    if "check_val_every_n_epoch" in tcfg and tcfg.check_val_every_n_epoch is None:
-        kw["check_val_every_n_epoch"] = None
-    return kw
-
-
 def _seed(cfg: DictConfig) -> None:
     """Seed before the networks are built, so the same seed gives the same initial weights."""
     import pytorch_lightning as pl
@@ -157,25 +143,13 @@ def _seed(cfg: DictConfig) -> None:
         torch.set_num_threads(int(cfg.num_threads))
 
 
-def _ensure_run_id(path: Path) -> None:
-    """Write a new wandb run id unless one is stored (tracking.py's fallback calls
-    ``wandb.util.generate_id``, which wandb 0.31 no longer has)."""
-    if not path.is_file():
-        import secrets
-
-        from tgrowth.io import atomic_write_text
-
-        alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
-        atomic_write_text(path, "".join(secrets.choice(alphabet) for _ in range(8)) + "\n")
-
-
 def _fit(cfg: DictConfig, kind: str, module, monitor: str, mode: str) -> int:
     import pytorch_lightning as pl
 
     from tgrowth.config.base import save_resolved_config
     from tgrowth.diffusion.checkpoints import checkpoint_callbacks, export_from_lightning, resolve_ckpt_path
     from tgrowth.io import prepare_output_dir, write_json
-    from tgrowth.tracking import RUN_ID_FILE, make_wandb_logger, trainer_kwargs
+    from tgrowth.tracking import RUN_ID_FILE, ensure_run_id, make_wandb_logger, trainer_kwargs
 
     out = Path(cfg.output_dir)
     resume = resolve_ckpt_path(cfg.ckpt_path, out)
@@ -189,12 +163,12 @@ def _fit(cfg: DictConfig, kind: str, module, monitor: str, mode: str) -> int:
     datamodule = make_datamodule(cfg)
 
     if cfg.wandb.enabled and cfg.wandb.mode != "disabled" and not cfg.wandb.run_id:
-        _ensure_run_id(out / RUN_ID_FILE)
+        ensure_run_id(cfg)
     logger = make_wandb_logger(cfg, f"train-{kind}")
     callbacks = checkpoint_callbacks(out, monitor, mode)
     try:
         trainer = pl.Trainer(default_root_dir=str(out), logger=logger if logger is not None else False,
-                             callbacks=callbacks, **_trainer_kwargs(cfg.trainer, trainer_kwargs))
+                             callbacks=callbacks, **trainer_kwargs(cfg.trainer))
     except (ValueError, TypeError, RuntimeError) as exc:
         raise ConfigError(f"trainer: {exc}") from exc
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
@@ -221,7 +195,8 @@ def train_denoiser(cfg: DictConfig) -> int:
     net, meta = build_denoiser(cfg)
     module = DenoiserModule(net, _schedule(cfg), lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay),
                             warmup_steps=int(cfg.optim.warmup_steps), ema_decay=float(cfg.optim.ema_decay),
-                            channels_last=bool(cfg.model.channels_last), val_images=int(cfg.val_images), meta=meta)
+                            channels_last=bool(cfg.model.channels_last), val_images=int(cfg.val_images),
+                            t_max=int(cfg.diffusion.train_t_max) or None, meta=meta)
     return _fit(cfg, "denoiser", module, monitor="val/loss", mode="min")
 
 

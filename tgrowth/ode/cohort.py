@@ -7,7 +7,8 @@ bootstrap fit per chosen model (subjects x replicates x starts as tensor dimensi
 - Model selection (``fit.model=auto``): per subject, rolling-origin cross-validation on its own fitted
   points (fit on the first k, forecast point k+1, for every k >= ``auto_min_train``), mean relative
   error; subjects without any fold fall back to AICc (infinite where n <= k + 1), then AIC. The CV
-  horizon is ``auto_horizon`` points ahead (default: as far as the held-out points). Models whose in-sample
+  horizon is ``auto_horizon`` points ahead (default: as far as the held-out points); with RT inside the
+  fitted span, training windows reach at least ``auto_post_rt`` points past the RT end. Models whose in-sample
   R^2 is below 0.5 cannot describe the data and are not candidates. A subject's few folds give a noisy error, so
   it is shrunk toward the cohort's CV error of the same model: ``(sum of the subject's fold errors +
   auto_pool x cohort mean) / (folds + auto_pool)`` (``auto_pool=0``: purely per subject).
@@ -36,6 +37,7 @@ from tgrowth.ode.models import NO_RT, GrowthModel, get_model, model_names, simul
 log = logging.getLogger("tgrowth.ode")
 SSE_FLOOR = 1e-6  # per-point squared-error floor of AIC/BIC (normalised sizes): 0.1 % of the first size
 LM_STEPS, ADAM_STEPS = 100, 1000
+REL_FLOOR = 0.01  # relative errors of a size 0 (vanished tumour) are taken relative to 1 % of the first size
 
 
 # --------------------------------------------------------------------------- settings
@@ -226,7 +228,7 @@ class CohortFit:
                 rows.append({
                     "subject": subj, "day": d, "observed": obs, "median": float(fc.median[j]),
                     "p05": float(fc.p05[j]), "p95": float(fc.p95[j]), "is_holdout": int(hold), "model": f.model,
-                    "rel_error": abs(float(fc.median[j]) - obs) / obs if obs > 0 else float("nan"),
+                    "rel_error": abs(float(fc.median[j]) - obs) / max(obs, REL_FLOOR * f.y0),
                     "baseline_last": float(last[j]) if hold else "", "baseline_linear": float(lin[j]) if hold else "",
                 })
         return rows
@@ -249,14 +251,15 @@ class CohortFit:
             if len(ser) > f.n_fit:
                 hold_obs = obs[f.n_fit:]
                 hd = ser.days[f.n_fit:]
-                rel = ((fc.median[f.n_fit:] - hold_obs).abs() / hold_obs)
+                denom = hold_obs.clamp_min(REL_FLOOR * f.y0)  # a vanished tumour (size 0): relative to 1 % of the first size
+                rel = ((fc.median[f.n_fit:] - hold_obs).abs() / denom)
                 last = baseline_last(ser.days[: f.n_fit], ser.sizes[: f.n_fit], hd)
                 lin = baseline_linear(ser.days[: f.n_fit], ser.sizes[: f.n_fit], hd)
                 inside = ((hold_obs >= fc.p05[f.n_fit:]) & (hold_obs <= fc.p95[f.n_fit:])).double()
                 row.update({
                     "holdout_rel_error": float(rel.mean()), "holdout_in_band": float(inside.mean()),
-                    "baseline_last_rel_error": float(((last - hold_obs).abs() / hold_obs).mean()),
-                    "baseline_linear_rel_error": float(((lin - hold_obs).abs() / hold_obs).mean()),
+                    "baseline_last_rel_error": float(((last - hold_obs).abs() / denom).mean()),
+                    "baseline_linear_rel_error": float(((lin - hold_obs).abs() / denom).mean()),
                 })
             row["note"] = f.note
             rows.append(row)
@@ -376,7 +379,11 @@ def fit_cohort(rows, fit_cfg: Any = None, *, seed: int = 0, strict: bool = False
             if s.model == "auto":
                 horizon = s.auto_horizon if s.auto_horizon > 0 else max(s.holdout_last, 1)
                 for it in base_items:
-                    for k in range(max(s.auto_min_train, 1), it.n_train - horizon + 1):
+                    # with RT in the fitted span, a training window must reach auto_post_rt points past
+                    # the RT end: earlier windows say nothing about the post-RT course being forecast
+                    post = (it.t[: it.n_train] > it.t_rt).nonzero()
+                    k_rt = int(post[0]) + s.auto_post_rt if len(post) and s.auto_post_rt > 0 else 0
+                    for k in range(max(s.auto_min_train, 1, k_rt), it.n_train - horizon + 1):
                         items.append(_Item(it.subject, it.t, it.y, k, it.t_rt, target=k + horizon - 1))
             res = _fit(model, items, 0, s, seed + 1000 + mi, prior=prior_arg)
             cv: dict[str, list[float]] = {}
@@ -396,7 +403,7 @@ def fit_cohort(rows, fit_cfg: Any = None, *, seed: int = 0, strict: bool = False
                     pred = simulate_closed_form(model, res.theta[i, 0].double(), it.t[it.target : it.target + 1].double(),
                                                 torch.tensor(it.t_rt, dtype=torch.float64))
                     obs = float(it.y[it.target])
-                    cv.setdefault(it.subject, []).append(abs(float(pred[0]) - obs) / obs)
+                    cv.setdefault(it.subject, []).append(abs(float(pred[0]) - obs) / max(obs, REL_FLOOR))
             for subj, errs in cv.items():
                 comparison[subj][name]["cv_error"] = sum(errs) / len(errs)
                 comparison[subj][name]["cv_folds"] = len(errs)
