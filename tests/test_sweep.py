@@ -54,8 +54,8 @@ def test_sweep_yaml_loads_locally_and_grid_parses():
 
     params = OmegaConf.to_container(cfg.parameters, resolve=False)
     fixed, axes, scales = parse_grid(params, "guidance.scale")
-    assert scales == [0.0, 5.0, 10.0, 20.0, 40.0, 80.0]
-    assert axes == {"sampling.noise_level": [150, 250]}
+    assert scales == [0.0, 50.0, 100.0, 200.0, 400.0, 800.0]
+    assert axes == {"sampling.noise_level": [100, 200]}
     assert "data.root=runs/demo/data" in fixed and "methods=[tgrowth,no-change]" in fixed
     assert not any(f.startswith(("output_dir=", "overwrite=")) for f in fixed)  # the local runner owns them
     assert base_files(list(OmegaConf.to_container(cfg.command, resolve=False))) == ["experiments/predict_demo.yaml"]

@@ -109,7 +109,10 @@ def _plot(path: Path, rows: list[dict[str, Any]], axes: list[str], baseline: dic
             ax.plot([r["scale"] for r in rs], [r[col] for r in rs], "o-", label=name)
         if col in baseline and baseline[col] is not None and math.isfinite(baseline[col]):
             ax.axhline(baseline[col], color="gray", ls="--", lw=1, label="no-change")
-        ax.set_xscale("symlog", linthresh=max(1e-9, min([r["scale"] for r in rows if r["scale"] > 0] or [1.0])))
+        ticks = sorted({r["scale"] for r in rows})
+        ax.set_xscale("symlog", linthresh=max(1e-9, min([s for s in ticks if s > 0] or [1.0]) / 2))
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([f"{s:g}" for s in ticks], fontsize=7)
         ax.set_xlabel("guidance scale")
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
