@@ -60,20 +60,6 @@ def report(cohort, metrics: list[dict], summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _start_wandb(cfg: DictConfig, start_wandb_run):
-    """tracking.start_wandb_run, with a run id made here when none is stored: tracking's own id
-    generator (``wandb.util.generate_id``) is gone from wandb 0.31."""
-    if cfg.wandb.enabled and cfg.wandb.mode != "disabled" and not cfg.wandb.run_id:
-        from pathlib import Path
-
-        stored = Path(cfg.output_dir) / "wandb_run_id"
-        if not stored.is_file():
-            import uuid
-
-            atomic_write_text(stored, uuid.uuid4().hex[:8] + "\n")
-    return start_wandb_run(cfg, "fit-ode")
-
-
 def run(cfg: DictConfig) -> int:
     from tgrowth.ode.cohort import fit_cohort
     from tgrowth.ode.fit import cpu_threads
@@ -81,7 +67,7 @@ def run(cfg: DictConfig) -> int:
 
     out = prepare_output_dir(cfg.output_dir, cfg.overwrite)
     save_resolved_config(cfg, out)
-    wb = _start_wandb(cfg, start_wandb_run)
+    wb = start_wandb_run(cfg, "fit-ode")
     try:
         cohort = fit_cohort(cfg.data.areas_csv, cfg.fit, seed=int(cfg.seed), strict=bool(cfg.strict))
         with cpu_threads(0):  # tables and plots: many tiny tensor ops, fastest on one thread
