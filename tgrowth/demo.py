@@ -50,10 +50,6 @@ def run_stage(command: str, files: list[str], overrides: list[str]) -> tuple[int
 
     cmd = COMMANDS[command]
     cfg = load_config(_import(cmd.schema), [_find(f) for f in files], overrides)
-    if "wandb" in cfg:
-        from tgrowth.predict.track import ensure_run_id
-
-        ensure_run_id(cfg)  # works around tgrowth.tracking's wandb.util.generate_id (gone in wandb 0.31)
     return int(_import(cmd.run)(cfg) or 0), cfg
 
 

@@ -30,28 +30,7 @@ def start(cfg: DictConfig, command: str):
 
         with open_dict(cfg):
             cfg.wandb.run_id = os.environ["WANDB_RUN_ID"]
-    ensure_run_id(cfg)
     return start_wandb_run(cfg, command)
-
-
-def ensure_run_id(cfg: DictConfig) -> None:
-    """Write ``<output_dir>/wandb_run_id`` if missing (tgrowth.tracking calls ``wandb.util.generate_id``,
-    which wandb 0.31 no longer has; with the file present it just reads it)."""
-    from tgrowth.tracking import RUN_ID_FILE
-
-    path = Path(cfg.output_dir) / RUN_ID_FILE
-    if cfg.wandb.run_id or path.is_file() or not cfg.wandb.enabled or cfg.wandb.mode == "disabled":
-        return
-    try:
-        from wandb.sdk.lib.runid import generate_id
-    except ImportError:  # other wandb versions
-        import uuid
-
-        def generate_id() -> str:
-            return uuid.uuid4().hex[:8]
-    from tgrowth.io import atomic_write_text
-
-    atomic_write_text(path, generate_id() + "\n")
 
 
 def summary_metrics(summary: dict[str, Any], main_method: str = "tgrowth") -> dict[str, float]:
