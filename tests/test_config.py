@@ -1,4 +1,5 @@
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,7 @@ class ToyConfig(RunConfig):
     fit: FitSection = doc(FitSection(), "fit settings")
     trainer: TrainerConfig = doc(TrainerConfig(), "trainer")
     days: list[float] = doc([30.0], "target days")
+    extra: dict[str, Any] = doc({}, "free-form mapping")
 
 
 def test_defaults_files_and_overrides(tmp_path):
@@ -108,3 +110,10 @@ def test_trainer_kwargs_keeps_lightning_semantics(tmp_path):
     run = OmegaConf.create({"output_dir": str(tmp_path), "wandb": {"run_id": None}})
     rid = ensure_run_id(run)
     assert len(rid) == 8 and rid.isalnum() and ensure_run_id(run) == rid  # stored, then reused
+
+
+def test_free_form_mapping_takes_new_keys_typed_sections_do_not():
+    cfg = load_config(ToyConfig, [], ["extra.anything=3", "extra.nested.k=x"])
+    assert cfg.extra.anything == 3 and cfg.extra.nested.k == "x"
+    with pytest.raises(ConfigError, match="unknown config key 'fit.extra'"):
+        load_config(ToyConfig, [], ["fit.extra=1"])

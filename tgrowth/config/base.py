@@ -125,6 +125,17 @@ def _is_open_mapping(node: Any) -> bool:
     return isinstance(node, DictConfig) and node._metadata.object_type in (None, dict)
 
 
+def _open_mappings(node: DictConfig) -> None:
+    """Let ``dict[str, Any]`` fields take new keys (struct mode would refuse them); typed sections stay closed."""
+    for key in node.keys():
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_none():
+            if _is_open_mapping(child):
+                OmegaConf.set_struct(child, False)
+            else:
+                _open_mappings(child)
+
+
 def _check_keys(schema_node: DictConfig, data: Any, source: str, prefix: str = "") -> None:
     if not isinstance(data, DictConfig) or _is_open_mapping(schema_node):
         return
@@ -158,6 +169,7 @@ def load_config(schema: type, files: list[str] | tuple[str, ...] = (), overrides
     """Schema defaults, then each YAML file (with its ``extends:`` bases), then ``key=value`` overrides."""
     cfg = OmegaConf.structured(schema)
     OmegaConf.set_struct(cfg, True)
+    _open_mappings(cfg)
     for f in files:
         cfg = _merge(cfg, _read_yaml(Path(f)), source=str(f))
     bad = [o for o in overrides if "=" not in o]
