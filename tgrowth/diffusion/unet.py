@@ -64,6 +64,14 @@ def default_channel_mult(image_size: int) -> tuple[int, ...]:
     return tuple([1, 2, 2, 4, 4, 4, 4][:levels])
 
 
+def _resolve_channel_mult(image_size: int, channel_mult: Sequence[float] | None) -> tuple:
+    """The given channel multipliers (or the default for the size), checked against the image size."""
+    mult = tuple(channel_mult) if channel_mult else default_channel_mult(image_size)
+    if image_size % (2 ** (len(mult) - 1)):
+        raise ValueError(f"image_size {image_size} is not divisible by 2^{len(mult) - 1} (channel_mult {mult})")
+    return mult
+
+
 def norm(ch: int) -> nn.GroupNorm:
     """GroupNorm with 32 groups where the channels allow it (fewer, dividing ch, for tiny widths)."""
     return nn.GroupNorm(math.gcd(32, ch), ch)
@@ -266,9 +274,7 @@ class UNet(nn.Module):
         time_conditional: bool = True,
     ):
         super().__init__()
-        channel_mult = tuple(channel_mult) if channel_mult else default_channel_mult(image_size)
-        if image_size % (2 ** (len(channel_mult) - 1)):
-            raise ValueError(f"image_size {image_size} is not divisible by 2^{len(channel_mult) - 1} (channel_mult {channel_mult})")
+        channel_mult = _resolve_channel_mult(image_size, channel_mult)
         self.image_size, self.in_channels = image_size, in_channels
         self.out_channels = out_channels or in_channels
         self.learn_sigma = learn_sigma
@@ -382,9 +388,7 @@ class EncoderRegressor(nn.Module):
         use_scale_shift_norm: bool = True,
     ):
         super().__init__()
-        channel_mult = tuple(channel_mult) if channel_mult else default_channel_mult(image_size)
-        if image_size % (2 ** (len(channel_mult) - 1)):
-            raise ValueError(f"image_size {image_size} is not divisible by 2^{len(channel_mult) - 1} (channel_mult {channel_mult})")
+        channel_mult = _resolve_channel_mult(image_size, channel_mult)
         self.image_size, self.in_channels = image_size, in_channels
         emb_ch = 4 * model_channels
         self.time_embed = _TimeEmbed(model_channels, emb_ch)
