@@ -95,6 +95,7 @@ def probability_map(
     y=None,
     pixel_area: float = 1.0,
     refine_iters: int = 0,
+    invert_order: int = 2,
     clip_denoised: float | None = None,
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
@@ -131,7 +132,7 @@ def probability_map(
     if encode == "invert":  # one deterministic inversion shared by all generations
         x_enc = encode_prior(model, schedule, x_prior, noise_level, num_steps, "invert", y=None if y_all is None
                              else y_all.reshape(-1)[:1], refine_iters=refine_iters,
-                             autocast_dtype=autocast_dtype, channels_last=channels_last)
+                             invert_order=invert_order, autocast_dtype=autocast_dtype, channels_last=channels_last)
 
     c, h, w = x_prior.shape[1:]
     s1 = torch.zeros(c, h, w, dtype=torch.float64, device=dev)

@@ -72,6 +72,10 @@ class SamplingConfig:
     eta: float = doc(0.0, "DDIM eta (0: deterministic steps).")
     encode: str = doc("noise", "How the prior is brought to step L: noise (stochastic q-sample, distinct "
                       "generations) or invert (deterministic DDIM inversion).")
+    invert_order: int = doc(2, "encode=invert: 1 = plain DDIM inversion (the authors'), 2 = eps extrapolated in "
+                            "log-SNR (same model calls, 5-20x smaller round-trip error).")
+    invert_refine_iters: int = doc(0, "encode=invert: fixed-point refinements per inversion step (each one more "
+                                   "model call per step; 1 makes inversion + eta=0 sampling near exact).")
     batch_size: int = doc(64, "Generations per forward pass (all methods and targets share batches).")
     threshold: float = doc(0.5, "Probability-map threshold for Dice / HD95 / area.")
     ema: bool = doc(True, "Use the denoiser's EMA weights where the checkpoint has them.")

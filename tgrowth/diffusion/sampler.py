@@ -10,8 +10,13 @@ Notation (Song et al., DDIM): ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` w
       x_s    = sqrt(abar_s) x0_hat + sqrt(1 - abar_s - sigma^2) eps + sigma z
 
   ``t``, ``s`` and ``eta`` may be scalars or per-sample ``[B]`` tensors.
-* :func:`ddim_invert` runs the deterministic (eta = 0) update the other way, ``x_s -> x_t`` with ``t > s``,
-  using ``eps(x_s, s)`` (the usual DDIM inversion); ``refine_iters > 0`` additionally solves the implicit
+* :func:`ddim_invert` runs the deterministic (eta = 0) update the other way, ``x_s -> x_t`` with ``t > s``.
+  Exact inversion of the eta = 0 sampler needs ``eps(x_t, t)`` at the unknown ``x_t``. ``order=1`` uses
+  ``eps(x_s, s)`` (the usual DDIM inversion, as the authors do; first order in the step size);
+  ``order=2`` (default) extrapolates linearly in log-SNR from the last two evaluations,
+  ``eps(x_s, s) + (eps(x_s, s) - eps(x_r, r)) (lambda_t - lambda_s) / (lambda_s - lambda_r)`` with
+  ``lambda = log(abar / (1 - abar)) / 2`` -- second order at no extra model call (a 5-20x smaller
+  round-trip error, see tests/test_sampler.py). ``refine_iters > 0`` additionally solves the implicit
   equation ``x_s = ddim_step(x_t, eps(x_t, t))`` by fixed-point iteration so that a later eta = 0 sampling
   run retraces the inversion exactly (at ``refine_iters`` extra model calls per step).
 * :func:`sample_known_image` is the authors' inference: encode the prior scan to noise level ``L`` (the
@@ -179,6 +184,10 @@ class _EpsModel:
         return eps.to(x.dtype)
 
 
+def _half_log_snr(abar: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (abar.log() - (-abar).log1p())
+
+
 def ddim_invert(
     model,
     schedule: NoiseSchedule,
@@ -189,23 +198,37 @@ def ddim_invert(
     refine_iters: int = 0,
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    order: int = 2,
 ) -> torch.Tensor:
     """Deterministic DDIM inversion of clean images ``x0`` [B, C, H, W] to noise level ``noise_level``.
 
     Visits the steps of :func:`sampling_steps` in reverse. Each update ``x_s -> x_t`` is
-    ``sqrt(abar_t) x0_hat(x_s, eps) + sqrt(1 - abar_t) eps`` with ``eps = eps(x_s, s)``; with
-    ``refine_iters = k`` the eps is then re-evaluated ``k`` times at the current ``x_t`` guess (fixed
-    point of the eta = 0 sampling step), which makes inversion followed by sampling exact in the limit.
+    ``sqrt(abar_t) x0_hat(x_s, eps) + sqrt(1 - abar_t) eps``, with ``eps = eps(x_s, s)`` for ``order=1``
+    (the usual DDIM inversion) or, for ``order=2``, that value extrapolated linearly in log-SNR to step
+    ``t`` from the previous evaluation (no extra model call; the first step, from the clean state, is
+    first order). With ``refine_iters = k`` the eps is then re-evaluated ``k`` times at the current
+    ``x_t`` guess (fixed point of the eta = 0 sampling step), which makes inversion followed by sampling
+    exact in the limit.
     """
+    if order not in (1, 2):
+        raise ValueError(f"inversion order must be 1 or 2, got {order!r}")
+    if refine_iters < 0:
+        raise ValueError(f"refine_iters must be >= 0, got {refine_iters}")
     f = _EpsModel(model, y, autocast_dtype, channels_last)
     steps = sampling_steps(schedule, noise_level, num_steps).flip(0)  # -1, ..., L - 1
     x = x0
     b = x.shape[0]
+    prev: tuple[torch.Tensor, torch.Tensor] | None = None  # (eps, lambda) of the previous noisy step
     with torch.no_grad():
         for s, t in zip(steps[:-1].tolist(), steps[1:].tolist()):
             ts, tt = torch.full((b,), s, dtype=torch.long), torch.full((b,), t, dtype=torch.long)
             abar_s, abar_t = _abar(schedule, s, x), _abar(schedule, t, x)
-            eps = f(x, ts)
+            eps = eps_s = f(x, ts)
+            if order == 2 and s >= 0:
+                lam_s, lam_t = _half_log_snr(abar_s.double()), _half_log_snr(abar_t.double())
+                if prev is not None:
+                    eps = eps_s + (eps_s - prev[0]) * ((lam_t - lam_s) / (lam_s - prev[1])).to(x.dtype)
+                prev = (eps_s, lam_s)
             xt = abar_t.sqrt() * predict_x0(x, eps, abar_s) + (1 - abar_t).sqrt() * eps
             for _ in range(refine_iters):
                 eps = f(xt, tt)
@@ -227,6 +250,7 @@ def encode_prior(
     refine_iters: int = 0,
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    invert_order: int = 2,
 ) -> torch.Tensor:
     """The prior scan(s) at noise level L: inverted once per distinct prior, or q-sampled per sample.
 
@@ -243,7 +267,7 @@ def encode_prior(
         if x_prior.shape[0] == 1 and y is not None and torch.as_tensor(y).ndim > 0:
             y_enc = torch.as_tensor(y).reshape(-1)[:1]
         x = ddim_invert(model, schedule, x_prior, noise_level, num_steps, y=y_enc, refine_iters=refine_iters,
-                        autocast_dtype=autocast_dtype, channels_last=channels_last)
+                        autocast_dtype=autocast_dtype, channels_last=channels_last, order=invert_order)
         return x.expand(n, *x.shape[1:]).clone()
     if encode == "qsample":
         x = x_prior.expand(n, *x_prior.shape[1:])
@@ -271,6 +295,7 @@ def sample_known_image(
     channels_last: bool = False,
     rows: torch.Tensor | None = None,
     x_start: torch.Tensor | None = None,
+    invert_order: int = 2,
 ) -> torch.Tensor:
     """The authors' inference: encode ``x_prior`` to noise level ``noise_level``, then guided DDIM to 0.
 
@@ -287,6 +312,7 @@ def sample_known_image(
         y: class label(s) for a class-conditional model (scalar or ``[B]``).
         invert_steps: steps of the inversion (default ``num_steps``).
         refine_iters: fixed-point refinement iterations of the inversion (see :func:`ddim_invert`).
+        invert_order: 1 (plain DDIM inversion, the authors') or 2 (log-SNR extrapolated eps, same cost).
         clip_denoised: clamp the x0 prediction to ``[-c, c]`` at each step (None: no clamp).
         autocast_dtype: e.g. ``torch.bfloat16`` to run the model under autocast (state kept in float32).
         channels_last: feed the model channels-last tensors (convert the model too for full effect).
@@ -301,7 +327,7 @@ def sample_known_image(
             raise TypeError(f"guidance callback {cb!r} is not callable")
     if x_start is None:
         x = encode_prior(model, schedule, x_prior, noise_level, invert_steps or num_steps, encode, generator,
-                         num_samples, y, refine_iters, autocast_dtype, channels_last)
+                         num_samples, y, refine_iters, autocast_dtype, channels_last, invert_order)
     else:
         x = x_start.clone()
     b = x.shape[0]

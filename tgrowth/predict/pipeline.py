@@ -332,12 +332,17 @@ def predict_subject(cfg: DictConfig, models: Models, fit: Any, plan: Plan, arms:
         encode = {"noise": "qsample", "qsample": "qsample", "invert": "invert"}.get(str(cfg.sampling.encode))
         if encode is None:
             raise TgrowthError(f"sampling.encode must be noise or invert, got {cfg.sampling.encode!r}")
+        if int(cfg.sampling.invert_order) not in (1, 2):
+            raise TgrowthError(f"sampling.invert_order must be 1 or 2, got {cfg.sampling.invert_order!r}")
+        if int(cfg.sampling.invert_refine_iters) < 0:
+            raise TgrowthError(f"sampling.invert_refine_iters must be >= 0, got {cfg.sampling.invert_refine_iters!r}")
         x_prior = prior_s.image.to(device)[None]
         pm = probability_map(
             models.denoiser, models.schedule, x_prior, segmenter_from_logits(_whole_tumour(models.segmenter), autocast_dtype=dt),
             num_generations=n * len(gen_arms), chunk_size=int(cfg.sampling.batch_size), seed=plan.seed,
             noise_level=L, num_steps=steps, eta=float(cfg.sampling.eta), encode=encode, callbacks=[guidance],
-            y=models.class_label, pixel_area=pixel_area, autocast_dtype=dt, keep_generations=True)
+            y=models.class_label, pixel_area=pixel_area, autocast_dtype=dt, keep_generations=True,
+            invert_order=int(cfg.sampling.invert_order), refine_iters=int(cfg.sampling.invert_refine_iters))
         for i, a in enumerate(gen_arms):
             rows = slice(i * n, (i + 1) * n)
             imgs = pm.images[rows].double()
