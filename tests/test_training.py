@@ -9,7 +9,8 @@ import torch
 from tgrowth.config.base import load_config
 from tgrowth.config.diffusion import TrainDenoiserConfig, TrainRegressorConfig, TrainSegmenterConfig
 from tgrowth.diffusion.checkpoints import load_denoiser, load_regressor, load_segmenter
-from tgrowth.diffusion.modules import DenoiserModule, dice_score, region_targets
+from tgrowth.diffusion.modules import DenoiserModule, dice_score, region_targets, segmentation_hd95
+from tgrowth.diffusion.sampler import eps_from_x0
 from tgrowth.diffusion.schedule import make_schedule
 from tgrowth.diffusion.toydata import make_blobs
 from tgrowth.diffusion.unet import UNet
@@ -63,6 +64,59 @@ def test_denoiser_training_lowers_loss_and_exports_ema(denoiser_run):
     assert ema and all(torch.equal(net.state_dict()[k], v) for k, v in ema.items())
     raw = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     assert any(not torch.equal(raw[k], ema[k]) for k in ema)  # EMA differs from the raw weights
+    # validation reconstructs slices from noise level 200 (10 DDIM steps) and scores them
+    assert 0.0 < metrics["val/ssim"] <= 1.0 and 0.0 < metrics["val/ssim_brain"] <= 1.0 and metrics["val/psnr"] > 0
+
+
+class _Oracle(torch.nn.Module):
+    """A denoiser that knows the clean images: eps(x_t, t) is exactly the eps whose x0 prediction is x0."""
+
+    def __init__(self, schedule, x0):
+        super().__init__()
+        self.schedule, self.x0 = schedule, x0
+
+    def forward(self, x, t, y=None):
+        return eps_from_x0(x, self.x0, self.schedule.abar(t).view(-1, 1, 1, 1).to(x.dtype))
+
+
+def test_validation_reconstruction_known_answers():
+    sched = make_schedule("linear", 1000)
+    data = make_blobs(4, 16, 2, seed=5)
+    x0, noise = data["image"], torch.randn(data["image"].shape, generator=torch.Generator().manual_seed(0))
+    net = UNet(image_size=16, in_channels=2, model_channels=8, channel_mult=(1,), num_res_blocks=1,
+               attention_resolutions=())
+    mod = DenoiserModule(net, sched, recon_noise_level=200, recon_steps=10)
+    # a perfect denoiser reconstructs the slices exactly from x_200
+    mod.ema_model = _Oracle(sched, x0)
+    assert torch.allclose(mod.reconstruct(x0, noise), x0, atol=1e-5)
+    # a fresh UNet predicts eps = 0, so each DDIM step only rescales: the result is x_200 / sqrt(abar_199)
+    mod.ema_model = net.eval()
+    xl = sched.q_sample(x0, torch.full((4,), 199), noise)
+    assert torch.allclose(mod.reconstruct(x0, noise), xl / sched.abar(torch.tensor(199)).sqrt(), atol=1e-5)
+    # the level is capped at the training range t_max
+    mod = DenoiserModule(net, sched, t_max=50, recon_noise_level=200, recon_steps=5)
+    xl50 = sched.q_sample(x0, torch.full((4,), 49), noise)
+    assert torch.allclose(mod.reconstruct(x0, noise), xl50 / sched.abar(torch.tensor(49)).sqrt(), atol=1e-5)
+
+
+def test_segmentation_hd95_spacing_and_empty_masks():
+    yy, xx = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    disc_a = (yy - 12) ** 2 + (xx - 12) ** 2 <= 25
+    disc_b = (yy - 15) ** 2 + (xx - 12) ** 2 <= 25  # the same disc 3 rows lower
+    empty = torch.zeros(32, 32, dtype=torch.bool)
+    pred = torch.stack([disc_a, empty, disc_a, empty])
+    gt = torch.stack([disc_b, empty, empty, disc_b])
+    spacing = torch.tensor([[2.0, 1.0]] * 4)
+    hd, one = segmentation_hd95(pred, gt, spacing)
+    diag = math.hypot(32 * 2.0, 32 * 1.0)
+    # row 0: a 3-row shift at 2 mm per row = 6 mm (within a pixel); row 1: both empty = 0; rows 2-3: diagonal
+    assert math.isclose(float(one), 0.5)
+    per_row0 = float(hd) * 4 - 2 * diag
+    assert abs(per_row0 - 6.0) <= 2.0
+    hd1, one1 = segmentation_hd95(pred[:2], gt[:2])  # no spacing: 1 mm pixels, 3 px shift
+    assert abs(float(hd1) * 2 - 3.0) <= 1.0 and float(one1) == 0.0
+    with pytest.raises(ValueError, match="spacing has 1 rows for 4 masks"):
+        segmentation_hd95(pred, gt, spacing[:1])
 
 
 def test_checkpoint_round_trip_identical_outputs(denoiser_run, tmp_path):
@@ -161,6 +215,8 @@ def test_segmenter_beats_all_background(tmp_path, one_thread):
     assert dice > trivial + 0.3 and dice > 0.75
     metrics = json.loads((tmp_path / "seg" / "metrics.json").read_text())
     assert metrics["val/dice"] > metrics["val/dice_all_background"]
+    # HD95 in mm (toy pixels are 1 mm): well below the 32x32 image's diagonal penalty for a missed tumour
+    assert 0.0 <= metrics["val/hd95"] < 0.5 * math.hypot(32, 32) and 0.0 <= metrics["val/hd95_one_empty"] <= 1.0
 
 
 # --------------------------------------------------------------------------- known answers of the pieces

@@ -113,11 +113,23 @@ class _TrainCommon(RunConfig):
 
 
 @dataclass
+class ValReconstructionSettings:
+    """Validation by known-image reconstruction: q-sample a validation slice to noise level L, run DDIM back
+    with the EMA weights and score the result against the slice (val/ssim, val/ssim_brain, val/psnr)."""
+
+    noise_level: int = doc(200, "L (capped at train_t_max when that is set); the authors sample from 200.")
+    num_steps: int = doc(10, "DDIM steps from L to 0 (0: no reconstruction metrics).")
+    batches: int = doc(1, "Validation batches reconstructed per validation (the rest give val/loss only).")
+
+
+@dataclass
 class TrainDenoiserConfig(_TrainCommon):
     """Train the DDPM denoiser."""
 
     model: DenoiserModelSettings = doc(DenoiserModelSettings(), "UNet.")
     diffusion: TrainDiffusionSettings = doc(TrainDiffusionSettings(), "Noise schedule and t range.")
+    val_reconstruction: ValReconstructionSettings = doc(ValReconstructionSettings(), "Reconstruction SSIM / PSNR "
+                                                        "in validation.")
 
 
 @dataclass

@@ -3,11 +3,16 @@
 - :class:`DenoiserModule`: epsilon prediction on x_t = q_sample(x0, t, eps) at uniformly random t (all T
   steps, or t < ``t_max``: known-image sampling from noise level L only needs t < L); with a
   learned-sigma UNet the improved-DDPM hybrid loss (MSE + variational bound with the mean frozen). EMA
-  weights (``ema_model``) are used for validation and for the exported sampler weights.
+  weights (``ema_model``) are used for validation and for the exported sampler weights. Validation also
+  reconstructs the first ``recon_batches`` batches as the sampler does (q-sample to noise level L, then
+  ``recon_steps`` DDIM steps back) and logs ``val/ssim`` (whole slice), ``val/ssim_brain`` (pixels where
+  any contrast is above the background value -1) and ``val/psnr`` of the reconstruction.
 - :class:`RegressorModule`: predicts ``batch[target] * target_scale`` (e.g. percent of the slice that is
   tumour) from q-sampled noisy images at random t; validation reports the absolute error in bins of t.
 - :class:`SegmenterModule`: Dice + binary cross-entropy per tumour region; reports validation Dice of the
-  whole tumour (and the all-background baseline's Dice on the same images).
+  whole tumour (and the all-background baseline's Dice on the same images) and ``val/hd95`` in mm (the
+  batch's pixel spacing; both masks empty = 0 mm, exactly one empty = the image diagonal in mm, as in
+  ``tgrowth predict``), with ``val/hd95_one_empty`` the fraction of slices where that penalty applied.
 
 All three: AdamW with linear warm-up, ``train/loss`` and ``train/lr`` logged; gradient clipping and bf16 come
 from the Trainer (``trainer.gradient_clip_val``, ``trainer.precision=bf16-mixed``). Each module stores
@@ -28,7 +33,8 @@ from torch import nn
 
 from tgrowth.diffusion.schedule import NoiseSchedule
 
-__all__ = ["DenoiserModule", "RegressorModule", "SegmenterModule", "region_targets", "dice_score"]
+__all__ = ["DenoiserModule", "RegressorModule", "SegmenterModule", "region_targets", "dice_score",
+           "segmentation_hd95"]
 
 
 # --------------------------------------------------------------------------- shared pieces
@@ -93,7 +99,8 @@ class DenoiserModule(pl.LightningModule):
 
     def __init__(self, model: nn.Module, schedule: NoiseSchedule, lr: float = 1e-4, weight_decay: float = 0.0,
                  warmup_steps: int = 0, ema_decay: float = 0.9999, channels_last: bool = False,
-                 val_images: int = 4, t_max: int | None = None, meta: dict[str, Any] | None = None):
+                 val_images: int = 4, t_max: int | None = None, meta: dict[str, Any] | None = None,
+                 recon_noise_level: int = 200, recon_steps: int = 10, recon_batches: int = 1):
         super().__init__()
         self.save_hyperparameters(ignore=["model", "schedule"])
         self.model = model
@@ -194,6 +201,8 @@ class DenoiserModule(pl.LightningModule):
         terms = self.diffusion_loss(self.ema_model, batch, t, noise, train=False)
         self.log("val/loss", terms["loss"].mean(), prog_bar=True, sync_dist=True, batch_size=x0.shape[0])
         self.log("val/mse", terms["mse"].mean(), sync_dist=True, batch_size=x0.shape[0])
+        if batch_idx < int(self.hparams.recon_batches) and int(self.hparams.recon_steps) > 0:
+            self._validate_reconstruction(batch, noise)
         if batch_idx == 0 and self.hparams.val_images > 0 and self.logger is not None:
             n = min(int(self.hparams.val_images), x0.shape[0])
             tt = torch.full((n,), self.t_max // 4, device=x0.device, dtype=torch.long)
@@ -204,6 +213,35 @@ class DenoiserModule(pl.LightningModule):
             x0_hat = ((xt - (1 - abar).sqrt() * eps) / abar.sqrt()).clamp(-1, 1)
             _log_images(self, "val/denoise", [x0[:n, 0], xt[:n, 0], x0_hat[:, 0]],
                         [f"clean / x_t at t={self.t_max // 4} / EMA prediction of x0 (channel 0)"])
+
+    def reconstruct(self, x0: torch.Tensor, noise: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """x0 q-sampled to noise level L (``recon_noise_level``, capped at ``t_max``), then ``recon_steps``
+        deterministic DDIM steps back with the EMA weights: what known-image sampling does, unguided."""
+        from tgrowth.diffusion.sampler import sample_known_image
+
+        level = max(1, min(int(self.hparams.recon_noise_level), self.t_max))
+        t = torch.full((x0.shape[0],), level - 1, device=x0.device, dtype=torch.long)
+        xl = self.schedule.q_sample(x0, t, noise)
+        return sample_known_image(self.ema_model, self.schedule, x0, level, int(self.hparams.recon_steps), y=y,
+                                  x_start=xl, channels_last=self.channels_last)
+
+    def _validate_reconstruction(self, batch: dict, noise: torch.Tensor) -> None:
+        from tgrowth import metrics
+
+        x0 = batch["image"].float()
+        y = self._labels(batch, train=False) if "label" in batch else None
+        rec = self.reconstruct(x0, noise.float(), y).clamp(-1, 1)
+        full = metrics.ssim_map(rec, x0).float()  # [B, C, H, W]
+        brain = (x0 > -1 + 1e-3).any(dim=1, keepdim=True).expand_as(full)
+        b = x0.shape[0]
+        # per-slice brain-region mean (a slice with no brain pixel falls back to its whole-slice mean)
+        n_brain = brain.flatten(1).sum(1)
+        ssim_brain = torch.where(n_brain > 0, (full * brain).flatten(1).sum(1) / n_brain.clamp(min=1),
+                                 full.flatten(1).mean(1))
+        mse = (rec - x0).pow(2).flatten(1).mean(1).clamp(min=1e-10)
+        self.log("val/ssim", full.flatten(1).mean(1).mean(), prog_bar=True, sync_dist=True, batch_size=b)
+        self.log("val/ssim_brain", ssim_brain.mean(), sync_dist=True, batch_size=b)
+        self.log("val/psnr", (10 * torch.log10(4.0 / mse)).mean(), sync_dist=True, batch_size=b)
 
     def configure_optimizers(self):
         h = self.hparams
@@ -292,6 +330,34 @@ def dice_score(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     return torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
 
 
+def _batch_spacing(batch: dict) -> torch.Tensor | None:
+    meta = batch.get("meta")
+    sp = meta.get("spacing_mm") if isinstance(meta, dict) else None
+    return sp if isinstance(sp, torch.Tensor) else None
+
+
+def segmentation_hd95(pred: torch.Tensor, gt: torch.Tensor, spacing: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean HD95 (mm) of masks ``pred`` vs ``gt`` [B, H, W] and the fraction of slices with exactly one empty.
+
+    ``spacing`` is ``[B, 2]`` (row, col) mm (None: 1 mm pixels). Both masks empty count 0 mm; exactly one
+    empty counts the image diagonal in mm (a finite penalty, the convention of ``tgrowth predict``).
+    """
+    from tgrowth import metrics
+
+    b, h, w = gt.shape
+    sp = torch.ones(b, 2, dtype=torch.float64) if spacing is None else spacing.detach().cpu().double().view(-1, 2)
+    if sp.shape[0] != b:
+        raise ValueError(f"spacing has {sp.shape[0]} rows for {b} masks")
+    p, g = pred.detach().cpu().bool().numpy(), gt.detach().cpu().bool().numpy()
+    vals, one = [], 0
+    for i in range(b):
+        sy, sx = float(sp[i, 0]), float(sp[i, 1])
+        one += int(p[i].any() != g[i].any())
+        vals.append(metrics.hd95(p[i], g[i], (sy, sx), one_empty=math.hypot(h * sy, w * sx)))
+    return torch.tensor(sum(vals) / b, dtype=torch.float32), torch.tensor(one / b, dtype=torch.float32)
+
+
 class SegmenterModule(pl.LightningModule):
     """Tumour segmentation: soft Dice + binary cross-entropy per region; ``val/dice`` (whole tumour)."""
 
@@ -339,6 +405,9 @@ class SegmenterModule(pl.LightningModule):
         self.log("val/dice_all_background", dice_score(torch.zeros_like(gt[:, 0]), gt[:, 0]).mean(), sync_dist=True, batch_size=b)
         for i, r in enumerate(self.regions[1:], start=1):
             self.log(f"val/dice_{r}", dice_score(pred[:, i], gt[:, i]).mean(), sync_dist=True, batch_size=b)
+        hd, one_empty = segmentation_hd95(pred[:, 0], gt[:, 0], _batch_spacing(batch))
+        self.log("val/hd95", hd, sync_dist=True, batch_size=b)
+        self.log("val/hd95_one_empty", one_empty, sync_dist=True, batch_size=b)
         if batch_idx == 0 and self.hparams.val_images > 0 and self.logger is not None:
             n = min(int(self.hparams.val_images), x.shape[0])
             _log_images(self, "val/segmentation", [x[:n, 0], gt[:n, 0].float() * 2 - 1, pred[:n, 0].float() * 2 - 1],

@@ -196,7 +196,10 @@ def train_denoiser(cfg: DictConfig) -> int:
     module = DenoiserModule(net, _schedule(cfg), lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay),
                             warmup_steps=int(cfg.optim.warmup_steps), ema_decay=float(cfg.optim.ema_decay),
                             channels_last=bool(cfg.model.channels_last), val_images=int(cfg.val_images),
-                            t_max=int(cfg.diffusion.train_t_max) or None, meta=meta)
+                            t_max=int(cfg.diffusion.train_t_max) or None, meta=meta,
+                            recon_noise_level=int(cfg.val_reconstruction.noise_level),
+                            recon_steps=int(cfg.val_reconstruction.num_steps),
+                            recon_batches=int(cfg.val_reconstruction.batches))
     return _fit(cfg, "denoiser", module, monitor="val/loss", mode="min")
 
 
