@@ -18,6 +18,11 @@ were built (so on CPU a compile row's figure includes the compiler's own memory)
     python benchmarks/sampling.py --quick                # small CPU run (N=4, 1 baseline generation)
     python benchmarks/sampling.py                        # CPU: tiny model 64x64, N=50 (slow on 2 cores)
     python benchmarks/sampling.py --device cuda          # GPU: the authors' model size at 256x256, N=50
+    python benchmarks/sampling.py --device cuda --smoke --row-timeout 300   # GPU: every row's code path
+
+The baseline inverts with plain DDIM (``invert_order=1``), as the authors do; tgrowth rows use the default
+second-order inversion (same number of model calls). On a GPU with a time limit, ``--row-timeout`` and
+``--json`` keep what finished.
 """
 
 from __future__ import annotations
@@ -143,7 +148,7 @@ def worker(cfg: dict) -> dict:
             imgs = []
             for _ in range(num_gen):  # like the reference: one generation after another, inversion each time
                 x = sample_known_image(unet, sched, prior, L, num_steps, eta=0.0, encode="invert",
-                                       callbacks=guidance(), y=y)
+                                       callbacks=guidance(), y=y, invert_order=1)  # plain DDIM inversion
                 segment(x)
                 imgs.append(x)
             return torch.cat(imgs)
@@ -178,6 +183,13 @@ def worker(cfg: dict) -> dict:
                 spread=spread, warmup_s=warm_s, finite=bool(torch.isfinite(imgs).all()))
 
 
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
 def device_name(device: str, threads: int | None = None) -> str:
     if device == "cuda":
         import torch
@@ -197,7 +209,7 @@ def main() -> None:
     ap.add_argument("--noise-level", type=int, default=200)
     ap.add_argument("--baseline-gens", type=int, default=None,
                     help="baseline generations actually run; the map time is extrapolated to N when fewer "
-                         "(default: N on cuda, 2 on cpu, 1 with --quick)")
+                         "(default: 5 on cuda, 2 on cpu, 1 with --quick)")
     ap.add_argument("--chunk", type=int, default=None, help="generations per batch (default: all N)")
     ap.add_argument("--eta", type=float, default=0.5)
     ap.add_argument("--scale", type=float, default=1e6, help="guidance scale (random regressor: large)")
@@ -209,6 +221,9 @@ def main() -> None:
     ap.add_argument("--size", default=None, choices=["tiny", "authors"],
                     help="model size (default: authors on cuda, tiny on cpu)")
     ap.add_argument("--smoke", action="store_true", help="2 sampling steps per row: checks the code path, no timing")
+    ap.add_argument("--json", default=None, help="also write the results (after every row, atomically) to this file")
+    ap.add_argument("--row-timeout", type=float, default=None,
+                    help="seconds a row may take (subprocess killed, row reported as failed; the others go on)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -217,7 +232,7 @@ def main() -> None:
         return
 
     n = args.n or (4 if args.quick else 50)
-    bgens = args.baseline_gens or (n if args.device == "cuda" else (1 if args.quick else 2))
+    bgens = args.baseline_gens or (5 if args.device == "cuda" else (1 if args.quick else 2))
     rows = args.rows.split(",") if args.rows else list(DEFAULT_ROWS[args.device])
     if args.no_compile:
         rows = [r for r in rows if "compile" not in r]
@@ -238,14 +253,21 @@ def main() -> None:
                    chunk=args.chunk, eta=args.eta, scale=args.scale, delta=args.delta, threads=args.threads,
                    compile_mode=args.compile_mode, size=size, smoke=args.smoke)
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(cfg)], capture_output=True,
-                              text=True, cwd=ROOT)
+        try:
+            proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(cfg)], capture_output=True,
+                                  text=True, cwd=ROOT, timeout=args.row_timeout)
+        except subprocess.TimeoutExpired:
+            print(f"# row {r!r} failed: over --row-timeout {args.row_timeout:g} s", flush=True)
+            continue
         line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
         if proc.returncode or not line:
-            print(f"# row {r!r} failed ({time.perf_counter() - t0:.0f} s): {proc.stderr.strip()[-800:]}")
+            print(f"# row {r!r} failed ({time.perf_counter() - t0:.0f} s): {proc.stderr.strip()[-800:]}", flush=True)
             continue
         res = json.loads(line[-1][7:])
         results.append(res)
+        if args.json:
+            _write_json(Path(args.json), dict(command=sys.argv[1:], device=device_name(args.device, args.threads),
+                                              smoke=args.smoke, rows=results))
         print(f"# {r}: {res['seconds']:.1f} s timed ({res['gens_timed']} generation(s)), warm-up "
               f"{res['warmup_s']:.1f} s", flush=True)
     base = next((x for x in results if x["kind"] == "baseline"), None)
