@@ -30,6 +30,7 @@ bench: install
 	$(PYTHON) benchmarks/ode_fit.py
 	$(PYTHON) benchmarks/data_loading.py
 	$(PYTHON) benchmarks/sampling.py
+	$(PYTHON) benchmarks/inversion.py
 
 clean:
 	rm -rf runs .pytest_cache build *.egg-info
