@@ -253,3 +253,25 @@ def test_region_targets_brats_labels():
     assert r[0, :, 0].tolist() == [[0, 1, 1, 1, 1], [0, 1, 0, 1, 1], [0, 0, 0, 1, 1]]
     assert math.isclose(dice_score(torch.tensor([[1, 1, 0]]).bool(), torch.tensor([[1, 0, 0]]).bool()).item(), 2 / 3, rel_tol=1e-6)
     assert dice_score(torch.zeros(1, 3).bool(), torch.zeros(1, 3).bool()).item() == 1.0
+
+
+def test_bf16_mixed_precision_training(tmp_path, one_thread):
+    """`trainer.precision=bf16-mixed` (the GPU setting) runs the real module under bf16 autocast; on CPU too."""
+    from tgrowth.diffusion.train import train_denoiser
+
+    seen = []
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda m, i, o: seen.append(o.dtype) if isinstance(m, torch.nn.Conv2d) and isinstance(o, torch.Tensor) else None)
+    try:
+        cfg = _cfg(TrainDenoiserConfig, tmp_path / "bf16", "model.model_channels=8", "model.channel_mult=[1,2]",
+                   "model.num_res_blocks=1", "model.attention_resolutions=[]", "model.learn_sigma=false",
+                   "trainer.precision=bf16-mixed", "trainer.max_steps=4", "trainer.val_check_interval=4",
+                   "val_reconstruction.num_steps=2")
+        assert train_denoiser(cfg) == 0
+    finally:
+        handle.remove()
+    metrics = json.loads((tmp_path / "bf16" / "metrics.json").read_text())
+    assert torch.bfloat16 in seen  # convolutions ran in bf16
+    assert math.isfinite(metrics["val/loss"]) and math.isfinite(metrics["val/ssim"])
+    net, _, _ = load_denoiser(tmp_path / "bf16" / "denoiser.pt")
+    assert all(p.dtype == torch.float32 for p in net.parameters())  # master weights stay float32
