@@ -51,6 +51,8 @@ ROWS = {
     "bf16+cl": ("tgrowth", 200, True, True, False),
     "bf16+cl+compile": ("tgrowth", 200, True, True, True),
     "fp32 50 steps": ("tgrowth", 50, False, False, False),
+    "fp32+cl 50 steps": ("tgrowth", 50, False, True, False),
+    "bf16 50 steps": ("tgrowth", 50, True, False, False),
     "fp32+compile 50 steps": ("tgrowth", 50, False, False, True),
     "bf16+cl+compile 50 steps": ("tgrowth", 50, True, True, True),
 }
