@@ -157,6 +157,20 @@ def test_bad_inputs_have_clear_messages(tiny, tmp_path, capsys):
            "at least 2" in errs[0]["error"]
     assert predict(tiny, tmp_path / "e", "target.timepoint=001", "strict=true") == 1
     assert "only 1 usable timepoint" in capsys.readouterr().err
+    # sampling choices are checked before any model is loaded or subject fitted
+    assert predict(tiny, tmp_path / "f", "sampling.invert_order=3") == 1
+    assert "sampling.invert_order must be 1 or 2, got 3" in capsys.readouterr().err
+    assert not (tmp_path / "f" / "SUB02").exists()
+
+
+def test_inverted_prior_with_eta_zero_gives_identical_generations(tiny, tmp_path):
+    """encode=invert, eta=0, one median target: the N generations coincide, so the map is 0/1 and std 0."""
+    out = tmp_path / "inv"
+    assert predict(tiny, out, "data.subjects=[SUB02]", "methods=[tgrowth]", "plots=false", "sampling.encode=invert",
+                   "sampling.eta=0.0", "sampling.num_generations=3", "guidance.target=median") == 0
+    prob = nib.load(str(out / "SUB02" / "prob_map.nii.gz")).get_fdata()
+    std = nib.load(str(out / "SUB02" / "pred_std.nii.gz")).get_fdata()
+    assert set(np.unique(prob)) <= {0.0, 1.0} and np.abs(std).max() < 1e-5
 
 
 def test_target_timepoint_without_needed_modalities(tmp_path, tiny):

@@ -329,13 +329,7 @@ def predict_subject(cfg: DictConfig, models: Models, fit: Any, plan: Plan, arms:
         dt = _autocast_dtype(cfg, device)
         L = int(cfg.sampling.noise_level)
         steps = int(cfg.sampling.num_steps or L)
-        encode = {"noise": "qsample", "qsample": "qsample", "invert": "invert"}.get(str(cfg.sampling.encode))
-        if encode is None:
-            raise TgrowthError(f"sampling.encode must be noise or invert, got {cfg.sampling.encode!r}")
-        if int(cfg.sampling.invert_order) not in (1, 2):
-            raise TgrowthError(f"sampling.invert_order must be 1 or 2, got {cfg.sampling.invert_order!r}")
-        if int(cfg.sampling.invert_refine_iters) < 0:
-            raise TgrowthError(f"sampling.invert_refine_iters must be >= 0, got {cfg.sampling.invert_refine_iters!r}")
+        encode = sampling_encode(cfg)
         x_prior = prior_s.image.to(device)[None]
         pm = probability_map(
             models.denoiser, models.schedule, x_prior, segmenter_from_logits(_whole_tumour(models.segmenter), autocast_dtype=dt),
@@ -496,6 +490,18 @@ def predict_subject(cfg: DictConfig, models: Models, fit: Any, plan: Plan, arms:
     return info
 
 
+def sampling_encode(cfg: DictConfig) -> str:
+    """Check the sampling section's choices (before any work is done) and return the sampler's encode mode."""
+    encode = {"noise": "qsample", "qsample": "qsample", "invert": "invert"}.get(str(cfg.sampling.encode))
+    if encode is None:
+        raise TgrowthError(f"sampling.encode must be noise or invert, got {cfg.sampling.encode!r}")
+    if int(cfg.sampling.invert_order) not in (1, 2):
+        raise TgrowthError(f"sampling.invert_order must be 1 or 2, got {cfg.sampling.invert_order!r}")
+    if int(cfg.sampling.invert_refine_iters) < 0:
+        raise TgrowthError(f"sampling.invert_refine_iters must be >= 0, got {cfg.sampling.invert_refine_iters!r}")
+    return encode
+
+
 # --------------------------------------------------------------------------- the run
 def predict_run(cfg: DictConfig, dist: Dist, arms: list[Arm] | None = None, *, command: str = "predict",
                 console: bool = True) -> dict[str, Any] | None:
@@ -506,6 +512,7 @@ def predict_run(cfg: DictConfig, dist: Dist, arms: list[Arm] | None = None, *, c
 
     out = Path(cfg.output_dir)
     arms = arms or default_arms(cfg)
+    sampling_encode(cfg)
     models = load_models(cfg, dist.device)
     dataset = discover(cfg.data.root, format=str(cfg.data.format), contrasts=models.contrasts)
     subjects = select_subjects(cfg, dataset)
