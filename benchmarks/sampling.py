@@ -116,27 +116,36 @@ def worker(cfg: dict) -> dict:
     kind, steps, bf16, cl, comp = ROWS[cfg["row"]]
     if cfg.get("smoke"):
         steps = 2
+    trained = load_trained(cfg["models"], cfg["data"], cfg["subject"]) if cfg.get("models") else None
     sizes = model_sizes(cfg.get("size", "tiny"))
     torch.manual_seed(0)
-    unet = UNet(**sizes["unet"])
-    torch.nn.init.normal_(unet.out[-1].weight, std=0.02)  # random weights; eps not identically zero
-    reg = EncoderRegressor(**sizes["regressor"])
-    seg_net = Segmenter(**sizes["segmenter"])
+    if trained:
+        unet, reg, seg_net = trained["denoiser"], trained["regressor"], trained["segmenter"]
+    else:
+        unet = UNet(**sizes["unet"])
+        torch.nn.init.normal_(unet.out[-1].weight, std=0.02)  # random weights; eps not identically zero
+        reg = EncoderRegressor(**sizes["regressor"])
+        seg_net = Segmenter(**sizes["segmenter"])
+    seg_wrap = None
+    if trained:  # the Segmenter's channel 0 is the whole tumour
+        seg_wrap = seg_net
+        seg_net = trained["segmenter_net"]
     unet, reg, seg_net = (m.to(dev).eval().requires_grad_(False) for m in (unet, reg, seg_net))
     if cl:
         unet, reg, seg_net = (m.to(memory_format=torch.channels_last) for m in (unet, reg, seg_net))
     if comp:
         unet = torch.compile(unet, dynamic=False, mode=cfg["compile_mode"])
         reg = torch.compile(reg, dynamic=False, mode=cfg["compile_mode"])
-    sched = make_schedule("linear").to(dev)
-    prior = phantom_slice(sizes["image_size"]).to(dev)
+    sched = (trained["schedule"] if trained else make_schedule("linear")).to(dev)
+    prior = (trained["prior"] if trained else phantom_slice(sizes["image_size"])).to(dev)
     y = 1  # diseased
     ac = torch.bfloat16 if bf16 else None
     with torch.no_grad():
         p0 = float(reg(prior, torch.zeros(1, device=dev)).float())
-    target = p0 + cfg["delta"]
+    # random regressor: ask for a fixed change of its output; trained: the follow-up's true tumour area
+    target = trained["target_units"] if trained else p0 + cfg["delta"]
     n, L = cfg["n"], cfg["noise_level"]
-    segment = segmenter_from_logits(seg_net, autocast_dtype=ac)
+    segment = segmenter_from_logits(seg_wrap or seg_net, autocast_dtype=ac)
 
     def guidance():
         return [AreaGuidance(reg, target, cfg["scale"], form="authors", boost=0.15, autocast_dtype=ac)]
@@ -179,10 +188,51 @@ def worker(cfg: dict) -> dict:
         final = torch.cat([reg(imgs[i:i + 10].float(), torch.zeros(imgs[i:i + 10].shape[0], device=dev)).float()
                            for i in range(0, imgs.shape[0], 10)])
     err = ((final - target).abs() / abs(target - p0)).mean().item()
+    seg_err = None
+    if trained:  # the tumour the segmenter finds in each generation vs the follow-up's true area
+        with torch.no_grad():
+            areas = torch.cat([segment(imgs[i:i + 10].float()).flatten(1).sum(1).float()
+                               for i in range(0, imgs.shape[0], 10)])
+        seg_err = ((areas - trained["target_px"]).abs() / trained["target_px"]).mean().item()
     spread = imgs.float().std(0).mean().item() if imgs.shape[0] > 1 else float("nan")
     return dict(row=cfg["row"], kind=kind, steps=steps, n=n, gens_timed=gens, seconds=elapsed,
                 seconds_per_map=elapsed * n / gens, extrapolated=gens < n, peak_mib=peak, area_err=err,
-                spread=spread, warmup_s=warm_s, finite=bool(torch.isfinite(imgs).all()))
+                spread=spread, warmup_s=warm_s, finite=bool(torch.isfinite(imgs).all()), seg_area_err=seg_err,
+                subject=trained["subject"] if trained else None, target_px=trained["target_px"] if trained else None)
+
+
+def load_trained(models: str, data: str, subject: str | None) -> dict:
+    """Trained tgrowth models (``<models>/{denoiser,regressor,segmenter}/<kind>.pt``) and a real slice pair:
+    the prior is the last-but-one timepoint's largest-tumour slice of ``subject`` (default: the first
+    subject with 2+ timepoints), the target the tumour area of the last timepoint on the same slice."""
+    import torch
+
+    from data_modules.formats import discover
+    from data_modules.slices import load_slice
+    from tgrowth.diffusion.checkpoints import load_denoiser, load_regressor, load_segmenter
+
+    root = Path(models)
+    den, sched, meta = load_denoiser(root / "denoiser" / "denoiser.pt")
+    reg, rmeta = load_regressor(root / "regressor" / "regressor.pt", expect_image_size=meta["image_size"])
+    seg, _ = load_segmenter(root / "segmenter" / "segmenter.pt", expect_image_size=meta["image_size"])
+    size, contrasts = int(meta["image_size"]), meta["contrasts"]
+    subjects = [s for s in discover(data, contrasts=contrasts).subjects if len(s.timepoints) >= 2]
+    subj = next((s for s in subjects if s.subject == subject), None) if subject else (subjects[0] if subjects else None)
+    if subj is None:
+        raise SystemExit(f"no subject {subject or ''} with 2+ timepoints in {data}")
+    before = load_slice(subj.timepoints[-2], contrasts=contrasts, image_size=size)
+    after = load_slice(subj.timepoints[-1], slice_index=before.slice_index, contrasts=contrasts, image_size=size)
+    target_px = float((torch.as_tensor(after.seg) > 0).sum())
+    key, scale = rmeta["area"]["key"], float(rmeta["area"]["scale"])
+    if key != "area_frac":
+        raise SystemExit(f"{root}: regressor target {key!r}; this benchmark converts pixel areas for area_frac only")
+
+    def whole(x):
+        return seg(x)[:, :1]
+
+    return dict(denoiser=den, regressor=reg, segmenter=whole, segmenter_net=seg, schedule=sched,
+                prior=torch.as_tensor(before.image)[None].float(), target_px=target_px,
+                target_units=target_px / size**2 * scale, subject=subj.subject)
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -214,7 +264,14 @@ def main() -> None:
                          "(default: 5 on cuda, 2 on cpu, 1 with --quick)")
     ap.add_argument("--chunk", type=int, default=None, help="generations per batch (default: all N)")
     ap.add_argument("--eta", type=float, default=0.5)
-    ap.add_argument("--scale", type=float, default=1e6, help="guidance scale (random regressor: large)")
+    ap.add_argument("--scale", type=float, default=None,
+                    help="guidance scale (default 1e6 for the random regressor, 200 with --models as in the demo)")
+    ap.add_argument("--models", default=None,
+                    help="trained models folder (e.g. runs/demo: denoiser/, regressor/, segmenter/) instead of "
+                         "random weights; the area error is then also measured by the segmenter against a real "
+                         "follow-up")
+    ap.add_argument("--data", default=None, help="with --models: data folder (default <models>/data)")
+    ap.add_argument("--subject", default=None, help="with --models: subject (default: the first with 2+ timepoints)")
     ap.add_argument("--delta", type=float, default=0.05, help="requested change of the regressor output")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--compile-mode", default="default", help="torch.compile mode (e.g. max-autotune)")
@@ -241,19 +298,25 @@ def main() -> None:
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
         raise SystemExit(f"unknown rows {unknown}; choose from {list(ROWS)}")
-    size = args.size or ("authors" if args.device == "cuda" else "tiny")
+    size = args.size or ("authors" if args.device == "cuda" and not args.models else "tiny")
     sizes = model_sizes(size)
+    scale = args.scale if args.scale is not None else (200.0 if args.models else 1e6)
+    data = args.data or (str(Path(args.models) / "data") if args.models else None)
     print(f"# probability map: N={n} generations, L={args.noise_level}, guided (authors' form, scale "
-          f"{args.scale:g}, +15% boost above t=20), eta={args.eta} for tgrowth rows; device: {args.device}")
-    print(f"# models (random weights): UNet {sizes['unet']}; regressor {sizes['regressor']}")
+          f"{scale:g}, +15% boost above t=20), eta={args.eta} for tgrowth rows; device: {args.device}")
+    if args.models:
+        print(f"# models: trained, from {args.models}; prior and follow-up slices from {data}")
+    else:
+        print(f"# models (random weights): UNet {sizes['unet']}; regressor {sizes['regressor']}")
     print(f"# command: python benchmarks/sampling.py {' '.join(sys.argv[1:])}")
     if args.smoke:
         print("# SMOKE RUN: 2 sampling steps per row; the figures below are not timings of a map")
     results = []
     for r in rows:
         cfg = dict(row=r, device=args.device, n=n, noise_level=args.noise_level, baseline_gens=bgens,
-                   chunk=args.chunk, eta=args.eta, scale=args.scale, delta=args.delta, threads=args.threads,
-                   compile_mode=args.compile_mode, size=size, smoke=args.smoke)
+                   chunk=args.chunk, eta=args.eta, scale=scale, delta=args.delta, threads=args.threads,
+                   compile_mode=args.compile_mode, size=size, smoke=args.smoke, models=args.models, data=data,
+                   subject=args.subject)
         t0 = time.perf_counter()
         try:
             proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(cfg)], capture_output=True,
@@ -277,8 +340,13 @@ def main() -> None:
     print()
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(f"device: {device_name(args.device, args.threads)}" + (f"; load average at the end {load[0]:.1f}" if load else ""))
-    print(f"| config | steps | s / map | speedup vs baseline | {mem} | area err | gen. spread | warm-up s |")
-    print("|---|---|---|---|---|---|---|---|")
+    seg_col = bool(args.models)
+    if seg_col and results:
+        print(f"prior: subject {results[0]['subject']}, last-but-one timepoint; target: the last timepoint's "
+              f"tumour on the same slice, {results[0]['target_px']:.0f} px")
+    print(f"| config | steps | s / map | speedup vs baseline | {mem} | area err |"
+          + (" seg. area err |" if seg_col else "") + " gen. spread | warm-up s |")
+    print("|---|---|---|---|---|---|" + ("---|" if seg_col else "") + "---|---|")
     for x in results:
         name = "baseline: authors-style loop (batch 1, fp32)" if x["kind"] == "baseline" else f"tgrowth {x['row']}"
         spm = f"{x['seconds_per_map']:.1f}"
@@ -286,10 +354,13 @@ def main() -> None:
             spm += f" (extrapolated from {x['gens_timed']} of {x['n']})"
         sp = f"{base['seconds_per_map'] / x['seconds_per_map']:.1f}x" if base else "n/a"
         spread = "n/a" if x["spread"] != x["spread"] else f"{x['spread']:.3f}"
-        print(f"| {name} | {x['steps']} | {spm} | {sp} | {x['peak_mib']:.0f} | {x['area_err']:.3f} | {spread} "
+        seg = f" {x['seg_area_err']:.3f} |" if seg_col else ""
+        print(f"| {name} | {x['steps']} | {spm} | {sp} | {x['peak_mib']:.0f} | {x['area_err']:.3f} |{seg} {spread} "
               f"| {x['warmup_s']:.1f} |" + ("" if x["finite"] else " NON-FINITE OUTPUT"))
     print("\narea err: |regressor(x0) - target| / |target - regressor(prior)|, mean over the timed generations "
-          "(random regressor: compares configurations only). gen. spread: mean per-pixel std over generations "
+          "(random regressor: compares configurations only)."
+          + (" seg. area err: |segmented area - follow-up's true area| / true area, mean over generations." if seg_col else "")
+          + " gen. spread: mean per-pixel std over generations "
           "(0 = identical generations, as in the authors' loop).")
 
 
