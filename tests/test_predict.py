@@ -87,6 +87,9 @@ def test_predict_end_to_end(tiny, tmp_path):
         nc = next(r for r in rows if r["subject"] == s and r["method"] == "no-change")
         assert float(nc["dice"]) == pytest.approx(M.dice(prior.seg > 0, target.seg > 0), abs=1e-6)
         assert float(nc["ssim"]) == pytest.approx(M.ssim(prior.image, target.image), abs=1e-6)
+        brain = (target.image > -1 + 1e-3).any(0)
+        assert float(nc["ssim_brain"]) == pytest.approx(M.ssim(prior.image, target.image, mask=brain), abs=1e-6)
+        assert float(nc["ssim_brain"]) != pytest.approx(float(nc["ssim"]), abs=1e-4)  # the background counts
         assert float(nc["pred_area_mm2"]) == pytest.approx(prior.area_mm2("whole"))
         true_area = target.area_mm2("whole")
         for r in (x for x in rows if x["subject"] == s):

@@ -382,7 +382,9 @@ def predict_subject(cfg: DictConfig, models: Models, fit: Any, plan: Plan, arms:
         }
         if truth_s is not None:
             mean, tr = r["mean"].cpu(), truth_s.image.float()
-            row.update(ssim=M.ssim(mean, tr), psnr=M.psnr(mean, tr), mae=M.mae(mean, tr))
+            brain = (tr > -1 + 1e-3).any(dim=0)  # the follow-up's brain: any contrast above the background
+            row.update(ssim=M.ssim(mean, tr), ssim_brain=M.ssim(mean, tr, mask=brain), psnr=M.psnr(mean, tr),
+                       mae=M.mae(mean, tr))
         if tmask is not None:
             row.update(dice=M.dice(pmask, tmask), hd95=M.hd95(pmask, tmask, prior_s.spacing_mm, one_empty=diag))
             if true_area and true_area > 0:

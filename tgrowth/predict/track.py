@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-STABLE = {"hd95": "hd95", "ssim": "ssim", "psnr": "psnr", "mae": "mae", "dice": "dice",
+STABLE = {"hd95": "hd95", "ssim": "ssim", "ssim_brain": "ssim_brain", "psnr": "psnr", "mae": "mae", "dice": "dice",
           "area_error_vs_truth": "area_error", "area_error_vs_target": "area_error_vs_target",
           "ode_forecast_error": "ode_forecast_error"}
 
