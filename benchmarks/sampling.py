@@ -19,6 +19,7 @@ were built (so on CPU a compile row's figure includes the compiler's own memory)
     python benchmarks/sampling.py                        # CPU: tiny model 64x64, N=50 (slow on 2 cores)
     python benchmarks/sampling.py --device cuda          # GPU: the authors' model size at 256x256, N=50
     python benchmarks/sampling.py --device cuda --smoke --row-timeout 300   # GPU: every row's code path
+    python benchmarks/sampling.py --flops --size authors   # work per map of each row (counted; any machine)
 
 The baseline inverts with plain DDIM (``invert_order=1``), as the authors do; tgrowth rows use the default
 second-order inversion (same number of model calls). On a GPU with a time limit, ``--row-timeout`` and
@@ -253,6 +254,61 @@ def device_name(device: str, threads: int | None = None) -> str:
             f"{threads or torch.get_num_threads()} torch thread(s) per run (torch {torch.__version__}), no GPU")
 
 
+def work_per_map(size: str, n: int, rows: list[str]) -> list[dict]:
+    """Floating-point work of one map per row (device-independent; counted, not timed).
+
+    torch's FlopCounterMode counts one batch-1 call of each network: the UNet forward, the regressor's
+    forward + backward to the input (what guidance costs per step) and the segmenter forward. A row's map
+    then costs: tgrowth = one shared inversion (``steps`` UNet calls) + N x steps x (UNet + regressor
+    fwd/bwd) + N segmentations; baseline = N x (2 x steps UNet + steps regressor fwd/bwd + 1 segmentation).
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from tgrowth.diffusion.unet import EncoderRegressor, Segmenter, UNet
+
+    sizes = model_sizes(size)
+    torch.manual_seed(0)
+    unet, reg, seg = UNet(**sizes["unet"]).eval(), EncoderRegressor(**sizes["regressor"]).eval(), \
+        Segmenter(**sizes["segmenter"]).eval()
+    for m in (unet, reg, seg):
+        m.requires_grad_(False)
+    x = torch.randn(1, 4, sizes["image_size"], sizes["image_size"])
+    t = torch.zeros(1, dtype=torch.long)
+
+    def count(fn) -> float:
+        with FlopCounterMode(display=False) as fc:
+            fn()
+        return fc.get_total_flops() / 1e9
+
+    def reg_grad():
+        xi = x.clone().requires_grad_(True)
+        reg(xi, t).sum().backward()  # grads reach the input only (weights are frozen)
+
+    with torch.no_grad():
+        g_unet = count(lambda: unet(x, t, torch.ones(1, dtype=torch.long)))
+        g_seg = count(lambda: seg(x))
+    g_reg = count(reg_grad)
+    out = []
+    for r in rows:
+        kind, steps = ROWS[r][0], ROWS[r][1]
+        if kind == "baseline":
+            g = n * (2 * steps * g_unet + steps * g_reg + g_seg)
+        else:
+            g = steps * g_unet + n * steps * (g_unet + g_reg) + n * g_seg
+        out.append(dict(row=r, kind=kind, steps=steps, gflop=g))
+    base = next((x["gflop"] for x in out if x["kind"] == "baseline"), None)
+    print(f"# work per map, {size} size, N={n}: UNet forward {g_unet:.2f} GFLOP, regressor forward+backward "
+          f"{g_reg:.2f} GFLOP, segmenter forward {g_seg:.2f} GFLOP per image (torch FlopCounterMode)")
+    print("| config | steps | TFLOP per map | work vs baseline |")
+    print("|---|---|---|---|")
+    for x in out:
+        ratio = "1 (the baseline)" if x["kind"] == "baseline" else (f"{base / x['gflop']:.2f}x less" if base else "n/a")
+        print(f"| {x['row']} | {x['steps']} | {x['gflop'] / 1e3:.1f} | {ratio} |")
+    print("(bf16, channels_last and compile change the speed of this work, not its amount.)")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small CPU run: N=4, 1 baseline generation")
@@ -283,6 +339,8 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the results (after every row, atomically) to this file")
     ap.add_argument("--row-timeout", type=float, default=None,
                     help="seconds a row may take (subprocess killed, row reported as failed; the others go on)")
+    ap.add_argument("--flops", action="store_true",
+                    help="only count the floating-point work per map of each row (no timing; any machine)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -300,6 +358,10 @@ def main() -> None:
         raise SystemExit(f"unknown rows {unknown}; choose from {list(ROWS)}")
     size = args.size or ("authors" if args.device == "cuda" and not args.models else "tiny")
     sizes = model_sizes(size)
+    if args.flops:
+        work_per_map(size, n, list(dict.fromkeys(r.replace("bf16", "fp32").replace("+cl", "").replace("+compile", "")
+                                                 for r in rows)))
+        return
     scale = args.scale if args.scale is not None else (200.0 if args.models else 1e6)
     data = args.data or (str(Path(args.models) / "data") if args.models else None)
     print(f"# probability map: N={n} generations, L={args.noise_level}, guided (authors' form, scale "
