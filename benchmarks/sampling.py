@@ -298,13 +298,13 @@ def work_per_map(size: str, n: int, rows: list[str]) -> list[dict]:
             g = steps * g_unet + n * steps * (g_unet + g_reg) + n * g_seg
         out.append(dict(row=r, kind=kind, steps=steps, gflop=g))
     base = next((x["gflop"] for x in out if x["kind"] == "baseline"), None)
-    print(f"# work per map, {size} size, N={n}: UNet forward {g_unet:.2f} GFLOP, regressor forward+backward "
-          f"{g_reg:.2f} GFLOP, segmenter forward {g_seg:.2f} GFLOP per image (torch FlopCounterMode)")
+    print(f"# work per map, {size} size, N={n}: UNet forward {g_unet:.4f} GFLOP, regressor forward+backward "
+          f"{g_reg:.4f} GFLOP, segmenter forward {g_seg:.4f} GFLOP per image (torch FlopCounterMode)")
     print("| config | steps | TFLOP per map | work vs baseline |")
     print("|---|---|---|---|")
     for x in out:
         ratio = "1 (the baseline)" if x["kind"] == "baseline" else (f"{base / x['gflop']:.2f}x less" if base else "n/a")
-        print(f"| {x['row']} | {x['steps']} | {x['gflop'] / 1e3:.1f} | {ratio} |")
+        print(f"| {x['row']} | {x['steps']} | {x['gflop'] / 1e3:.3f} | {ratio} |")
     print("(bf16, channels_last and compile change the speed of this work, not its amount.)")
     return out
 
