@@ -81,8 +81,8 @@ def test_collect_and_tables(tmp_path):
         "tgrowth": pytest.approx(0.15), "unguided": pytest.approx(0.2), "holds": True}
     assert summary["checks"]["tgrowth_beats_no_change_on_hd95"]["holds"] is True
     header = (tmp_path / "metrics.csv").read_text().splitlines()[0].split(",")
-    assert header[:10] == ["subject", "method", "ssim", "psnr", "mae", "dice", "hd95", "area_error_vs_truth",
-                           "area_error_vs_target", "ode_forecast_error"]
+    assert header[:11] == ["subject", "method", "ssim", "ssim_brain", "psnr", "mae", "dice", "hd95",
+                           "area_error_vs_truth", "area_error_vs_target", "ode_forecast_error"]
     assert "subject C: only 1 usable timepoint" in (tmp_path / "errors.csv").read_text()
     table = report.format_table(summary)
     assert "tgrowth" in table and "(1 inf)" in table and "guided beats unguided on area error: yes" in table
