@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tgrowth.diffusion.analytic import GaussianDenoiser  # noqa: E402
 from tgrowth.diffusion.sampler import sample_known_image  # noqa: E402
 from tgrowth.diffusion.schedule import make_schedule  # noqa: E402
 
@@ -42,18 +43,6 @@ class Counting(torch.nn.Module):
     def forward(self, x, t, y=None):
         self.calls += 1
         return self.net(x, t) if y is None else self.net(x, t, y)
-
-
-class GaussianDenoiser(torch.nn.Module):
-    """x0 ~ N(mu, diag(sd^2)) -> E[eps | x_t] = sqrt(1 - a) (x_t - sqrt(a) mu) / (a sd^2 + 1 - a)."""
-
-    def __init__(self, schedule, mu, sd):
-        super().__init__()
-        self.schedule, self.mu, self.sd = schedule, mu, sd
-
-    def forward(self, x, t, y=None):
-        a = self.schedule.abar(t).view(-1, 1, 1, 1).to(x.dtype)
-        return (1 - a).sqrt() * (x - a.sqrt() * self.mu) / (a * self.sd**2 + 1 - a)
 
 
 def analytic_case(schedule_kind: str):

@@ -3,21 +3,12 @@
 import pytest
 import torch
 
+from tgrowth.diffusion.analytic import GaussianDenoiser
 from tgrowth.diffusion.guidance import AnatomyGuidance, AreaGuidance
 from tgrowth.diffusion.sampler import sample_known_image
 from tgrowth.diffusion.schedule import make_schedule
 
 SCHED = make_schedule("linear")
-
-
-class GaussianDenoiser(torch.nn.Module):
-    def __init__(self, mu, sd):
-        super().__init__()
-        self.mu, self.sd = mu, sd
-
-    def forward(self, x, t, y=None):
-        a = SCHED.abar(t).view(-1, 1, 1, 1).to(x.dtype)
-        return (1 - a).sqrt() * (x - a.sqrt() * self.mu) / (a * self.sd**2 + 1 - a)
 
 
 def area_proxy(x, t=None):
@@ -29,7 +20,7 @@ def area_proxy(x, t=None):
 def setup():
     mu = torch.full((1, 1, 16, 16), -0.8)
     mu[..., 4:10, 4:10] = 0.8  # a bright "tumour" on a dark background
-    return GaussianDenoiser(mu, torch.full_like(mu, 0.3)), mu.clone()
+    return GaussianDenoiser(SCHED, mu, torch.full_like(mu, 0.3)), mu.clone()
 
 
 def _gen(model, prior, cbs, n=None, **kw):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tgrowth.metrics import area_error, dice, hd95, mae, mse, probability_map_scores, psnr, ssim
+from tgrowth.metrics import area_error, dice, foreground, hd95, mae, mse, probability_map_scores, psnr, ssim
 
 
 def disc(shape, center_mm, radius_mm, spacing=(1.0, 1.0)):
@@ -113,3 +113,14 @@ def test_probability_map_scores_at_levels_and_area_error():
     assert res[0.9]["dice"] == 0.0 and res[0.9]["hd95"] == math.inf
     e = area_error(torch.tensor([110.0, 90.0]), torch.tensor([100.0, 100.0]))
     assert e["rel"].tolist() == pytest.approx([0.1, -0.1]) and e["abs_rel"].tolist() == pytest.approx([0.1, 0.1])
+
+
+def test_foreground_is_any_contrast_above_background():
+    img = torch.full((2, 4, 4), -1.0)
+    img[0, 1, 1] = -0.5  # brain in contrast 0 only
+    img[1, 2, 3] = 0.2  # brain in contrast 1 only
+    img[1, 0, 0] = -1 + 1e-4  # within the tolerance of the background
+    m = foreground(img)
+    assert m.shape == (4, 4) and m.sum() == 2 and m[1, 1] and m[2, 3] and not m[0, 0]
+    mb = foreground(img[None].expand(3, -1, -1, -1), keepdim=True)
+    assert mb.shape == (3, 1, 4, 4) and torch.equal(mb[2, 0], m)

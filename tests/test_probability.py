@@ -3,23 +3,13 @@
 import pytest
 import torch
 
+from tgrowth.diffusion.analytic import GaussianDenoiser
 from tgrowth.diffusion.guidance import AreaGuidance
 from tgrowth.diffusion.sampler import sample_known_image
 from tgrowth.diffusion.schedule import make_schedule
 from tgrowth.probability import probability_map, segmenter_from_logits
 
 SCHED = make_schedule("linear")
-
-
-class GaussianDenoiser(torch.nn.Module):
-    def __init__(self, mu, sd):
-        super().__init__()
-        self.mu, self.sd, self.batches = mu, sd, []
-
-    def forward(self, x, t, y=None):
-        self.batches.append(x.shape[0])
-        a = SCHED.abar(t).view(-1, 1, 1, 1).to(x.dtype)
-        return (1 - a).sqrt() * (x - a.sqrt() * self.mu) / (a * self.sd**2 + 1 - a)
 
 
 def bright(x):
@@ -30,7 +20,7 @@ def bright(x):
 def setup():
     mu = torch.full((1, 1, 16, 16), -0.8)
     mu[..., 5:11, 5:11] = 0.8
-    return GaussianDenoiser(mu, torch.full_like(mu, 0.4)), mu[0].clone()
+    return GaussianDenoiser(SCHED, mu, torch.full_like(mu, 0.4)), mu[0].clone()
 
 
 def test_identical_generations_give_their_mask(setup):

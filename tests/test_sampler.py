@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from tgrowth.diffusion.analytic import GaussianDenoiser
 from tgrowth.diffusion.sampler import (
     ddim_invert,
     ddim_step,
@@ -10,20 +11,6 @@ from tgrowth.diffusion.sampler import (
     sampling_steps,
 )
 from tgrowth.diffusion.schedule import make_schedule
-
-
-class GaussianDenoiser(torch.nn.Module):
-    """x0 ~ N(mu, diag(sd^2)): x_t ~ N(sqrt(a) mu, a sd^2 + 1 - a), so E[eps | x_t] is linear in x_t."""
-
-    def __init__(self, schedule, mu, sd):
-        super().__init__()
-        self.schedule, self.mu, self.sd = schedule, mu, sd
-        self.calls = 0
-
-    def forward(self, x, t, y=None):
-        self.calls += 1
-        a = self.schedule.abar(t).view(-1, 1, 1, 1).to(x.dtype)
-        return (1 - a).sqrt() * (x - a.sqrt() * self.mu) / (a * self.sd**2 + 1 - a)
 
 
 @pytest.fixture

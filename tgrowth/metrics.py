@@ -33,6 +33,7 @@ from scipy import ndimage
 __all__ = [
     "ssim",
     "ssim_map",
+    "foreground",
     "psnr",
     "mae",
     "mse",
@@ -88,6 +89,15 @@ def ssim(pred, target, mask=None, data_range: float = 2.0, sigma: float = 1.5) -
     if not bool(m.any()):
         return math.nan
     return float(full[m].mean())
+
+
+def foreground(image: torch.Tensor, background: float = -1.0, tol: float = 1e-3, keepdim: bool = False) -> torch.Tensor:
+    """The brain region of normalised images: pixels where any contrast is above the background value.
+
+    ``image`` is ``[C, H, W]`` or ``[B, C, H, W]`` (tgrowth's normalisation puts everything outside the brain
+    at -1); the channel axis (-3) is reduced, kept as size 1 with ``keepdim``.
+    """
+    return (image > background + tol).any(dim=-3, keepdim=keepdim)
 
 
 def _masked(pred, target, mask):

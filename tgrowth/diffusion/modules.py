@@ -232,7 +232,7 @@ class DenoiserModule(pl.LightningModule):
         y = self._labels(batch, train=False) if "label" in batch else None
         rec = self.reconstruct(x0, noise.float(), y).clamp(-1, 1)
         full = metrics.ssim_map(rec, x0).float()  # [B, C, H, W]
-        brain = (x0 > -1 + 1e-3).any(dim=1, keepdim=True).expand_as(full)
+        brain = metrics.foreground(x0, keepdim=True).expand_as(full)
         b = x0.shape[0]
         # per-slice brain-region mean (a slice with no brain pixel falls back to its whole-slice mean)
         n_brain = brain.flatten(1).sum(1)

@@ -382,8 +382,7 @@ def predict_subject(cfg: DictConfig, models: Models, fit: Any, plan: Plan, arms:
         }
         if truth_s is not None:
             mean, tr = r["mean"].cpu(), truth_s.image.float()
-            brain = (tr > -1 + 1e-3).any(dim=0)  # the follow-up's brain: any contrast above the background
-            row.update(ssim=M.ssim(mean, tr), ssim_brain=M.ssim(mean, tr, mask=brain), psnr=M.psnr(mean, tr),
+            row.update(ssim=M.ssim(mean, tr), ssim_brain=M.ssim(mean, tr, mask=M.foreground(tr)), psnr=M.psnr(mean, tr),
                        mae=M.mae(mean, tr))
         if tmask is not None:
             row.update(dice=M.dice(pmask, tmask), hd95=M.hd95(pmask, tmask, prior_s.spacing_mm, one_empty=diag))
