@@ -275,3 +275,18 @@ def test_bf16_mixed_precision_training(tmp_path, one_thread):
     assert math.isfinite(metrics["val/loss"]) and math.isfinite(metrics["val/ssim"])
     net, _, _ = load_denoiser(tmp_path / "bf16" / "denoiser.pt")
     assert all(p.dtype == torch.float32 for p in net.parameters())  # master weights stay float32
+
+
+def test_single_contrast_run_is_a_config_change(tmp_path, one_thread):
+    from tgrowth.diffusion.train import train_denoiser
+
+    cfg = _cfg(TrainDenoiserConfig, tmp_path / "one", "data.contrasts=[t2f]", "model.model_channels=8",
+               "model.channel_mult=[1,2]", "model.num_res_blocks=1", "model.attention_resolutions=[]",
+               "model.learn_sigma=false", "trainer.max_steps=2", "trainer.val_check_interval=2",
+               "val_reconstruction.num_steps=2")
+    assert train_denoiser(cfg) == 0
+    net, _, meta = load_denoiser(tmp_path / "one" / "denoiser.pt", expect_contrasts=["t2f"])
+    assert meta["contrasts"] == ["t2f"] and meta["in_channels"] == 1
+    assert net(torch.zeros(2, 1, 32, 32), torch.zeros(2, dtype=torch.long), torch.ones(2, dtype=torch.long)).shape == (2, 1, 32, 32)
+    with pytest.raises(TgrowthError, match=r"was trained on contrasts \['t2f'\], expected \['t1c', 't2f'\]"):
+        load_denoiser(tmp_path / "one" / "denoiser.pt", expect_contrasts=["t1c", "t2f"])
