@@ -67,14 +67,15 @@ DEFAULT_ROWS = {
 
 
 def model_sizes(size: str) -> dict:
-    if size == "authors":  # the authors' sizes (method.md)
+    if size == "authors":  # experiments/models/*_paper.yaml (the authors' sizes; tests/test_benchmarks.py checks)
         return dict(
             image_size=256,
             unet=dict(image_size=256, in_channels=4, model_channels=128, num_res_blocks=2,
                       attention_resolutions=(16,), num_heads=1, learn_sigma=True, num_classes=2),
             regressor=dict(image_size=256, in_channels=4, model_channels=32, num_res_blocks=4,
-                           attention_resolutions=(32, 16, 8), num_head_channels=32),
-            segmenter=dict(image_size=256, in_channels=4, model_channels=32),
+                           attention_resolutions=(32, 16, 8), num_head_channels=64),
+            segmenter=dict(image_size=256, in_channels=4, model_channels=32, channel_mult=(1, 2, 4, 8, 8),
+                           num_res_blocks=2, attention_resolutions=(), num_regions=3),
         )
     return dict(  # a tiny CPU size
         image_size=64,

@@ -46,3 +46,34 @@ def test_inversion_benchmark_second_order_beats_plain():
     second = [float(x) for x in re.findall(r"\| order 2 \(default\) \| 50 \| ([\de.+-]+) \| 100 \|", out)]
     assert len(plain) == len(second) == 2  # linear and cosine schedules, same model calls
     assert all(b < a / 5 for a, b in zip(plain, second))
+
+
+def _norm(v):
+    if isinstance(v, (list, tuple)):
+        return tuple(float(x) for x in v)
+    return v
+
+
+def test_authors_size_in_the_benchmark_is_the_paper_presets():
+    """The GPU benchmark builds its networks without omegaconf; they must be the ones users train."""
+    import inspect
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from sampling import model_sizes
+
+    from tgrowth.config.base import load_config
+    from tgrowth.config.diffusion import TrainDenoiserConfig, TrainRegressorConfig, TrainSegmenterConfig
+    from tgrowth.diffusion.train import build_denoiser, build_regressor, build_segmenter
+    from tgrowth.diffusion.unet import EncoderRegressor, Segmenter, UNet
+
+    sizes = model_sizes("authors")
+    cases = [(TrainDenoiserConfig, build_denoiser, "denoiser_paper", "unet", UNet),
+             (TrainRegressorConfig, build_regressor, "regressor_paper", "regressor", EncoderRegressor),
+             (TrainSegmenterConfig, build_segmenter, "segmenter_paper", "segmenter", Segmenter)]
+    for schema, build, preset, key, cls in cases:
+        cfg = load_config(schema, [str(ROOT / "experiments" / "models" / f"{preset}.yaml")], [])
+        _, meta = build(cfg)
+        defaults = {k: p.default for k, p in inspect.signature(cls).parameters.items()}
+        bench = {**defaults, **sizes[key]}
+        for k, v in meta["network"]["kwargs"].items():  # every argument the preset passes
+            assert _norm(bench[k]) == _norm(v), f"{preset}: {k} is {v!r} in the preset, {bench[k]!r} in the benchmark"
