@@ -340,6 +340,9 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the results (after every row, atomically) to this file")
     ap.add_argument("--row-timeout", type=float, default=None,
                     help="seconds a row may take (subprocess killed, row reported as failed; the others go on)")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="seconds for the whole run: later rows get only what is left, and rows that cannot "
+                         "start are reported as skipped (for a device call with a hard time limit)")
     ap.add_argument("--flops", action="store_true",
                     help="only count the floating-point work per map of each row (no timing; any machine)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -375,7 +378,15 @@ def main() -> None:
     if args.smoke:
         print("# SMOKE RUN: 2 sampling steps per row; the figures below are not timings of a map")
     results = []
+    started = time.perf_counter()
     for r in rows:
+        timeout = args.row_timeout
+        if args.budget is not None:
+            left = args.budget - (time.perf_counter() - started)
+            if left < 5:
+                print(f"# row {r!r} skipped: the --budget of {args.budget:g} s is spent", flush=True)
+                continue
+            timeout = left if timeout is None else min(timeout, left)
         cfg = dict(row=r, device=args.device, n=n, noise_level=args.noise_level, baseline_gens=bgens,
                    chunk=args.chunk, eta=args.eta, scale=scale, delta=args.delta, threads=args.threads,
                    compile_mode=args.compile_mode, size=size, smoke=args.smoke, models=args.models, data=data,
@@ -383,9 +394,9 @@ def main() -> None:
         t0 = time.perf_counter()
         try:
             proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(cfg)], capture_output=True,
-                                  text=True, cwd=ROOT, timeout=args.row_timeout)
+                                  text=True, cwd=ROOT, timeout=timeout)
         except subprocess.TimeoutExpired:
-            print(f"# row {r!r} failed: over --row-timeout {args.row_timeout:g} s", flush=True)
+            print(f"# row {r!r} failed: over its time limit of {timeout:.0f} s (--row-timeout / --budget)", flush=True)
             continue
         line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
         if proc.returncode or not line:
