@@ -77,3 +77,8 @@ def test_authors_size_in_the_benchmark_is_the_paper_presets():
         bench = {**defaults, **sizes[key]}
         for k, v in meta["network"]["kwargs"].items():  # every argument the preset passes
             assert _norm(bench[k]) == _norm(v), f"{preset}: {k} is {v!r} in the preset, {bench[k]!r} in the benchmark"
+
+
+def test_spent_budget_skips_rows_and_says_so():
+    out = _run("benchmarks/sampling.py", "--smoke", "--quick", "--rows", "fp32,baseline", "--budget", "1")
+    assert out.count("skipped: the --budget of 1 s is spent") == 2 and "| tgrowth fp32 |" not in out
