@@ -50,6 +50,9 @@ def test_hd95_and_dice_empty_masks():
     assert hd95(z, z) == 0.0 and dice(z, z) == 1.0
     assert hd95(m, z) == math.inf and hd95(z, m) == math.inf and dice(m, z) == 0.0
     assert hd95(m, z, one_empty=99.0) == 99.0
+    # the image diagonal in mm: 10 rows of 2 mm and 10 columns of 1 mm
+    assert hd95(z, m, (2.0, 1.0), one_empty="diagonal") == pytest.approx(math.hypot(20.0, 10.0))
+    assert hd95(m, z, one_empty="diagonal") == pytest.approx(math.hypot(10.0, 10.0))
     assert hd95(m, m) == 0.0 and dice(m, m) == 1.0
 
 

@@ -14,7 +14,7 @@ pixel size (row, col) in mm.
   defines it: ``max(P95 d(dA -> dB), P95 d(dB -> dA))`` over boundary pixels (pixels of the mask with a
   4-neighbour outside it), distances from scipy's exact Euclidean distance transform with ``sampling =
   spacing``. Both empty -> 0.0; exactly one empty -> ``inf`` (undefined; pass ``one_empty=`` to report a
-  finite penalty instead, e.g. the image diagonal). Own code because torchmetrics' ``hausdorff_distance``
+  finite penalty instead, e.g. ``one_empty="diagonal"``: the image diagonal in mm). Own code because torchmetrics' ``hausdorff_distance``
   has no percentile and MONAI is not a dependency.
 * :func:`probability_map_scores`: Dice and HD95 of a probability map thresholded at each level
   (``p >= level``) against the real follow-up tumour.
@@ -164,22 +164,26 @@ def surface_distances(pred, gt, spacing: Sequence[float] | None = None) -> tuple
 
 
 def hd95(pred, gt, spacing: Sequence[float] | None = None, percentile: float = 95.0,
-         one_empty: float = math.inf) -> float:
+         one_empty: float | str = math.inf) -> float:
     """Symmetric percentile Hausdorff distance (mm) between mask boundaries (see module docstring).
 
-    Both masks empty -> 0.0; exactly one empty -> ``one_empty`` (default inf).
+    Both masks empty -> 0.0; exactly one empty -> ``one_empty`` (default inf; ``"diagonal"``: the image
+    diagonal in mm, the finite penalty ``tgrowth predict`` and segmenter validation use).
     """
     a, b = _np_mask(pred), _np_mask(gt)
     if not a.any() and not b.any():
         return 0.0
     if not a.any() or not b.any():
+        if one_empty == "diagonal":
+            sp = spacing if spacing is not None else [1.0] * a.ndim
+            return float(math.hypot(*(n * float(s) for n, s in zip(a.shape, sp))))
         return float(one_empty)
     d_ab, d_ba = surface_distances(a, b, spacing)
     return float(max(np.percentile(d_ab, percentile), np.percentile(d_ba, percentile)))
 
 
 def probability_map_scores(prob, gt, spacing: Sequence[float] | None = None,
-                           levels: Sequence[float] = (0.5,), one_empty: float = math.inf) -> dict[float, dict]:
+                           levels: Sequence[float] = (0.5,), one_empty: float | str = math.inf) -> dict[float, dict]:
     """``{level: {"dice", "hd95", "area_px"}}`` of ``prob >= level`` against the real tumour mask ``gt``."""
     p = prob.detach().cpu().numpy() if isinstance(prob, torch.Tensor) else np.asarray(prob)
     g = _np_mask(gt)

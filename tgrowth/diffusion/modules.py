@@ -345,16 +345,15 @@ def segmentation_hd95(pred: torch.Tensor, gt: torch.Tensor, spacing: torch.Tenso
     """
     from tgrowth import metrics
 
-    b, h, w = gt.shape
+    b = gt.shape[0]
     sp = torch.ones(b, 2, dtype=torch.float64) if spacing is None else spacing.detach().cpu().double().view(-1, 2)
     if sp.shape[0] != b:
         raise ValueError(f"spacing has {sp.shape[0]} rows for {b} masks")
     p, g = pred.detach().cpu().bool().numpy(), gt.detach().cpu().bool().numpy()
     vals, one = [], 0
     for i in range(b):
-        sy, sx = float(sp[i, 0]), float(sp[i, 1])
         one += int(p[i].any() != g[i].any())
-        vals.append(metrics.hd95(p[i], g[i], (sy, sx), one_empty=math.hypot(h * sy, w * sx)))
+        vals.append(metrics.hd95(p[i], g[i], (float(sp[i, 0]), float(sp[i, 1])), one_empty="diagonal"))
     return torch.tensor(sum(vals) / b, dtype=torch.float32), torch.tensor(one / b, dtype=torch.float32)
 
 

@@ -19,7 +19,6 @@ Methods: ``tgrowth`` (ODE target, guidance.scale), ``unguided`` (same sampler, s
 from __future__ import annotations
 
 import logging
-import math
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -356,8 +355,6 @@ def predict_subject(cfg: DictConfig, models: Models, fit: Any, plan: Plan, arms:
 
     # metrics against the real follow-up
     thr = float(cfg.sampling.threshold)
-    H, W = prior_s.image.shape[1:]
-    diag = math.hypot(H * prior_s.spacing_mm[0], W * prior_s.spacing_mm[1])
     rows_out: list[dict[str, Any]] = []
     ode_target = fc["target_median"]
     tmask = None
@@ -385,7 +382,7 @@ def predict_subject(cfg: DictConfig, models: Models, fit: Any, plan: Plan, arms:
             row.update(ssim=M.ssim(mean, tr), ssim_brain=M.ssim(mean, tr, mask=M.foreground(tr)), psnr=M.psnr(mean, tr),
                        mae=M.mae(mean, tr))
         if tmask is not None:
-            row.update(dice=M.dice(pmask, tmask), hd95=M.hd95(pmask, tmask, prior_s.spacing_mm, one_empty=diag))
+            row.update(dice=M.dice(pmask, tmask), hd95=M.hd95(pmask, tmask, prior_s.spacing_mm, one_empty="diagonal"))
             if true_area and true_area > 0:
                 row["area_error_vs_truth"] = abs(pred_area - true_area) / true_area
                 row["ode_forecast_error"] = abs(tgt - true_area) / true_area
