@@ -128,10 +128,6 @@ def worker(cfg: dict) -> dict:
         torch.nn.init.normal_(unet.out[-1].weight, std=0.02)  # random weights; eps not identically zero
         reg = EncoderRegressor(**sizes["regressor"])
         seg_net = Segmenter(**sizes["segmenter"])
-    seg_wrap = None
-    if trained:  # the Segmenter's channel 0 is the whole tumour
-        seg_wrap = seg_net
-        seg_net = trained["segmenter_net"]
     unet, reg, seg_net = (m.to(dev).eval().requires_grad_(False) for m in (unet, reg, seg_net))
     if cl:
         unet, reg, seg_net = (m.to(memory_format=torch.channels_last) for m in (unet, reg, seg_net))
@@ -147,7 +143,7 @@ def worker(cfg: dict) -> dict:
     # random regressor: ask for a fixed change of its output; trained: the follow-up's true tumour area
     target = trained["target_units"] if trained else p0 + cfg["delta"]
     n, L = cfg["n"], cfg["noise_level"]
-    segment = segmenter_from_logits(seg_wrap or seg_net, autocast_dtype=ac)
+    segment = segmenter_from_logits(seg_net, autocast_dtype=ac)  # sigmoid of channel 0: the whole tumour
 
     def guidance():
         return [AreaGuidance(reg, target, cfg["scale"], form="authors", boost=0.15, autocast_dtype=ac)]
@@ -229,10 +225,7 @@ def load_trained(models: str, data: str, subject: str | None) -> dict:
     if key != "area_frac":
         raise SystemExit(f"{root}: regressor target {key!r}; this benchmark converts pixel areas for area_frac only")
 
-    def whole(x):
-        return seg(x)[:, :1]
-
-    return dict(denoiser=den, regressor=reg, segmenter=whole, segmenter_net=seg, schedule=sched,
+    return dict(denoiser=den, regressor=reg, segmenter=seg, schedule=sched,
                 prior=torch.as_tensor(before.image)[None].float(), target_px=target_px,
                 target_units=target_px / size**2 * scale, subject=subj.subject)
 

@@ -242,12 +242,6 @@ def _units(models: Models, area_mm2: torch.Tensor | float, pixel_area: float) ->
     return a * models.area_scale
 
 
-def _whole_tumour(net: torch.nn.Module):
-    """Logits of the whole-tumour channel only: the Segmenter's channels are per-region sigmoids
-    (wt, tc, et), so an argmax over them would not be the whole tumour."""
-    return lambda x: net(x)[:, :1]
-
-
 def _autocast_dtype(cfg: DictConfig, device: torch.device) -> torch.dtype | None:
     """trainer.precision -> the sampler's autocast dtype (the sampling state itself stays float32)."""
     p = str(cfg.trainer.precision)
@@ -331,7 +325,8 @@ def predict_subject(cfg: DictConfig, models: Models, fit: Any, plan: Plan, arms:
         encode = sampling_encode(cfg)
         x_prior = prior_s.image.to(device)[None]
         pm = probability_map(
-            models.denoiser, models.schedule, x_prior, segmenter_from_logits(_whole_tumour(models.segmenter), autocast_dtype=dt),
+            models.denoiser, models.schedule, x_prior,
+            segmenter_from_logits(models.segmenter, autocast_dtype=dt),  # sigmoid of channel 0 = whole tumour
             num_generations=n * len(gen_arms), chunk_size=int(cfg.sampling.batch_size), seed=plan.seed,
             noise_level=L, num_steps=steps, eta=float(cfg.sampling.eta), encode=encode, callbacks=[guidance],
             y=models.class_label, pixel_area=pixel_area, autocast_dtype=dt, keep_generations=True,
