@@ -11,9 +11,10 @@ samples with eta = 0, so its "different seeds" give (nearly) the same image. Her
 generation), and from per-generation targets (``AreaGuidance(target=[N])``, e.g. one ODE bootstrap
 replicate per generation). With ``encode="invert"`` the inversion is computed once per map and shared.
 
-Reproducibility. All randomness comes from one ``torch.Generator`` per chunk, seeded with
-``seed + 1_000_003 * chunk_index`` on the sampling device: the same (seed, chunk_size, device) gives the
-same map; a different seed gives different generations.
+Reproducibility. All randomness is keyed per generation (:class:`~tgrowth.diffusion.sampler.RowNoise`):
+generation ``n`` draws its noise from a generator seeded ``noise_seeds[n]`` (default
+``key_seed(seed, n)``), so the same seeds give the same map whatever ``chunk_size`` is, and two maps that
+share ``noise_seeds`` share each generation's noise (common random numbers for paired comparisons).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tgrowth.diffusion.sampler import encode_prior, sample_known_image
+from tgrowth.diffusion.sampler import RowNoise, encode_prior, key_seed, sample_known_image
 from tgrowth.diffusion.schedule import NoiseSchedule
 
 __all__ = ["ProbabilityMap", "probability_map", "segmenter_from_logits"]
@@ -100,6 +101,7 @@ def probability_map(
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     keep_generations: bool = False,
+    noise_seeds: Sequence[int] | torch.Tensor | None = None,
 ) -> ProbabilityMap:
     """N generations from one prior slice -> frequency, mean, std images and per-generation areas.
 
@@ -112,6 +114,8 @@ def probability_map(
         eta: per-step stochasticity (scalar or ``[N]``); 0 with ``encode="invert"`` gives N identical images.
         callbacks: guidance callbacks; their per-sample tensors have length N (rows of the whole run).
         pixel_area: area of one pixel (e.g. mm^2) for ``areas``.
+        seed, noise_seeds: generation n draws its noise from a generator seeded ``noise_seeds[n]`` (length N;
+            default ``key_seed(seed, n)``); results do not depend on ``chunk_size``.
         Other arguments as in :func:`~tgrowth.diffusion.sampler.sample_known_image`.
     """
     if x_prior.ndim == 3:
@@ -127,6 +131,11 @@ def probability_map(
     if eta_all.ndim == 1 and eta_all.shape[0] != n:
         raise ValueError(f"per-generation eta has length {eta_all.shape[0]}, expected {n}")
     y_all = None if y is None else torch.as_tensor(y, device=dev)
+    if noise_seeds is None:
+        noise_seeds = [key_seed(seed, i) for i in range(n)]
+    noise = RowNoise(noise_seeds, device=dev)
+    if len(noise) != n:
+        raise ValueError(f"noise_seeds has length {len(noise)}, expected num_generations={n}")
 
     x_enc = None
     if encode == "invert":  # one deterministic inversion shared by all generations
@@ -139,15 +148,14 @@ def probability_map(
     s2 = torch.zeros_like(s1)
     freq = torch.zeros(h, w, dtype=torch.float64, device=dev)
     areas, masks_keep, imgs_keep = [], [], []
-    for k, start in enumerate(range(0, n, chunk)):
+    for start in range(0, n, chunk):
         rows = torch.arange(start, min(start + chunk, n), device=dev)
         b = rows.shape[0]
-        gen = torch.Generator(device=dev).manual_seed(int(seed) + 1_000_003 * k)
         eta_k = eta_all[rows] if eta_all.ndim == 1 else eta_all
         y_k = None if y_all is None else (y_all[rows] if y_all.ndim == 1 and y_all.shape[0] == n else y_all)
         x_start = None if x_enc is None else x_enc.expand(b, -1, -1, -1).clone()
         imgs = sample_known_image(model, schedule, x_prior, noise_level, num_steps, eta=eta_k, encode=encode,
-                                  callbacks=callbacks, generator=gen, y=y_k, num_samples=b,
+                                  callbacks=callbacks, generator=noise, y=y_k, num_samples=b,
                                   clip_denoised=clip_denoised, autocast_dtype=autocast_dtype,
                                   channels_last=channels_last, rows=rows, x_start=x_start)
         with torch.no_grad():

@@ -35,6 +35,7 @@ twice the input channels (learned sigma, as in ADM) is cut to its first half.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,7 +54,60 @@ __all__ = [
     "encode_prior",
     "sample_known_image",
     "sampling_steps",
+    "RowNoise",
+    "key_seed",
 ]
+
+
+def key_seed(*parts: object) -> int:
+    """A 63-bit seed from any key parts, e.g. ``key_seed(seed, subject, generation)`` (stable across runs,
+    processes and platforms: SHA-256 of the parts joined by ':')."""
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+class RowNoise:
+    """Gaussian noise keyed per sample: row ``r`` of a run draws from its own generator seeded ``seeds[r]``.
+
+    Pass it as ``generator=`` to :func:`sample_known_image` / :func:`encode_prior`. A row's noise (its
+    q-sample start, then one draw per stochastic step) then depends on its seed only, never on which other
+    rows share its batch: splitting a run into chunks of any size gives the same samples, and two runs that
+    give row ``i`` the same seed (e.g. two methods of a paired comparison) share its noise (common random
+    numbers). ``seeds`` is a length-N sequence of ints (the whole run); ``rows`` index it.
+    """
+
+    def __init__(self, seeds: Sequence[int] | torch.Tensor, device: torch.device | str = "cpu"):
+        self.seeds = [int(v) for v in (seeds.tolist() if isinstance(seeds, torch.Tensor) else seeds)]
+        self.device = torch.device(device)
+        self._gens: dict[int, torch.Generator] = {}
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def _gen(self, row: int) -> torch.Generator:
+        g = self._gens.get(row)
+        if g is None:
+            if not 0 <= row < len(self.seeds):
+                raise ValueError(f"RowNoise has {len(self.seeds)} seeds but row {row} was asked for")
+            g = self._gens[row] = torch.Generator(device=self.device).manual_seed(self.seeds[row])
+        return g
+
+    def randn(self, shape: Sequence[int], rows: torch.Tensor | Sequence[int], dtype: torch.dtype = torch.float32
+              ) -> torch.Tensor:
+        """``[len(rows), *shape[1:]]`` noise, row i drawn from the generator of ``rows[i]``."""
+        rows = rows.tolist() if isinstance(rows, torch.Tensor) else list(rows)
+        if len(rows) != shape[0]:
+            raise ValueError(f"noise for {shape[0]} samples asked with {len(rows)} row indices")
+        return torch.stack([torch.randn(tuple(shape[1:]), generator=self._gen(r), device=self.device, dtype=dtype)
+                            for r in rows])
+
+
+def _randn(shape: Sequence[int], generator, rows: torch.Tensor | None, device, dtype) -> torch.Tensor:
+    """Noise from a plain ``torch.Generator`` (or the global RNG), or per row from a :class:`RowNoise`."""
+    if isinstance(generator, RowNoise):
+        rows = torch.arange(shape[0]) if rows is None else rows
+        return generator.randn(shape, rows, dtype).to(device)
+    return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
 
 
 def _bcast(v: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
@@ -251,11 +305,13 @@ def encode_prior(
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     invert_order: int = 2,
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The prior scan(s) at noise level L: inverted once per distinct prior, or q-sampled per sample.
 
     With ``num_samples`` and a single prior ``[1, C, H, W]`` the result is expanded to ``num_samples``
-    rows (the deterministic inversion is computed once, not per generation).
+    rows (the deterministic inversion is computed once, not per generation). ``generator`` may be a
+    :class:`RowNoise` (then ``rows`` are the samples' indices in it; default ``arange``).
     """
     if x_prior.ndim != 4:
         raise ValueError(f"x_prior must be [B, C, H, W], got shape {tuple(x_prior.shape)}")
@@ -271,7 +327,7 @@ def encode_prior(
         return x.expand(n, *x.shape[1:]).clone()
     if encode == "qsample":
         x = x_prior.expand(n, *x_prior.shape[1:])
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        noise = _randn(x.shape, generator, rows, x.device, x.dtype)
         return schedule.q_sample(x, torch.full((n,), noise_level - 1, dtype=torch.long), noise)
     raise ValueError(f"encode must be 'invert' or 'qsample', got {encode!r}")
 
@@ -308,7 +364,9 @@ def sample_known_image(
         eta: stochasticity (scalar or per-sample ``[B]``); 0 is deterministic DDIM.
         encode: "invert" (deterministic DDIM inversion, the authors' choice) or "qsample" (stochastic).
         callbacks: guidance callbacks ``cb(step: DiffusionStep) -> eps | None``, applied in order.
-        generator: the source of all randomness (q-sample noise and eta > 0 noise) for reproducibility.
+        generator: the source of all randomness (q-sample noise and eta > 0 noise) for reproducibility: a
+            ``torch.Generator``, or a :class:`RowNoise` keyed per sample (indexed by ``rows``) so that results
+            do not depend on how a run is split into batches.
         y: class label(s) for a class-conditional model (scalar or ``[B]``).
         invert_steps: steps of the inversion (default ``num_steps``).
         refine_iters: fixed-point refinement iterations of the inversion (see :func:`ddim_invert`).
@@ -325,15 +383,17 @@ def sample_known_image(
     for cb in callbacks:
         if not callable(cb):
             raise TypeError(f"guidance callback {cb!r} is not callable")
+    if rows is not None:
+        rows = torch.as_tensor(rows, device=x_prior.device)
     if x_start is None:
         x = encode_prior(model, schedule, x_prior, noise_level, invert_steps or num_steps, encode, generator,
-                         num_samples, y, refine_iters, autocast_dtype, channels_last, invert_order)
+                         num_samples, y, refine_iters, autocast_dtype, channels_last, invert_order, rows)
     else:
         x = x_start.clone()
     b = x.shape[0]
     prior = x_prior if x_prior.shape[0] == b else x_prior.expand(b, *x_prior.shape[1:])
     f = _EpsModel(model, y, autocast_dtype, channels_last)
-    rows = torch.arange(b, device=x.device) if rows is None else torch.as_tensor(rows, device=x.device)
+    rows = torch.arange(b, device=x.device) if rows is None else rows.to(x.device)
     steps = sampling_steps(schedule, noise_level, num_steps).tolist()
     states: list[dict] = [{} for _ in callbacks]
     eta_t = _bcast(eta, x)
@@ -354,7 +414,7 @@ def sample_known_image(
                     x0 = predict_x0(x, eps, abar_t)
             noise = None
             if stochastic:
-                noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                noise = _randn(x.shape, generator, rows, x.device, x.dtype)
             x = ddim_step(schedule, x, eps, t, s, eta_arg, noise=noise,
                           clip_denoised=clip_denoised)
     return x
