@@ -97,3 +97,35 @@ def test_callbacks_compose_and_anatomy_term_keeps_background(setup):
         AreaGuidance(area_proxy, 0.4, 1.0, form="dps")
     with pytest.raises(ValueError, match="length 2"):
         _gen(model, prior, [AreaGuidance(area_proxy, torch.tensor([0.1, 0.2]), 1.0)], n=3)
+
+
+@pytest.mark.parametrize("form", ["authors", "loss", "x0"])
+def test_regressor_scale_makes_the_correction_independent_of_output_units(setup, form):
+    """A percent regressor (fraction x 100) with regressor_scale=100 gives exactly the correction of a fraction
+    regressor at the same scale and fraction target; without it the correction is 100^2 times stronger."""
+    from tgrowth.diffusion.sampler import DiffusionStep, _EpsModel
+
+    model, prior = setup
+    x = SCHED.q_sample(prior, torch.tensor([199]), torch.randn(prior.shape, generator=torch.Generator().manual_seed(0)))
+    t = torch.tensor([199])
+    a = SCHED.abar(t).float().view(-1, 1, 1, 1)
+    f = _EpsModel(model, None, None, False)
+    eps = f(x, t)
+
+    def step():
+        return DiffusionStep(x, t, t - 1, a, a, eps, (x - (1 - a).sqrt() * eps) / a.sqrt(), 0, 1, torch.tensor([0]),
+                             prior, f, {})
+
+    target = float(area_proxy(prior)) * 1.2
+    frac = AreaGuidance(area_proxy, target, 5e4, form=form)(step()) - eps
+
+    def percent(z, tt=None):
+        return 100 * area_proxy(z)
+
+    scaled = AreaGuidance(percent, target, 5e4, form=form, regressor_scale=100)(step()) - eps
+    raw = AreaGuidance(percent, 100 * target, 5e4, form=form)(step()) - eps
+    assert float(frac.abs().mean()) > 0
+    assert torch.allclose(scaled, frac, rtol=1e-4, atol=1e-9)
+    assert torch.allclose(raw, frac * 1e4, rtol=1e-3)
+    with pytest.raises(ValueError, match="regressor_scale must be > 0"):
+        AreaGuidance(percent, 0.1, 1.0, regressor_scale=0)

@@ -22,6 +22,13 @@ regressor only (never through the denoiser, except in the ``x0`` form), with thr
 
       pred = R(x0_hat(x_t), 0);  eps <- eps + sqrt(1 - abar_t) * scale * grad_{x_t} 0.5 (target - pred)^2
 
+Units. ``regressor_scale`` divides the regressor's output before the loss, so ``target`` and ``scale``
+are in the units of ``regressor(x) / regressor_scale``. tgrowth's regressors output ``area_frac * 100``
+(percent of the slice; the model file's ``meta["area"]``); with ``regressor_scale=100`` the target is a
+fraction of the slice and ``scale`` is in the authors' units (about 5e4 to 2e5), whatever the regressor's
+output scaling. Without it, a percent regressor would make the eps correction 100^2 = 10^4 times stronger
+at the same ``scale`` (the correction is quadratic in the output scaling).
+
 ``target`` and ``scale`` are scalars or per-sample tensors of length N (the whole run; indexed by the
 step's ``rows``), so N different targets or a scale sweep run in one batch. ``boost`` raises the target by
 that fraction while ``t > boost_above_t`` (the authors: +15 % above t = 20). ``scale_schedule`` multiplies
@@ -35,6 +42,7 @@ and rewrites eps to match.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -103,6 +111,8 @@ class AreaGuidance:
         boost: raise the target by this fraction while ``t > boost_above_t`` (the authors: 0.15, 20).
         autocast_dtype: run the regressor under autocast with this dtype (gradients still float32).
         record: keep the per-step predicted areas in ``state["pred"]`` (list of ``[B]`` tensors).
+        regressor_scale: the regressor's output is divided by this before the loss (see Units above), e.g.
+            100 for a regressor of percent of the slice when ``target`` is a fraction of the slice.
 
     After a step, ``state["last_pred"]`` holds the regressor's latest prediction for the batch.
     """
@@ -110,19 +120,24 @@ class AreaGuidance:
     FORMS = ("authors", "loss", "x0")
 
     def __init__(self, regressor, target, scale, form: str = "authors", scale_schedule=None, boost: float = 0.0,
-                 boost_above_t: int = 20, autocast_dtype: torch.dtype | None = None, record: bool = False):
+                 boost_above_t: int = 20, autocast_dtype: torch.dtype | None = None, record: bool = False,
+                 regressor_scale: float = 1.0):
         if form not in self.FORMS:
             raise ValueError(f"unknown guidance form {form!r}; choose one of {list(self.FORMS)}")
+        if not float(regressor_scale) > 0:
+            raise ValueError(f"regressor_scale must be > 0, got {regressor_scale!r}")
+        self.regressor_scale = float(regressor_scale)
         self.regressor, self.target, self.scale, self.form = regressor, target, scale, form
         self.schedule = _schedule_fn(scale_schedule)
         self.boost, self.boost_above_t = float(boost), int(boost_above_t)
         self.autocast_dtype, self.record = autocast_dtype, record
 
     def _regress(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if self.autocast_dtype is None:
-            return self.regressor(x, t).float().reshape(-1)
-        with torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype):
-            return self.regressor(x, t).float().reshape(-1)
+        ctx = (torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
+               else contextlib.nullcontext())
+        with ctx:
+            out = self.regressor(x, t)
+        return out.float().reshape(-1) / self.regressor_scale
 
     def effective_target(self, t: torch.Tensor, rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         target = per_row(self.target, rows, like)
