@@ -90,5 +90,5 @@ def predict_overrides(data_root: Path, models: dict[str, str], out: Path, *extra
         "sampling.num_generations=4", "sampling.noise_level=100", "sampling.num_steps=10", "sampling.batch_size=16",
         "ode.n_bootstrap=8", "ode.steps=60", "ode.n_starts=2", "ode.compare_models=false", "ode.progress_bar=false",
         "ode.accelerator=cpu", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.enable_progress_bar=false",
-        "wandb.enabled=false", "guidance.scale=5", *extra,
+        "wandb.enabled=false", "guidance.scale=5e4", *extra,
     ]

@@ -152,8 +152,9 @@ def test_bad_inputs_have_clear_messages(tiny, tmp_path, capsys):
     # wrong image size
     assert predict(tiny, tmp_path / "c", "data.image_size=64") == 1
     assert "was trained on 32x32 images, expected 64x64" in capsys.readouterr().err
-    # one usable timepoint before the target: reported per subject, nothing generated
-    assert predict(tiny, tmp_path / "d", "target.timepoint=001") == 0
+    # one usable timepoint before the target: reported per subject, nothing generated, so the run fails
+    assert predict(tiny, tmp_path / "d", "target.timepoint=001") == 1
+    assert "no subject was predicted (2 skipped or failed: see" in capsys.readouterr().err
     errs = read_csv(tmp_path / "d" / "errors.csv")
     assert [e["subject"] for e in errs] == ["SUB02", "SUB03"]
     assert "subject SUB02: only 1 usable timepoint(s) (000) before the target timepoint 001; the growth ODE needs " \
@@ -161,9 +162,9 @@ def test_bad_inputs_have_clear_messages(tiny, tmp_path, capsys):
     assert predict(tiny, tmp_path / "e", "target.timepoint=001", "strict=true") == 1
     assert "only 1 usable timepoint" in capsys.readouterr().err
     # sampling choices are checked before any model is loaded or subject fitted
-    assert predict(tiny, tmp_path / "f", "sampling.invert_order=3") == 1
-    assert "sampling.invert_order must be 1 or 2, got 3" in capsys.readouterr().err
-    assert not (tmp_path / "f" / "SUB02").exists()
+    assert predict(tiny, tmp_path / "f", "sampling.invert_order=3") == 2  # a config error
+    assert "config key 'sampling.invert_order' must be 1 or 2, got 3" in capsys.readouterr().err
+    assert not (tmp_path / "f").exists()
 
 
 def test_inverted_prior_with_eta_zero_gives_identical_generations(tiny, tmp_path):
@@ -197,3 +198,37 @@ def test_same_seed_same_maps(tiny, tmp_path):
     pb = nib.load(str(b / "SUB02" / "pred_mean.nii.gz")).get_fdata()
     assert np.array_equal(pa, pb)
     assert torch.get_num_threads() >= 1
+
+
+def test_batch_size_never_changes_results_and_methods_share_noise(tiny, tmp_path):
+    """Noise is keyed by (seed, subject, generation): sampling.batch_size is invisible, and with a zero scale
+    the guided method and `unguided` draw the same noise, so their maps are identical (common random numbers)."""
+    runs = {}
+    for name, bs in (("a", 16), ("b", 3)):
+        out = tmp_path / name
+        assert predict(tiny, out, "data.subjects=[SUB02]", "methods=[tgrowth,unguided]", "plots=false",
+                       "guidance.scale=0", "sampling.eta=0.5", f"sampling.batch_size={bs}") == 0
+        runs[name] = read_csv(out / "metrics.csv")
+        assert nib.load(str(out / "SUB02" / "prob_map.nii.gz")).get_fdata().max() <= 1
+    pa = nib.load(str(tmp_path / "a" / "SUB02" / "pred_mean.nii.gz")).get_fdata()
+    pb = nib.load(str(tmp_path / "b" / "SUB02" / "pred_mean.nii.gz")).get_fdata()
+    assert np.allclose(pa, pb, atol=1e-5)
+    cols = ("ssim", "dice", "hd95", "pred_area_mm2")
+    for r_a, r_b in zip(runs["a"], runs["b"]):
+        assert all(float(r_a[c]) == pytest.approx(float(r_b[c]), abs=1e-5) for c in cols)
+    tg, ug = runs["a"]
+    assert (tg["method"], ug["method"]) == ("tgrowth", "unguided")
+    assert all(float(tg[c]) == pytest.approx(float(ug[c]), abs=1e-6) for c in cols)
+
+
+def test_bootstrap_targets_use_replicate_g_mod_b():
+    from omegaconf import OmegaConf
+
+    from tgrowth.predict.pipeline import _gen_targets
+
+    cfg = OmegaConf.create({"guidance": {"target": "bootstrap"}})
+    ratios = torch.tensor([[1.0], [2.0], [3.0]], dtype=torch.float64)  # B = 3 replicates, one day
+    fc = {"ratios": ratios, "target_median": torch.tensor([20.0], dtype=torch.float64)}
+    assert _gen_targets(cfg, fc, 10.0, 0, 5).tolist() == [10.0, 20.0, 30.0, 10.0, 20.0]
+    cfg.guidance.target = "median"
+    assert _gen_targets(cfg, fc, 10.0, 0, 2).tolist() == [20.0, 20.0]

@@ -93,3 +93,55 @@ def test_fingerprint_ignores_neutral_keys():
     b = OmegaConf.create({"seed": 1, "trainer": {"devices": 4}, "resume": True, "guidance": {"scale": 1.0}})
     c = OmegaConf.create({"seed": 2, "trainer": {"devices": 1}, "resume": False, "guidance": {"scale": 1.0}})
     assert state.fingerprint(a)[0] == state.fingerprint(b)[0] != state.fingerprint(c)[0]
+
+
+def test_resume_refuses_a_model_file_that_changed(tmp_path):
+    models = tmp_path / "m"
+    models.mkdir()
+    for k in ("d", "r", "s"):
+        (models / f"{k}.pt").write_bytes(b"weights-" + k.encode())
+    out = tmp_path / "run"
+
+    def cfg(*extra):
+        return load_config(PredictConfig, [], [f"output_dir={out}", f"data.root={tmp_path / 'data'}",
+                                               f"checkpoints.denoiser={models / 'd.pt'}",
+                                               f"checkpoints.regressor={models / 'r.pt'}",
+                                               f"checkpoints.segmenter={models / 's.pt'}", *extra])
+
+    state.prepare_predict_dir(cfg())
+    (out / "S1").mkdir()
+    (out / "S1" / "info.json").write_text("{}")
+    state.prepare_predict_dir(cfg("resume=true"))  # same files: fine
+    (models / "d.pt").write_bytes(b"weights-d-retrained")  # same path, new content
+    with pytest.raises(TgrowthError, match=r"resume=true but the settings differ .*model file checkpoints\.denoiser "
+                                           r"changed since the run started"):
+        state.prepare_predict_dir(cfg("resume=true"))
+
+
+def test_output_dir_inside_the_data_is_refused(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for out, word in ((data, "the same folder as"), (data / "preds", "inside")):
+        c = load_config(PredictConfig, [], [f"output_dir={out}", f"data.root={data}", "checkpoints.denoiser=a",
+                                            "checkpoints.regressor=b", "checkpoints.segmenter=c"])
+        with pytest.raises(TgrowthError, match=f"output_dir {out} is {word} data.root={data}: choose an output "
+                                               "folder outside the input data"):
+            state.prepare_predict_dir(c)
+
+
+def test_read_only_output_dir_is_a_clear_error(tmp_path, monkeypatch):
+    """A folder that cannot be written (read-only mount; root ignores chmod, so the OS error is simulated) and a
+    path under a plain file both give one line naming the folder, not a traceback."""
+    from pathlib import Path
+
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    with pytest.raises(TgrowthError, match=r"output_dir .*file\.txt/run cannot be written"):
+        state.prepare_predict_dir(_cfg(blocker / "run"))
+
+    def denied(self, *a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "write_bytes", denied)
+    with pytest.raises(TgrowthError, match=r"output_dir .*ro cannot be written: Permission denied"):
+        state.prepare_predict_dir(_cfg(tmp_path / "ro"))

@@ -8,6 +8,7 @@ Heavy imports (nibabel, matplotlib) happen inside the functions that need them.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -146,4 +147,36 @@ def prepare_output_dir(path: str | Path, overwrite: bool = False, resume: bool =
             " (or resume=true where the command can continue a run)"
         )
     path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    """SHA-256 hex digest of a file's bytes (e.g. a model file recorded in a run's state)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def refuse_output_inside(output_dir: str | Path, data_root: str | Path | None, key: str = "data.root") -> None:
+    """Refuse an ``output_dir`` equal to, or inside, the input data folder (outputs must never mix with data)."""
+    if not data_root:
+        return
+    out, root = Path(output_dir).resolve(), Path(str(data_root)).resolve()
+    if out == root or root in out.parents:
+        raise TgrowthError(f"output_dir {output_dir} is {'the same folder as' if out == root else 'inside'} "
+                           f"{key}={data_root}: choose an output folder outside the input data")
+
+
+def make_writable_dir(path: str | Path) -> Path:
+    """``mkdir -p`` that turns a permission or file-system error into a message naming the folder."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".tgrowth-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise TgrowthError(f"output_dir {path} cannot be written: {exc.strerror or exc}") from None
     return path

@@ -6,14 +6,21 @@ Every key has its help text here, so `tgrowth predict --help` documents it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from omegaconf import DictConfig
+
 from tgrowth.config.base import RunConfig, TrainerConfig, WandbConfig, doc
+from tgrowth.errors import ConfigError
 from tgrowth.config.data import LongitudinalDataConfig
 from tgrowth.config.ode import FitSettings
 
 METHODS = ("tgrowth", "no-change", "unguided", "oracle-area")
+GUIDANCE_FORMS = ("authors", "loss", "x0")
+GUIDANCE_TARGETS = ("median", "bootstrap")
+ENCODE_MODES = ("noise", "invert")
 
 
 @dataclass
@@ -53,9 +60,12 @@ class TargetConfig:
 class GuidanceConfig:
     """Regressor guidance toward the ODE-forecast tumour area."""
 
-    scale: float = doc(5.0e4, "Guidance scale (authors: 5e4 to 2e5 at 256x256; the demo tunes its own).")
+    scale: float = doc(5.0e4, "Guidance scale in the authors' units: tumour area as a FRACTION of the slice "
+                       "(0..1), whatever the regressor's output scaling (its model file says how to convert). "
+                       "The authors use 5e4 to 2e5 at 256x256; the demo chooses its own on validation subjects.")
     target: str = doc("median", "Per-generation targets: median (ODE median for all N) or bootstrap "
-                      "(generation n uses bootstrap replicate n's forecast, so the ODE uncertainty reaches the map).")
+                      "(generation n uses bootstrap replicate n mod B of the ODE fit, so the ODE uncertainty reaches "
+                      "the map; no resampling with replacement).")
     form: str = doc("authors", "Guidance term: authors ((target - pred) * grad pred), loss (grad of 0.5 (target-pred)^2) "
                     "or x0 (through the denoiser's x0 prediction); as tgrowth.diffusion.guidance.AreaGuidance.")
     high_noise_boost: float = doc(0.15, "Raise the target by this fraction at high noise (authors: 15 %).")
@@ -78,7 +88,6 @@ class SamplingConfig:
                                    "model call per step; 1 makes inversion + eta=0 sampling near exact).")
     batch_size: int = doc(64, "Generations per forward pass (all methods and targets share batches).")
     threshold: float = doc(0.5, "Probability-map threshold for Dice / HD95 / area.")
-    ema: bool = doc(True, "Use the denoiser's EMA weights where the checkpoint has them.")
 
 
 @dataclass
@@ -172,3 +181,71 @@ class DemoConfig(RunConfig):
     segmenter: StageConfig = doc(StageConfig(configs=["experiments/models/segmenter_tiny.yaml"]), "tgrowth train-segmenter stage.")
     predict: StageConfig = doc(StageConfig(configs=["experiments/predict.yaml"], skip_if_done=False), "tgrowth predict stage.")
     wandb: WandbConfig = doc(WandbConfig(), "Tracking (mode, enabled, project) passed to every stage; offline by default.")
+
+
+# --------------------------------------------------------------------------- validation
+def _finite(v: Any) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def predict_config_problems(cfg: DictConfig) -> list[str]:
+    """Every value of a predict config that cannot work, as ``config key 'k' ...`` messages (no models needed).
+
+    The checks that need the model files (noise level against the schedule and ``train_t_max``, the regressor's
+    schedule and label set) are in :func:`tgrowth.predict.pipeline.check_models`.
+    """
+    out: list[str] = []
+
+    def bad(key: str, why: str, value: Any) -> None:
+        out.append(f"config key '{key}' {why}, got {value!r}")
+
+    g, s = cfg.guidance, cfg.sampling
+    if not _finite(g.scale) or float(g.scale) < 0:
+        bad("guidance.scale", "must be a finite number >= 0", g.scale)
+    if str(g.form) not in GUIDANCE_FORMS:
+        bad("guidance.form", f"must be one of {', '.join(GUIDANCE_FORMS)}", g.form)
+    if str(g.target) not in GUIDANCE_TARGETS:
+        bad("guidance.target", f"must be one of {', '.join(GUIDANCE_TARGETS)}", g.target)
+    if not _finite(g.high_noise_boost) or float(g.high_noise_boost) <= -1:
+        bad("guidance.high_noise_boost", "must be a finite number > -1", g.high_noise_boost)
+    if int(s.num_generations) < 1:
+        bad("sampling.num_generations", "must be >= 1", s.num_generations)
+    if int(s.batch_size) < 1:
+        bad("sampling.batch_size", "must be >= 1", s.batch_size)
+    if int(s.noise_level) < 1:
+        bad("sampling.noise_level", "must be >= 1 (a step of the noise schedule)", s.noise_level)
+    if s.num_steps is not None and not 1 <= int(s.num_steps) <= max(1, int(s.noise_level)):
+        bad("sampling.num_steps", f"must be in 1..sampling.noise_level ({s.noise_level}) or null", s.num_steps)
+    if not _finite(s.eta) or float(s.eta) < 0:
+        bad("sampling.eta", "must be a finite number >= 0", s.eta)
+    if not _finite(s.threshold) or not 0 < float(s.threshold) < 1:
+        bad("sampling.threshold", "must be strictly between 0 and 1", s.threshold)
+    if str(s.encode) not in ENCODE_MODES:
+        bad("sampling.encode", f"must be one of {', '.join(ENCODE_MODES)}", s.encode)
+    if int(s.invert_order) not in (1, 2):
+        bad("sampling.invert_order", "must be 1 or 2", s.invert_order)
+    if int(s.invert_refine_iters) < 0:
+        bad("sampling.invert_refine_iters", "must be >= 0", s.invert_refine_iters)
+    methods = [str(m) for m in cfg.methods]
+    if not methods:
+        bad("methods", f"must name at least one of {', '.join(METHODS)}", methods)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        bad("methods", f"has unknown method(s) {unknown}; choose from {', '.join(METHODS)}", methods)
+    if len(set(methods)) != len(methods):
+        bad("methods", "lists a method twice", methods)
+    if int(cfg.target.min_timepoints) < 1:
+        bad("target.min_timepoints", "must be >= 1", cfg.target.min_timepoints)
+    if any(not _finite(d) or float(d) <= 0 for d in cfg.target.days):
+        bad("target.days", "must be positive numbers of days after the prior scan", list(cfg.target.days))
+    return out
+
+
+def check_predict_config(cfg: DictConfig) -> None:
+    """Raise one :class:`ConfigError` listing every problem of :func:`predict_config_problems`."""
+    problems = predict_config_problems(cfg)
+    if problems:
+        raise ConfigError("; ".join(problems))

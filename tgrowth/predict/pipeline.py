@@ -29,7 +29,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from tgrowth.errors import DataError, TgrowthError
+from data_modules.volumes import label_set
+from tgrowth.config.predict import check_predict_config
+from tgrowth.errors import ConfigError, DataError, TgrowthError
+from tgrowth.diffusion.sampler import key_seed
 from tgrowth.predict import report, state
 from tgrowth.predict.dist import Dist, launch
 
@@ -54,10 +57,7 @@ def default_arms(cfg: DictConfig) -> list[Arm]:
         return [Arm("tgrowth", "ode", scale, j) for j in range(len(days))]
     kinds = {"tgrowth": ("ode", scale), "unguided": ("unguided", 0.0), "oracle-area": ("oracle", scale),
              "no-change": ("prior", 0.0)}
-    bad = [m for m in cfg.methods if m not in kinds]
-    if bad:
-        raise TgrowthError(f"unknown method(s) {bad} in methods; choose from {', '.join(kinds)}")
-    return [Arm(m, *kinds[m]) for m in cfg.methods]
+    return [Arm(m, *kinds[m]) for m in cfg.methods]  # names checked by check_predict_config
 
 
 # --------------------------------------------------------------------------- models
@@ -92,13 +92,45 @@ def load_models(cfg: DictConfig, device: torch.device) -> Models:
     seg, smeta = load_segmenter(cfg.checkpoints.segmenter, size, contrasts, map_location=device)
     for net in (den, reg, seg):
         net.eval().requires_grad_(False)
-    area = rmeta.get("area") or {}
-    key = str(area.get("key", "area_frac"))
-    if key not in ("area_frac", "area_mm2"):
-        raise TgrowthError(f"{cfg.checkpoints.regressor}: regressor target {key!r} is not area_frac or area_mm2")
+    area = rmeta.get("area")
+    if not isinstance(area, dict) or "key" not in area or "scale" not in area:
+        raise TgrowthError(f"{cfg.checkpoints.regressor}: the regressor's model file does not say what it outputs "
+                           "(meta 'area' with 'key' and 'scale'), so guidance.scale cannot be put in its units; "
+                           "re-export it with this version of tgrowth")
+    key, area_scale = str(area["key"]), float(area["scale"])
+    if key not in ("area_frac", "area_mm2") or not area_scale > 0:
+        raise TgrowthError(f"{cfg.checkpoints.regressor}: regressor output {key!r} x {area_scale} is not an area "
+                           "(area_frac or area_mm2 times a positive scale)")
     label = 1 if getattr(den, "num_classes", None) else None
-    return Models(den, schedule, reg, seg, size, contrasts, key, float(area.get("scale", 1.0)), label,
+    return Models(den, schedule, reg, seg, size, contrasts, key, area_scale, label,
                   {"denoiser": dmeta, "regressor": rmeta, "segmenter": smeta})
+
+
+def check_models(cfg: DictConfig, models: Models) -> None:
+    """Config against the model files, before any subject is touched: one ConfigError listing every problem."""
+    dmeta, rmeta, smeta = (models.meta[k] for k in ("denoiser", "regressor", "segmenter"))
+    problems: list[str] = []
+    T = models.schedule.num_train_steps
+    L = int(cfg.sampling.noise_level)
+    if not 1 <= L <= T:
+        problems.append(f"config key 'sampling.noise_level' must be in 1..{T} (the denoiser's schedule), got {L}")
+    for kind, meta in (("denoiser", dmeta), ("regressor", rmeta)):
+        t_max = meta.get("train_t_max")
+        if t_max is not None and L > int(t_max):
+            problems.append(f"config key 'sampling.noise_level' is {L}, above the {kind}'s train_t_max {int(t_max)} "
+                            f"({cfg.checkpoints[kind]} never saw noisier inputs); use sampling.noise_level<={int(t_max)}")
+    dsched, rsched = dmeta.get("schedule") or {}, rmeta.get("schedule") or {}
+    if dsched and rsched and (dsched.get("kind"), int(dsched.get("num_steps", 0))) != (
+            rsched.get("kind"), int(rsched.get("num_steps", 0))):
+        problems.append(f"the regressor {cfg.checkpoints.regressor} was trained with the noise schedule {rsched}, the "
+                        f"denoiser {cfg.checkpoints.denoiser} with {dsched}: guidance would read the wrong noise level")
+    want = label_set(cfg.data.labels)
+    for kind, meta in (("denoiser", dmeta), ("regressor", rmeta), ("segmenter", smeta)):
+        if meta.get("labels") is not None and label_set(meta["labels"]) != want:
+            problems.append(f"the {kind} {cfg.checkpoints[kind]} was trained on tumour labels {list(label_set(meta['labels']))}"
+                            f", but data.labels={cfg.data.labels!r} means {list(want)}")
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 # --------------------------------------------------------------------------- planning
@@ -234,12 +266,17 @@ def fit_ode(cfg: DictConfig, plans: list[Plan]):
 
 
 # --------------------------------------------------------------------------- one subject
-def _units(models: Models, area_mm2: torch.Tensor | float, pixel_area: float) -> torch.Tensor:
-    """mm^2 on the slice -> the regressor's output units."""
-    a = torch.as_tensor(area_mm2, dtype=torch.float32)
+def guidance_units(models: Models, pixel_area: float) -> tuple[float, float]:
+    """(mm^2 per unit of slice fraction, regressor output per unit of slice fraction) on this slice.
+
+    ``guidance.scale`` is defined with areas as a fraction of the slice (the authors' units), whatever the
+    regressor outputs: targets are converted mm^2 -> fraction, and the regressor's output is divided by the
+    second number (``AreaGuidance(regressor_scale=...)``), from its model file's ``area`` metadata.
+    """
+    mm2_per_frac = pixel_area * float(models.image_size**2)
     if models.area_key == "area_frac":
-        return a / pixel_area / float(models.image_size**2) * models.area_scale
-    return a * models.area_scale
+        return mm2_per_frac, models.area_scale
+    return mm2_per_frac, models.area_scale * mm2_per_frac
 
 
 def _autocast_dtype(cfg: DictConfig, device: torch.device) -> torch.dtype | None:
@@ -270,15 +307,12 @@ def forecast_targets(cfg: DictConfig, fit: Any, plan: Plan, prior_area: float) -
     return {"forecast": fc, "ratios": ratios, "target_median": target_median, "samples": samples}
 
 
-def _gen_targets(cfg: DictConfig, fc: dict[str, Any], prior_area: float, day_index: int, n: int,
-                 gen: torch.Generator) -> torch.Tensor:
+def _gen_targets(cfg: DictConfig, fc: dict[str, Any], prior_area: float, day_index: int, n: int) -> torch.Tensor:
+    """Per-generation targets (mm^2): the ODE median for all, or generation g <- bootstrap replicate g mod B."""
     if str(cfg.guidance.target) == "median" or fc["ratios"] is None:
         return fc["target_median"][day_index].expand(n).clone()
-    if str(cfg.guidance.target) != "bootstrap":
-        raise TgrowthError(f"guidance.target must be median or bootstrap, got {cfg.guidance.target!r}")
     b = fc["ratios"].shape[0]
-    idx = torch.randint(0, b, (n,), generator=gen)
-    return prior_area * fc["ratios"][idx, day_index]
+    return prior_area * fc["ratios"][torch.arange(n) % b, day_index]
 
 
 def predict_subject(cfg: DictConfig, models: Models, fit: Any, plan: Plan, arms: list[Arm], out: Path,
@@ -298,10 +332,7 @@ def predict_subject(cfg: DictConfig, models: Models, fit: Any, plan: Plan, arms:
     truth_s = _slice(cfg, models, plan.target, plan.slice_index) if plan.has_target_images else None
     true_area = truth_s.area_mm2(labels) if (truth_s is not None and truth_s.seg is not None) else None
     fc = forecast_targets(cfg, fit, plan, prior_area)
-    gen = torch.Generator().manual_seed(plan.seed)
     n = int(cfg.sampling.num_generations)
-    if n < 1:
-        raise TgrowthError(f"sampling.num_generations must be >= 1, got {n}")
 
     # rows of the one batched sampling pass: N per generative arm
     gen_arms = [a for a in arms if a.kind != "prior" and not (a.kind == "oracle" and true_area is None)]
@@ -310,15 +341,16 @@ def predict_subject(cfg: DictConfig, models: Models, fit: Any, plan: Plan, arms:
         if a.kind == "oracle":
             targets_mm2.append(torch.full((n,), float(true_area), dtype=torch.float64))
         else:
-            targets_mm2.append(_gen_targets(cfg, fc, prior_area, a.day_index, n, gen))
+            targets_mm2.append(_gen_targets(cfg, fc, prior_area, a.day_index, n))
         scales.append(torch.full((n,), float(a.scale) if a.kind != "unguided" else 0.0))
     results: dict[Arm, dict[str, Any]] = {}
     if gen_arms:
-        target_units = _units(models, torch.cat(targets_mm2), pixel_area).to(device)
+        mm2_per_frac, reg_per_frac = guidance_units(models, pixel_area)
+        target_frac = (torch.cat(targets_mm2) / mm2_per_frac).float().to(device)
         scale_all = torch.cat(scales).to(device)
-        guidance = AreaGuidance(models.regressor, target=target_units, scale=scale_all, form=str(cfg.guidance.form),
+        guidance = AreaGuidance(models.regressor, target=target_frac, scale=scale_all, form=str(cfg.guidance.form),
                                 boost=float(cfg.guidance.high_noise_boost), boost_above_t=int(cfg.guidance.boost_above_t),
-                                autocast_dtype=_autocast_dtype(cfg, device))
+                                autocast_dtype=_autocast_dtype(cfg, device), regressor_scale=reg_per_frac)
         dt = _autocast_dtype(cfg, device)
         L = int(cfg.sampling.noise_level)
         steps = int(cfg.sampling.num_steps or L)
@@ -330,7 +362,9 @@ def predict_subject(cfg: DictConfig, models: Models, fit: Any, plan: Plan, arms:
             num_generations=n * len(gen_arms), chunk_size=int(cfg.sampling.batch_size), seed=plan.seed,
             noise_level=L, num_steps=steps, eta=float(cfg.sampling.eta), encode=encode, callbacks=[guidance],
             y=models.class_label, pixel_area=pixel_area, autocast_dtype=dt, keep_generations=True,
-            invert_order=int(cfg.sampling.invert_order), refine_iters=int(cfg.sampling.invert_refine_iters))
+            invert_order=int(cfg.sampling.invert_order), refine_iters=int(cfg.sampling.invert_refine_iters),
+            # generation g of every method shares its noise (common random numbers), keyed by (seed, subject, g)
+            noise_seeds=[key_seed(int(cfg.seed), plan.subject, g) for _ in gen_arms for g in range(n)])
         for i, a in enumerate(gen_arms):
             rows = slice(i * n, (i + 1) * n)
             imgs = pm.images[rows].double()
@@ -484,15 +518,8 @@ def predict_subject(cfg: DictConfig, models: Models, fit: Any, plan: Plan, arms:
 
 
 def sampling_encode(cfg: DictConfig) -> str:
-    """Check the sampling section's choices (before any work is done) and return the sampler's encode mode."""
-    encode = {"noise": "qsample", "qsample": "qsample", "invert": "invert"}.get(str(cfg.sampling.encode))
-    if encode is None:
-        raise TgrowthError(f"sampling.encode must be noise or invert, got {cfg.sampling.encode!r}")
-    if int(cfg.sampling.invert_order) not in (1, 2):
-        raise TgrowthError(f"sampling.invert_order must be 1 or 2, got {cfg.sampling.invert_order!r}")
-    if int(cfg.sampling.invert_refine_iters) < 0:
-        raise TgrowthError(f"sampling.invert_refine_iters must be >= 0, got {cfg.sampling.invert_refine_iters!r}")
-    return encode
+    """The sampler's encode mode for ``sampling.encode`` (checked by check_predict_config)."""
+    return {"noise": "qsample", "invert": "invert"}[str(cfg.sampling.encode)]
 
 
 # --------------------------------------------------------------------------- the run
@@ -504,9 +531,10 @@ def predict_run(cfg: DictConfig, dist: Dist, arms: list[Arm] | None = None, *, c
     from data_modules.formats import discover
 
     out = Path(cfg.output_dir)
+    check_predict_config(cfg)
     arms = arms or default_arms(cfg)
-    sampling_encode(cfg)
     models = load_models(cfg, dist.device)
+    check_models(cfg, models)
     dataset = discover(cfg.data.root, format=str(cfg.data.format), contrasts=models.contrasts)
     subjects = select_subjects(cfg, dataset)
     plans: list[Plan] = []
@@ -579,6 +607,7 @@ def run(cfg: DictConfig) -> int:
     from tgrowth.config.base import save_resolved_config
     from tgrowth.predict import track
 
+    check_predict_config(cfg)  # before the output folder is touched
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
     dist = launch(cfg.trainer)
@@ -612,4 +641,6 @@ def run(cfg: DictConfig) -> int:
     print(f"  metrics.csv, summary.json, errors.csv ({len(res['errors'])} problem(s))")
     if wb is not None:
         print(f"  wandb ({cfg.wandb.mode}): {Path(cfg.wandb.dir or out) / 'wandb'}")
+    if not res["infos"]:
+        raise TgrowthError(f"no subject was predicted ({len(res['errors'])} skipped or failed: see {out / 'errors.csv'})")
     return 0 if not res["errors"] or not cfg.strict else 1

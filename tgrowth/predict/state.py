@@ -24,7 +24,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from tgrowth.errors import TgrowthError
-from tgrowth.io import write_json
+from tgrowth.io import file_sha256, make_writable_dir, refuse_output_inside, write_json
 
 STATE_FILE = "run_state.json"
 ERRORS_DIR = ".errors"
@@ -65,12 +65,28 @@ def is_done(out: Path, subject: str) -> bool:
     return (subject_dir(out, subject) / "info.json").is_file()
 
 
+def checkpoint_digests(cfg: DictConfig) -> dict[str, str | None]:
+    """SHA-256 of each model file named in ``checkpoints`` (None where the file does not exist yet)."""
+    out: dict[str, str | None] = {}
+    for key, path in OmegaConf.to_container(cfg.checkpoints, resolve=True).items():
+        p = Path(str(path))
+        out[key] = file_sha256(p) if p.is_file() else None
+    return out
+
+
 def prepare_predict_dir(cfg: DictConfig) -> Path:
-    """Apply the output-dir policy (refuse / overwrite / resume) and record the run's fingerprint."""
+    """Apply the output-dir policy (refuse / overwrite / resume) and record the run's fingerprint.
+
+    The fingerprint covers the resolved config (without :data:`NEUTRAL_KEYS`) and the SHA-256 of every model
+    file, so ``resume=true`` refuses a model file that changed since the first part of the run.
+    """
     out = Path(cfg.output_dir)
     if out.exists() and not out.is_dir():
         raise TgrowthError(f"output_dir {out} exists and is not a folder")
+    refuse_output_inside(out, cfg.data.root)
     fp, data = fingerprint(cfg)
+    data["checkpoint_sha256"] = checkpoint_digests(cfg)
+    fp = hashlib.sha256((fp + json.dumps(data["checkpoint_sha256"], sort_keys=True)).encode()).hexdigest()[:16]
     state_path = out / STATE_FILE
     non_empty = out.is_dir() and any(out.iterdir())
     if non_empty and cfg.resume and not cfg.overwrite:
@@ -80,6 +96,8 @@ def prepare_predict_dir(cfg: DictConfig) -> Path:
         old = json.loads(state_path.read_text())
         if old.get("fingerprint") != fp:
             changes = _diff(old.get("config", {}), data)
+            changes = [f"model file checkpoints.{c.split('.', 1)[1].split(':')[0]} changed since the run started "
+                       "(its SHA-256 differs)" if c.startswith("checkpoint_sha256.") else c for c in changes]
             raise TgrowthError(
                 f"resume=true but the settings differ from the run in {out}: {'; '.join(changes[:8]) or 'unknown'}. "
                 "Rerun with the same settings, or pass overwrite=true to start again")
@@ -99,7 +117,7 @@ def prepare_predict_dir(cfg: DictConfig) -> Path:
                 shutil.rmtree(p)
         for name in ("metrics.csv", "summary.json", "errors.csv", "wandb_run_id"):
             (out / name).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+    make_writable_dir(out)
     write_json(state_path, {"fingerprint": fp, "config": data})
     return out
 
