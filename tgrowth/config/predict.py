@@ -13,9 +13,9 @@ from typing import Any, Optional
 from omegaconf import DictConfig
 
 from tgrowth.config.base import RunConfig, TrainerConfig, WandbConfig, doc
-from tgrowth.errors import ConfigError
 from tgrowth.config.data import LongitudinalDataConfig
 from tgrowth.config.ode import FitSettings
+from tgrowth.errors import ConfigError
 
 METHODS = ("tgrowth", "no-change", "unguided", "oracle-area")
 GUIDANCE_FORMS = ("authors", "loss", "x0")

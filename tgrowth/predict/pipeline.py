@@ -31,8 +31,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from data_modules.volumes import label_set
 from tgrowth.config.predict import check_predict_config
-from tgrowth.errors import ConfigError, DataError, TgrowthError
 from tgrowth.diffusion.sampler import key_seed
+from tgrowth.errors import ConfigError, DataError, TgrowthError
 from tgrowth.predict import report, state
 from tgrowth.predict.dist import Dist, launch
 
