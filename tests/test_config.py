@@ -109,3 +109,16 @@ def test_free_form_mapping_takes_new_keys_typed_sections_do_not():
     assert cfg.extra.anything == 3 and cfg.extra.nested.k == "x"
     with pytest.raises(ConfigError, match="unknown config key 'fit.extra'"):
         load_config(ToyConfig, [], ["fit.extra=1"])
+
+
+def test_a_value_where_a_section_belongs_names_the_section(tmp_path):
+    from tgrowth.config.ode import FitOdeConfig
+
+    f = tmp_path / "bad.yaml"
+    f.write_text("fit: 3\n")
+    for files, over, src in (([str(f)], [], str(f)), ([], ["fit=3"], "command line")):
+        with pytest.raises(ConfigError) as e:
+            load_config(FitOdeConfig, files, over)
+        msg = str(e.value)
+        assert msg.startswith(f"{src}: config key 'fit' is a section of keys (model, candidates, ")
+        assert "got 3. Set its keys instead, e.g. fit.<key>=..." in msg and "'?'" not in msg

@@ -152,7 +152,12 @@ def _check_keys(schema_node: DictConfig, data: Any, source: str, prefix: str = "
             )
         child = schema_node._get_node(key)
         if isinstance(child, DictConfig) and not child._is_none():
-            _check_keys(child, data._get_node(key), source, f"{full}.")
+            value = data._get_node(key)
+            if not isinstance(value, DictConfig) and not (hasattr(value, "_is_none") and value._is_none()):
+                keys = ", ".join(str(k) for k in child.keys())
+                raise ConfigError(f"{source}: config key '{full}' is a section of keys ({keys}), not a single value; "
+                                  f"got {data[key]!r}. Set its keys instead, e.g. {full}.<key>=...")
+            _check_keys(child, value, source, f"{full}.")
 
 
 def _merge(cfg: DictConfig, data: DictConfig, source: str) -> DictConfig:
@@ -160,9 +165,10 @@ def _merge(cfg: DictConfig, data: DictConfig, source: str) -> DictConfig:
     try:
         return OmegaConf.merge(cfg, data)
     except OmegaConfBaseException as exc:
-        key = getattr(exc, "full_key", None) or "?"
+        key = getattr(exc, "full_key", None)
         msg = str(exc).splitlines()[0]
-        raise ConfigError(f"{source}: invalid value for config key '{key}': {msg}") from exc
+        where = f"config key '{key}'" if key else "a config value"
+        raise ConfigError(f"{source}: invalid value for {where}: {msg}") from exc
 
 
 def load_config(schema: type, files: list[str] | tuple[str, ...] = (), overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
