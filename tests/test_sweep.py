@@ -44,7 +44,7 @@ def test_wandb_agent_command_parses_as_predict_config(monkeypatch, tmp_path):
         overrides = [a for a in argv[7:]]
         cfg = load_config(PredictConfig, files, overrides)
         assert cfg.guidance.scale == float(scale) and cfg.sampling.noise_level == level
-        assert list(cfg.methods) == ["tgrowth", "no-change"]
+        assert list(cfg.methods) == ["tgrowth", "no-change"] and cfg.data.split == "val"
         assert cfg.output_dir == "runs/sweep/abc123" and cfg.overwrite is True
 
 
@@ -54,9 +54,10 @@ def test_sweep_yaml_loads_locally_and_grid_parses():
 
     params = OmegaConf.to_container(cfg.parameters, resolve=False)
     fixed, axes, scales = parse_grid(params, "guidance.scale")
-    assert scales == [0.0, 50.0, 100.0, 200.0, 400.0, 800.0]
+    assert scales == [0.0, 5e5, 1e6, 2e6, 4e6, 8e6]
     assert axes == {"sampling.noise_level": [100, 200]}
     assert "data.root=runs/demo/data" in fixed and "methods=[tgrowth,no-change]" in fixed
+    assert "data.split=val" in fixed and cfg.split == "val" and cfg.allow_test is False
     assert not any(f.startswith(("output_dir=", "overwrite=")) for f in fixed)  # the local runner owns them
     assert base_files(list(OmegaConf.to_container(cfg.command, resolve=False))) == ["experiments/predict_demo.yaml"]
 
@@ -106,3 +107,17 @@ def test_local_sweep_batches_scales(tiny_predict, tmp_path):
     # one predict run per noise level, holding every scale as a method of the same batched pass
     info = json.loads((tmp_path / "out" / "noise_level=40" / "SUB02" / "info.json").read_text())
     assert set(info["methods"]) == {"tgrowth@0", "tgrowth@5", "tgrowth@50", "no-change"}
+
+
+def test_sweep_refuses_the_test_split_unless_asked(tmp_path, capsys):
+    from tgrowth.cli import main
+
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "program": "tgrowth", "method": "grid", "parameters": {"guidance.scale": {"values": [0, 5]},
+                                                              "data.split": {"value": "test"}},
+        "command": ["tgrowth", "predict", "-c", str(REPO / "experiments" / "predict.yaml")]}))
+    rc = main(["sweep", "-c", str(sweep), f"output_dir={tmp_path / 'out'}", "wandb.enabled=false",
+               "overrides=[data.root=/nowhere,checkpoints.denoiser=a,checkpoints.regressor=b,checkpoints.segmenter=c]"])
+    assert rc == 2
+    assert "this sweep would tune on the test subjects (data.split=test)" in capsys.readouterr().err

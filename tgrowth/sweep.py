@@ -7,7 +7,9 @@ one ``tgrowth predict`` per grid point). Locally, without a server:
 - ``parameters`` with ``value`` are fixed overrides, those with ``values`` the grid;
 - the ``guidance.scale`` axis (``scale_key``) is not looped over: every scale becomes one arm of a single
   batched sampling pass (per-sample scales), so S scales cost one pass of S x N generations per subject;
-- the other axes (e.g. ``sampling.noise_level``) are looped over.
+- the other axes (e.g. ``sampling.noise_level``) are looped over;
+- the subjects are the validation split (``split=val``): a sweep chooses settings, so it never sees the test
+  subjects unless ``allow_test=true``.
 
 Writes ``sweep.csv`` (one row per grid point: mean HD95 / Dice / SSIM / PSNR / MAE / area errors over the
 subjects), ``sweep.png`` (HD95, area error and SSIM against the scale, one line per other-axis setting), the
@@ -160,10 +162,15 @@ def run(cfg: DictConfig) -> int:
     t0 = time.time()
     for i, combo in enumerate(combos):
         name = _setting_name(combo)
-        over = fixed + list(cfg.overrides) + [f"{k}={_fmt_value(v)}" for k, v in combo.items()] + trainer + [
+        over = [f"data.split={cfg.split}"] + fixed + list(cfg.overrides) + [
+            f"{k}={_fmt_value(v)}" for k, v in combo.items()] + trainer + [
             f"output_dir={out / name}", "overwrite=true", "resume=false", "wandb.enabled=false",
             f"{cfg.scale_key}={scales[0]}", f"seed={cfg.seed}", f"experiment={cfg.experiment}"]
         pcfg = load_config(PredictConfig, files, over)
+        if str(pcfg.data.split) == "test" and not cfg.allow_test:
+            raise ConfigError("this sweep would tune on the test subjects (data.split=test): sweeps choose settings, "
+                              "so they run on validation subjects (split=val, the default); pass allow_test=true "
+                              "only if you mean it")
         if dist.is_main:
             print(f"sweep {i + 1}/{len(combos)}: {name or 'grid'}: scales {scales} in one batched pass", flush=True)
             state.prepare_predict_dir(pcfg)

@@ -149,6 +149,11 @@ class SweepConfig(RunConfig):
     args_json: str = doc("", "wandb command macro ${args_json} (placeholder).")
     args_json_file: str = doc("", "wandb command macro ${args_json_file} (placeholder).")
     scale_key: str = doc("guidance.scale", "Grid axis batched into one sampling pass (per-sample scales).")
+    split: str = doc("val", "Subjects the sweep tunes on (data.split of every grid point; a data.split parameter or "
+                     "override wins). Tune on validation subjects, report on test subjects: test is refused unless "
+                     "allow_test=true.")
+    allow_test: bool = doc(False, "Allow a sweep on the test split (a sweep chooses settings: doing so on test subjects "
+                           "makes their results optimistic).")
     overrides: list[str] = doc([], "Local runner only: extra predict key=value overrides (e.g. data.root=...).")
     trainer: TrainerConfig = doc(TrainerConfig(), "Devices for the local predict runs.")
     wandb: WandbConfig = doc(WandbConfig(), "Tracking of the local sweep (one run with a table and plot).")
