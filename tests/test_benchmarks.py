@@ -82,3 +82,9 @@ def test_authors_size_in_the_benchmark_is_the_paper_presets():
 def test_spent_budget_skips_rows_and_says_so():
     out = _run("benchmarks/sampling.py", "--smoke", "--quick", "--rows", "fp32,baseline", "--budget", "1")
     assert out.count("skipped: the --budget of 1 s is spent") == 2 and "| tgrowth fp32 |" not in out
+
+
+def test_guidance_units_benchmark_shows_the_factor_of_ten_thousand():
+    out = _run("benchmarks/guidance_units.py", "--size", "tiny")
+    assert "| before: target in the regressor's units, raw output |" in out
+    assert "ratio before/after: 1e+04" in out
