@@ -1,6 +1,6 @@
 """Discovery of the three on-disk formats -> one record list (``DataSet`` of ``Subject``/``Timepoint``).
 
-Formats (see the README, section "Data formats"):
+Formats (see docs/data.md):
 
 * ``brats``: BraTS 2023 cross-sectional, ``ROOT/<ID>/<ID>-{t1n,t1c,t2w,t2f,seg}.nii.gz``; one timepoint
   ``000`` at day 0 per subject.
@@ -132,6 +132,25 @@ class DataSet:
     @property
     def errors(self) -> list[Problem]:
         return [p for p in self.problems if p.severity == "error"]
+
+    def subject_errors(self) -> dict[str, list[str]]:
+        """``{subject: [message, ...]}``: the error-level problems discovery found, per subject.
+
+        The same problems ``tgrowth data-check`` reports from discovery (duplicate or unparsable
+        ``timeline.csv`` rows, days that do not increase with the timepoint number, RT days that differ
+        between a subject's rows or end before they start, ``<SUBJECT>-<TP>`` folders without a row and rows
+        without a folder, missing contrasts). A subject listed here must not be used (skip it with these
+        reasons, or stop under ``strict``). Keys may name a subject that has no :class:`Subject` record (a
+        folder whose subject has no row at all). Errors that belong to no subject (a row with an empty
+        subject) are in :attr:`errors` with ``subject`` None. Messages are ``str(Problem)``: they name the
+        subject, timepoint and file. Voxel-level checks need the files read: see
+        :func:`data_modules.volumes.check_subject_grid` (timepoints on one grid) and ``load_volume``.
+        """
+        out: dict[str, list[str]] = {}
+        for p in self.problems:
+            if p.severity == "error" and p.subject is not None:
+                out.setdefault(p.subject, []).append(str(p))
+        return out
 
     def good_subjects(self) -> list[Subject]:
         bad = self.bad_subjects

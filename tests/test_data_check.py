@@ -174,3 +174,50 @@ def test_brats_missing_modality(tmp_path):
     assert not rep["ok"]
     assert any("BraTS-GLI-00001-000-t1c.nii.gz" in p["text"] and "missing modality t1c" in p["text"]
                for p in rep["all_problems"])
+
+
+# --------------------------------------------------------------------------- timeline problems, per subject
+def _duplicate_timepoint(root):
+    tl = root / "timeline.csv"
+    tl.write_text(tl.read_text() + "SUB02,001,40,10,52\n")
+
+
+def _unsorted_days(root):  # days 0 / 90 / 75: timepoint 002 is earlier than 001
+    tl = root / "timeline.csv"
+    tl.write_text(tl.read_text().replace("SUB02,001,30,", "SUB02,001,90,"))
+
+
+def _inconsistent_rt(root):
+    tl = root / "timeline.csv"
+    tl.write_text(tl.read_text().replace("SUB02,002,75,10,52", "SUB02,002,75,12,52"))
+
+
+TIMELINE_BAD = [
+    (_duplicate_timepoint, "timeline.csv row 8: duplicate row for subject SUB02 timepoint 001"),
+    (_unsorted_days, "days must increase with the timepoint number, but timepoint 002 has day 75 after timepoint 001 with day 90"),
+    (_inconsistent_rt, "rt_start_day/rt_end_day differ between rows of subject SUB02"),
+    (_folder_without_row, "folder SUB02-003 has no row in timeline.csv (add subject=SUB02, timepoint=003)"),
+]
+
+
+@pytest.mark.parametrize("breaker,message", TIMELINE_BAD, ids=[b[0].__name__.strip("_") for b in TIMELINE_BAD])
+def test_timeline_problems_are_errors_of_their_subject(good, breaker, message):
+    breaker(good)
+    ds = discover(good)
+    errs = ds.subject_errors()
+    assert list(errs) == ["SUB02"], errs  # attributed to the subject, the other one is usable
+    assert any(message in m for m in errs["SUB02"]), errs["SUB02"]
+    assert all(m.startswith("subject SUB02") for m in errs["SUB02"])
+    assert [s.subject for s in ds.good_subjects()] == ["SUB01"]
+    # data-check reports the same error from the same discovery
+    rep = check_dataset(good)
+    assert not rep["ok"]
+    assert [p["text"] for p in rep["all_problems"] if p["severity"] == "error"] == errs["SUB02"]
+    with pytest.raises(DataError, match="subject SUB02"):
+        discover(good, strict=True)
+
+
+def test_subject_errors_empty_for_good_data_and_warnings_do_not_count(tmp_path):
+    root = write_longitudinal(tmp_path / "d", n_subjects=2, n_timepoints=3, seg_missing=[("SUB01", "002")])
+    ds = discover(root)
+    assert ds.subject_errors() == {} and len(ds.problems) == 1 and ds.problems[0].severity == "warning"
