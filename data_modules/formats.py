@@ -241,7 +241,8 @@ def discover(root: str | Path, format: str = "auto", contrasts=CONTRASTS, strict
     return DataSet(root=root, format=fmt, subjects=subjects, problems=col.problems)
 
 
-def _check_files(folder: Path, prefix: str, subject: str, tp: str, contrasts, col: _Collector, seg_required: bool):
+def _check_files(folder: Path, prefix: str, subject: str, tp: str, contrasts, col: _Collector, seg_required: bool,
+                 first: bool = False):
     images: dict[str, Path] = {}
     for m in contrasts:
         p = _nifti(folder, f"{prefix}-{m}")
@@ -252,10 +253,14 @@ def _check_files(folder: Path, prefix: str, subject: str, tp: str, contrasts, co
             images[m] = p
     seg = _nifti(folder, f"{prefix}-seg")
     if seg is None:
-        col.add(
-            f"no segmentation {prefix}-seg.nii.gz" + ("" if seg_required else " (fine for a timepoint to be predicted)"),
-            subject, tp, f"{prefix}-seg.nii.gz", severity="warning",
-        )
+        if seg_required:
+            why = ""
+        elif first:
+            why = (" (the first timepoint is never a timepoint to be predicted, and without a seg it cannot be used"
+                   " for the growth fit)")
+        else:
+            why = " (fine for a timepoint to be predicted; it is left out of the growth fit)"
+        col.add(f"no segmentation {prefix}-seg.nii.gz{why}", subject, tp, f"{prefix}-seg.nii.gz", severity="warning")
     return images, seg
 
 
@@ -274,7 +279,9 @@ _TP_FOLDER = re.compile(r"^(?P<subject>.+)-(?P<tp>\d{3})$")
 def _discover_longitudinal(root: Path, contrasts, col: _Collector) -> list[Subject]:
     tl = root / "timeline.csv"
     try:
-        with open(tl, newline="", encoding="utf-8") as fh:
+        # utf-8-sig: a UTF-8 byte-order mark (Excel's "CSV UTF-8") is dropped; newline="" lets csv take
+        # \n, \r\n and \r line ends alike
+        with open(tl, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             header = [h.strip() for h in (reader.fieldnames or [])]
             rows = list(reader)
@@ -320,6 +327,7 @@ def _discover_longitudinal(root: Path, contrasts, col: _Collector) -> list[Subje
     subjects = []
     for s, items in by_subject.items():
         subj = Subject(s)
+        first_tp = min(row["timepoint"] for _, row in items)
         rts: set[tuple] = set()
         for i, row in items:
             where = f"{tl.name} row {i} (subject {s}, timepoint {row['timepoint']})"
@@ -341,7 +349,8 @@ def _discover_longitudinal(root: Path, contrasts, col: _Collector) -> list[Subje
                 col.add(f"{where}: folder {prefix}/ not found in {root}", s, tp, prefix)
                 images, seg = {}, None
             else:
-                images, seg = _check_files(folder, prefix, s, tp, contrasts, col, seg_required=False)
+                images, seg = _check_files(folder, prefix, s, tp, contrasts, col, seg_required=False,
+                                           first=tp == first_tp)
             subj.timepoints.append(Timepoint(s, tp, day, images, seg))
         if len(rts) > 1:
             col.add(f"{tl.name}: rt_start_day/rt_end_day differ between rows of subject {s}: {sorted(rts, key=str)}",

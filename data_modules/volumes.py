@@ -192,6 +192,7 @@ def inspect_timepoint(tp: Timepoint, contrasts: Sequence[str] = CONTRASTS, read_
         problems.append(Problem(msg, tp.subject, tp.timepoint, None if file is None else Path(file).name))
 
     arrays: dict[str, np.ndarray] = {}
+    zero: list[tuple[str, Path]] = []  # contrasts whose voxels are all zero
     ref: tuple | None = None  # (contrast, shape, affine, spacing)
     for m in contrasts:
         path = tp.images.get(m)
@@ -218,6 +219,8 @@ def inspect_timepoint(tp: Timepoint, contrasts: Sequence[str] = CONTRASTS, read_
                 bad(f"affine of {m} ({path.name}) differs from the affine of {ref[0]} ({ref[4]}): "
                     f"{np.round(affine, 3).tolist()} vs {np.round(ref[2], 3).tolist()}", path)
                 continue
+        if not np.any(data):
+            zero.append((m, path))
         arrays[m] = data
 
     seg = None
@@ -249,9 +252,12 @@ def inspect_timepoint(tp: Timepoint, contrasts: Sequence[str] = CONTRASTS, read_
                     if ref is None:
                         ref = ("seg", sdata.shape, saff, _, tp.seg.name)
 
-    if arrays and len(arrays) == len(contrasts) and all(not np.any(a) for a in arrays.values()):
+    if arrays and len(arrays) == len(contrasts) and len(zero) == len(arrays):
         bad(f"empty brain: every voxel of every contrast ({', '.join(p.name for p in tp.images.values())}) is zero",
             next(iter(tp.images.values())))
+    else:
+        for m, path in zero:
+            bad(f"contrast {m} ({path.name}) is all zero: an empty or failed image", path)
     if any(p.severity == "error" for p in problems) or ref is None or len(arrays) != len(contrasts) or not arrays:
         return None, problems
     shape, affine, spacing = ref[1], ref[2], ref[3]

@@ -83,6 +83,10 @@ def _affine(root):
     write_nifti(root / "SUB02-001" / "SUB02-001-t2w.nii.gz", phantom()[0]["t2w"], spacing=(1.0, 1.0, 2.0))
 
 
+def _zero_contrast(root):
+    write_nifti(root / "SUB02-001" / "SUB02-001-t2f.nii.gz", np.zeros((24, 20, 12)), spacing=(1.0, 1.5, 2.0))
+
+
 def _empty(root):
     for m in ("t1n", "t1c", "t2w", "t2f"):
         write_nifti(root / "SUB02-001" / f"SUB02-001-{m}.nii.gz", np.zeros((24, 20, 12)), spacing=(1.0, 1.5, 2.0))
@@ -120,6 +124,7 @@ BAD = [
     (_nan, "NaN/Inf voxel", "SUB02-001-t1c.nii.gz"),
     (_labels, "labels outside {0,1,2,3}: 4", "SUB02-001-seg.nii.gz"),
     (_empty, "empty brain", "SUB02-001-t1n.nii.gz"),
+    (_zero_contrast, "contrast t2f (SUB02-001-t2f.nii.gz) is all zero", "SUB02-001-t2f.nii.gz"),
     (_truncated, "cannot read NIfTI", "SUB02-001-t1n.nii.gz"),
     (_garbage, "cannot read NIfTI", "SUB02-001-t1n.nii.gz"),
     (_timeline_row_without_folder, "folder SUB02-001/ not found", "SUB02-001"),
@@ -144,14 +149,17 @@ def test_bad_input_is_reported_with_subject_and_file(good, breaker, message, fil
     assert message in out and "FAILED" in out
 
 
-@pytest.mark.parametrize("breaker,message,file", BAD[:8], ids=[b[0].__name__.strip("_") for b in BAD[:8]])
+VOXEL_BAD = BAD[:9]  # the problems found by reading the files
+
+
+@pytest.mark.parametrize("breaker,message,file", VOXEL_BAD, ids=[b[0].__name__.strip("_") for b in VOXEL_BAD])
 def test_bad_voxels_raise_when_loading(good, breaker, message, file):
     breaker(good)
     ds = discover(good)
     tp = ds.subject("SUB02").timepoint("001")
     with pytest.raises(DataError) as exc:
         load_slice(tp, 5, image_size=24)
-    assert "SUB02" in str(exc.value) and file in str(exc.value)
+    assert "SUB02" in str(exc.value) and file in str(exc.value) and message in str(exc.value)
 
 
 def test_bad_timeline_strict_raises(good):
