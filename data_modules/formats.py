@@ -30,6 +30,7 @@ __all__ = [
     "CONTRASTS",
     "FORMATS",
     "DataSet",
+    "Grid",
     "Problem",
     "Subject",
     "Timepoint",
@@ -46,6 +47,23 @@ AUTHORS_SPLIT_FOLDERS = {"training": "train", "validation": "val", "testing": "t
 
 
 # --------------------------------------------------------------------------- records
+@dataclass(frozen=True)
+class Grid:
+    """The voxel grid of a scan: spatial ``shape`` and the 4x4 voxel-to-world ``affine`` (mm), from a file header.
+
+    ``timepoint`` and ``file`` say where it was read (for messages).
+    """
+
+    shape: tuple[int, ...]
+    affine: tuple[tuple[float, ...], ...]  # 4x4, as nested tuples (hashable; np.asarray(grid.affine) for maths)
+    timepoint: str = ""
+    file: str = ""
+
+    def key(self) -> tuple:
+        """A hashable, JSON-able identity of the grid (shape + affine rounded to 1e-6 mm)."""
+        return (tuple(int(n) for n in self.shape), tuple(round(float(v), 6) for row in self.affine for v in row))
+
+
 @dataclass
 class Timepoint:
     """One scan: the files of one subject at one date."""
@@ -57,6 +75,9 @@ class Timepoint:
     seg: Path | None = None
     source_slice: int | None = None  # authors2d: the slice number the 2D file was cut at
     split: str | None = None  # authors2d: from the folder
+    # set by data_modules.volumes.check_subject_grid(..., align="resample") when this scan is not on the grid of
+    # its subject's first timepoint: loading it (load_volume / load_slice) then resamples it onto that grid
+    align_to: Grid | None = None
 
     @property
     def name(self) -> str:
