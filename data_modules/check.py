@@ -1,9 +1,11 @@
 """``tgrowth data-check ROOT [--json]``: validate a data set (any of the three formats) before a long run.
 
 Per subject and timepoint: which files exist, shape and spacing (checked to agree across contrasts and
-seg), seg labels in {0,1,2,3}, finite voxels, a non-empty brain, whole-tumour volume (mm^3; for 2D inputs
-the area times the slice thickness) and the largest axial tumour area (mm^2) with its slice. Problems name
-subject, timepoint and file. Exit code 1 when any error was found, 0 otherwise (warnings do not fail).
+seg), seg labels in {0,1,2,3}, finite voxels, no all-zero contrast, whole-tumour volume (mm^3; for 2D
+inputs the area times the slice thickness) and the largest axial tumour area (mm^2) with its slice. Per
+subject: the ``timeline.csv`` rules of discovery and that all timepoints share the first timepoint's voxel
+grid (:func:`data_modules.volumes.check_subject_grid`). Problems name subject, timepoint and file. Exit code
+1 when any error was found, 0 otherwise (warnings do not fail).
 """
 
 from __future__ import annotations
@@ -17,7 +19,14 @@ from typing import Any
 import numpy as np
 
 from data_modules.formats import CONTRASTS, DataSet, Problem, Timepoint, discover
-from data_modules.volumes import inspect_timepoint, read_nifti, tumour_area_per_slice, tumour_volume_mm3
+from data_modules.volumes import (
+    GRID_TOLERANCE_MM,
+    check_subject_grid,
+    inspect_timepoint,
+    read_nifti,
+    tumour_area_per_slice,
+    tumour_volume_mm3,
+)
 from tgrowth.errors import DataError
 
 __all__ = ["check_dataset", "format_text", "run"]
@@ -74,8 +83,14 @@ def _file_spacing(vol) -> list[float]:
     return sp[: len(vol.file_shape)]
 
 
-def check_dataset(root: str | Path, format: str = "auto", contrasts=CONTRASTS) -> dict:  # noqa: A002
-    """The full report as a JSON-ready dict (see the module docstring)."""
+def check_dataset(root: str | Path, format: str = "auto", contrasts=CONTRASTS,  # noqa: A002
+                  grid_tolerance_mm: float = GRID_TOLERANCE_MM, align: str = "require") -> dict:
+    """The full report as a JSON-ready dict (see the module docstring).
+
+    ``grid_tolerance_mm`` / ``align`` as in :func:`data_modules.volumes.check_subject_grid`: with
+    ``align="require"`` a timepoint off its subject's grid is an error, with ``"resample"`` a warning (sizes
+    are reported as measured in each file's own grid).
+    """
     ds: DataSet = discover(root, format, contrasts)
     contrasts = tuple(contrasts)
     is2d = ds.format == "authors2d"
@@ -94,6 +109,9 @@ def check_dataset(root: str | Path, format: str = "auto", contrasts=CONTRASTS) -
             tps.append(entry)
         sub_problems = [p for p in ds.problems if p.subject == subj.subject and id(p) not in placed]
         placed.update(id(p) for p in sub_problems)
+        grid_problems = check_subject_grid(subj, grid_tolerance_mm, align)  # after the reports: files as they are
+        all_problems.extend(grid_problems)
+        sub_problems += grid_problems
         item = {"subject": subj.subject, "rt_start_day": subj.rt_start_day, "rt_end_day": subj.rt_end_day,
                 "timepoints": tps, "problems": [_ptext(p) for p in sub_problems]}
         if subj.split is not None:
@@ -147,7 +165,7 @@ def format_text(report: dict) -> str:
 
 def run(cfg) -> int:
     """CLI entry point (``tgrowth data-check``): prints text or JSON; exit 1 on errors."""
-    report = check_dataset(cfg.root, cfg.format, list(cfg.contrasts))
+    report = check_dataset(cfg.root, cfg.format, list(cfg.contrasts), float(cfg.grid_tolerance_mm), str(cfg.align))
     if cfg.output_dir:
         from tgrowth.config.base import save_resolved_config
         from tgrowth.io import prepare_output_dir, write_csv, write_json

@@ -1,6 +1,6 @@
 """Discovery of the three on-disk formats -> one record list (``DataSet`` of ``Subject``/``Timepoint``).
 
-Formats (see the README, section "Data formats"):
+Formats (see docs/data.md):
 
 * ``brats``: BraTS 2023 cross-sectional, ``ROOT/<ID>/<ID>-{t1n,t1c,t2w,t2f,seg}.nii.gz``; one timepoint
   ``000`` at day 0 per subject.
@@ -30,6 +30,7 @@ __all__ = [
     "CONTRASTS",
     "FORMATS",
     "DataSet",
+    "Grid",
     "Problem",
     "Subject",
     "Timepoint",
@@ -46,6 +47,23 @@ AUTHORS_SPLIT_FOLDERS = {"training": "train", "validation": "val", "testing": "t
 
 
 # --------------------------------------------------------------------------- records
+@dataclass(frozen=True)
+class Grid:
+    """The voxel grid of a scan: spatial ``shape`` and the 4x4 voxel-to-world ``affine`` (mm), from a file header.
+
+    ``timepoint`` and ``file`` say where it was read (for messages).
+    """
+
+    shape: tuple[int, ...]
+    affine: tuple[tuple[float, ...], ...]  # 4x4, as nested tuples (hashable; np.asarray(grid.affine) for maths)
+    timepoint: str = ""
+    file: str = ""
+
+    def key(self) -> tuple:
+        """A hashable, JSON-able identity of the grid (shape + affine rounded to 1e-6 mm)."""
+        return (tuple(int(n) for n in self.shape), tuple(round(float(v), 6) for row in self.affine for v in row))
+
+
 @dataclass
 class Timepoint:
     """One scan: the files of one subject at one date."""
@@ -57,6 +75,9 @@ class Timepoint:
     seg: Path | None = None
     source_slice: int | None = None  # authors2d: the slice number the 2D file was cut at
     split: str | None = None  # authors2d: from the folder
+    # set by data_modules.volumes.check_subject_grid(..., align="resample") when this scan is not on the grid of
+    # its subject's first timepoint: loading it (load_volume / load_slice) then resamples it onto that grid
+    align_to: Grid | None = None
 
     @property
     def name(self) -> str:
@@ -132,6 +153,25 @@ class DataSet:
     @property
     def errors(self) -> list[Problem]:
         return [p for p in self.problems if p.severity == "error"]
+
+    def subject_errors(self) -> dict[str, list[str]]:
+        """``{subject: [message, ...]}``: the error-level problems discovery found, per subject.
+
+        The same problems ``tgrowth data-check`` reports from discovery (duplicate or unparsable
+        ``timeline.csv`` rows, days that do not increase with the timepoint number, RT days that differ
+        between a subject's rows or end before they start, ``<SUBJECT>-<TP>`` folders without a row and rows
+        without a folder, missing contrasts). A subject listed here must not be used (skip it with these
+        reasons, or stop under ``strict``). Keys may name a subject that has no :class:`Subject` record (a
+        folder whose subject has no row at all). Errors that belong to no subject (a row with an empty
+        subject) are in :attr:`errors` with ``subject`` None. Messages are ``str(Problem)``: they name the
+        subject, timepoint and file. Voxel-level checks need the files read: see
+        :func:`data_modules.volumes.check_subject_grid` (timepoints on one grid) and ``load_volume``.
+        """
+        out: dict[str, list[str]] = {}
+        for p in self.problems:
+            if p.severity == "error" and p.subject is not None:
+                out.setdefault(p.subject, []).append(str(p))
+        return out
 
     def good_subjects(self) -> list[Subject]:
         bad = self.bad_subjects
@@ -222,7 +262,8 @@ def discover(root: str | Path, format: str = "auto", contrasts=CONTRASTS, strict
     return DataSet(root=root, format=fmt, subjects=subjects, problems=col.problems)
 
 
-def _check_files(folder: Path, prefix: str, subject: str, tp: str, contrasts, col: _Collector, seg_required: bool):
+def _check_files(folder: Path, prefix: str, subject: str, tp: str, contrasts, col: _Collector, seg_required: bool,
+                 first: bool = False):
     images: dict[str, Path] = {}
     for m in contrasts:
         p = _nifti(folder, f"{prefix}-{m}")
@@ -233,10 +274,14 @@ def _check_files(folder: Path, prefix: str, subject: str, tp: str, contrasts, co
             images[m] = p
     seg = _nifti(folder, f"{prefix}-seg")
     if seg is None:
-        col.add(
-            f"no segmentation {prefix}-seg.nii.gz" + ("" if seg_required else " (fine for a timepoint to be predicted)"),
-            subject, tp, f"{prefix}-seg.nii.gz", severity="warning",
-        )
+        if seg_required:
+            why = ""
+        elif first:
+            why = (" (the first timepoint is never a timepoint to be predicted, and without a seg it cannot be used"
+                   " for the growth fit)")
+        else:
+            why = " (fine for a timepoint to be predicted; it is left out of the growth fit)"
+        col.add(f"no segmentation {prefix}-seg.nii.gz{why}", subject, tp, f"{prefix}-seg.nii.gz", severity="warning")
     return images, seg
 
 
@@ -255,7 +300,9 @@ _TP_FOLDER = re.compile(r"^(?P<subject>.+)-(?P<tp>\d{3})$")
 def _discover_longitudinal(root: Path, contrasts, col: _Collector) -> list[Subject]:
     tl = root / "timeline.csv"
     try:
-        with open(tl, newline="", encoding="utf-8") as fh:
+        # utf-8-sig: a UTF-8 byte-order mark (Excel's "CSV UTF-8") is dropped; newline="" lets csv take
+        # \n, \r\n and \r line ends alike
+        with open(tl, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             header = [h.strip() for h in (reader.fieldnames or [])]
             rows = list(reader)
@@ -301,6 +348,7 @@ def _discover_longitudinal(root: Path, contrasts, col: _Collector) -> list[Subje
     subjects = []
     for s, items in by_subject.items():
         subj = Subject(s)
+        first_tp = min(row["timepoint"] for _, row in items)
         rts: set[tuple] = set()
         for i, row in items:
             where = f"{tl.name} row {i} (subject {s}, timepoint {row['timepoint']})"
@@ -322,7 +370,8 @@ def _discover_longitudinal(root: Path, contrasts, col: _Collector) -> list[Subje
                 col.add(f"{where}: folder {prefix}/ not found in {root}", s, tp, prefix)
                 images, seg = {}, None
             else:
-                images, seg = _check_files(folder, prefix, s, tp, contrasts, col, seg_required=False)
+                images, seg = _check_files(folder, prefix, s, tp, contrasts, col, seg_required=False,
+                                           first=tp == first_tp)
             subj.timepoints.append(Timepoint(s, tp, day, images, seg))
         if len(rts) > 1:
             col.add(f"{tl.name}: rt_start_day/rt_end_day differ between rows of subject {s}: {sorted(rts, key=str)}",

@@ -456,6 +456,8 @@ def _fingerprint(tp: Timepoint) -> tuple:
             out.append((str(Path(p).resolve()), st.st_size, st.st_mtime_ns))
         except OSError:
             out.append((str(p), -1, -1))
+    if tp.align_to is not None:  # resampled onto another timepoint's grid (volumes.check_subject_grid)
+        out.append(("align_to", tp.align_to.key()))
     return tuple(out)
 
 

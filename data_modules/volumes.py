@@ -6,20 +6,29 @@ axial slice ``k``. 2D files (the authors' layout) become ``Z = 1``. ``Volume.per
 ``Volume.file_shape`` undo that for writing results back in the input geometry.
 
 Size functions work on numpy arrays and torch tensors alike and batch over leading dimensions.
+
+Timepoints of one subject must share a voxel grid (co-registered: same shape, same affine within
+``grid_tolerance_mm``): :func:`check_subject_grid` reads the headers and reports a timepoint that is off the
+grid of the subject's first timepoint (or, with ``align="resample"``, marks it to be resampled onto that grid
+when it is loaded: linear for images, nearest for the seg, in world coordinates from the two affines).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
-from data_modules.formats import CONTRASTS, Problem, Timepoint
-from tgrowth.errors import DataError
+from data_modules.formats import CONTRASTS, Grid, Problem, Subject, Timepoint
+from tgrowth.errors import ConfigError, DataError
 
 __all__ = [
+    "ALIGN_MODES",
+    "GRID_TOLERANCE_MM",
     "LABEL_SETS",
     "VALID_LABELS",
     "Volume",
@@ -32,11 +41,20 @@ __all__ = [
     "inspect_timepoint",
     "load_volume",
     "read_nifti",
+    "read_grid",
+    "timepoint_grid",
+    "grid_difference",
+    "check_subject_grid",
+    "resample_to_grid",
 ]
 
 VALID_LABELS: tuple[int, ...] = (0, 1, 2, 3)  # BraTS 2023: 1 necrotic core, 2 oedema, 3 enhancing
 LABEL_SETS: dict[str, tuple[int, ...]] = {"whole": (1, 2, 3), "core": (1, 3), "enhancing": (3,)}
-AFFINE_ATOL_MM = 1e-3
+AFFINE_ATOL_MM = 1e-3  # contrasts and seg of one timepoint: affines equal within this (elementwise)
+GRID_TOLERANCE_MM = 0.1  # timepoints of one subject: every voxel centre within this distance (config: grid_tolerance_mm)
+ALIGN_MODES: tuple[str, ...] = ("require", "resample")
+_AXIS_NAME = {"L": "left-right", "R": "left-right", "A": "anterior-posterior", "P": "anterior-posterior",
+              "S": "superior-inferior", "I": "superior-inferior"}
 
 
 # --------------------------------------------------------------------------- sizes
@@ -179,11 +197,142 @@ def _axial_perm(affine: np.ndarray, ndim: int) -> tuple[int, int, int]:
     return tuple([a for a in range(3) if a != axial] + [axial])  # type: ignore[return-value]
 
 
+# --------------------------------------------------------------------------- voxel grids across timepoints
+def read_grid(path: str | Path, timepoint: str = "") -> Grid:
+    """The :class:`Grid` (spatial shape, affine) of a NIfTI file from its header (the voxels are not read)."""
+    import nibabel as nib
+
+    path = Path(path)
+    try:
+        img = nib.load(str(path))
+        shape = tuple(int(n) for n in img.shape)
+        affine = np.asarray(img.affine, dtype=np.float64)
+    except Exception as exc:  # same as read_nifti: any failure means an unreadable file
+        raise DataError(f"file {path}: cannot read the NIfTI header ({type(exc).__name__}: {exc})") from exc
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    return Grid(shape, tuple(tuple(float(v) for v in row) for row in affine), timepoint, path.name)
+
+
+def timepoint_grid(tp: Timepoint) -> Grid | None:
+    """The grid of a timepoint: that of its first contrast file (in t1n, t1c, t2w, t2f order), else of its
+    seg; None when no file header can be read (the voxel checks of ``inspect_timepoint`` report why).
+    Contrasts and seg of one timepoint are checked against each other by ``inspect_timepoint``."""
+    for path in [*(tp.images[m] for m in CONTRASTS if m in tp.images), *([tp.seg] if tp.seg is not None else [])]:
+        try:
+            return read_grid(path, tp.timepoint)
+        except DataError:
+            continue
+    return None
+
+
+def _x(values, fmt: str = "d") -> str:
+    return "x".join(format(int(v) if fmt == "d" else float(v), fmt) for v in values)
+
+
+def _corners(shape: Sequence[int]) -> np.ndarray:
+    n = [*shape, *([1] * (3 - len(shape)))]
+    return np.array([[i, j, k, 1.0] for i in (0, n[0] - 1) for j in (0, n[1] - 1) for k in (0, n[2] - 1)]).T
+
+
+def grid_difference(ref: Grid, other: Grid, tolerance_mm: float = GRID_TOLERANCE_MM) -> str | None:
+    """None when ``other`` is on ``ref``'s grid (same shape and every voxel centre within ``tolerance_mm``
+    of the same voxel of ``ref``), else what differs, ``other``'s value first: ``"shape 20x24x12 vs
+    24x20x12; axes swapped (orientation ARS vs RAS); ..."``, ``"flipped along left-right (orientation LAS
+    vs RAS)"``, ``"voxel size 1x1x2 mm vs 1x1x1 mm"``, ``"rotated by 5 degrees"``, ``"affine differs by 40
+    mm translation (origin moved by [40, 0, 0] mm)"``, and ``"voxel positions differ by up to X mm"``."""
+    import nibabel as nib
+
+    a, b = np.asarray(ref.affine, dtype=np.float64), np.asarray(other.affine, dtype=np.float64)
+    same_shape = tuple(other.shape) == tuple(ref.shape)
+    dist = float(np.linalg.norm(((b - a) @ _corners(ref.shape))[:3], axis=0).max()) if same_shape else math.inf
+    if same_shape and dist <= tolerance_mm:
+        return None
+    parts = [] if same_shape else [f"shape {_x(other.shape)} vs {_x(ref.shape)}"]
+    ca, cb = nib.aff2axcodes(a), nib.aff2axcodes(b)
+    if [_AXIS_NAME[c] for c in cb] != [_AXIS_NAME[c] for c in ca]:
+        parts.append(f"axes swapped (orientation {''.join(cb)} vs {''.join(ca)})")
+    elif cb != ca:
+        flipped = [_AXIS_NAME[x] for x, y in zip(ca, cb) if x != y]
+        parts.append(f"flipped along {', '.join(flipped)} (orientation {''.join(cb)} vs {''.join(ca)})")
+    else:
+        za, zb = np.linalg.norm(a[:3, :3], axis=0), np.linalg.norm(b[:3, :3], axis=0)
+        if not np.allclose(za, zb, atol=1e-3):
+            parts.append(f"voxel size {_x(zb, 'g')} mm vs {_x(za, 'g')} mm")
+        cos = (np.trace((a[:3, :3] / za).T @ (b[:3, :3] / zb)) - 1.0) / 2.0
+        angle = math.degrees(math.acos(min(1.0, max(-1.0, float(cos)))))
+        if angle > 0.01:
+            parts.append(f"rotated by {angle:.3g} degrees")
+        shift = b[:3, 3] - a[:3, 3]
+        if float(np.linalg.norm(shift)) > tolerance_mm:
+            parts.append(f"affine differs by {float(np.linalg.norm(shift)):.3g} mm translation (origin moved by "
+                         f"[{', '.join(f'{v:.3g}' for v in shift)}] mm)")
+    if same_shape:
+        parts.append(f"voxel positions differ by up to {dist:.3g} mm (tolerance {tolerance_mm:g} mm)")
+    return "; ".join(parts)
+
+
+def check_subject_grid(subject: Subject, tolerance_mm: float = GRID_TOLERANCE_MM, align: str = "require") -> list[Problem]:
+    """Check that every timepoint of ``subject`` is on the voxel grid of its first timepoint (timepoints must be
+    co-registered: same shape, and the same affine within ``tolerance_mm`` at every voxel centre).
+
+    Reads file headers only. Returns one :class:`Problem` per timepoint off the grid, naming the subject, both
+    timepoints and files, and what differs (see :func:`grid_difference`):
+
+    * ``align="require"`` (default): severity ``error`` -- the subject must not be used.
+    * ``align="resample"``: severity ``warning``, and the timepoint's ``align_to`` is set to the first
+      timepoint's grid, so :func:`load_volume` (and ``load_slice``) resample it onto that grid (linear for the
+      images, nearest for the seg, in world coordinates; outside the scan 0).
+
+    Subjects with one timepoint, and the slice samples of the authors' 2D layout, have nothing to check.
+    """
+    if align not in ALIGN_MODES:
+        raise ConfigError(f"align must be one of {', '.join(ALIGN_MODES)}, got {align!r}")
+    if not tolerance_mm >= 0:
+        raise ConfigError(f"grid_tolerance_mm must be >= 0, got {tolerance_mm!r}")
+    tps = sorted((t for t in subject.timepoints if t.source_slice is None), key=lambda t: t.timepoint)
+    grids = [(t, g) for t in tps if (g := timepoint_grid(t)) is not None]
+    problems: list[Problem] = []
+    if len(grids) < 2:
+        return problems
+    ref_tp, ref = grids[0]
+    for tp, g in grids[1:]:
+        tp.align_to = None
+        diff = grid_difference(ref, g, tolerance_mm)
+        if diff is None:
+            continue
+        head = f"not on the voxel grid of timepoint {ref_tp.timepoint} ({ref.file}): {diff}"
+        if align == "resample":
+            tp.align_to = ref
+            problems.append(Problem(f"{head}; resampled onto that grid (align: resample)", subject.subject,
+                                    tp.timepoint, g.file, "warning"))
+        else:
+            problems.append(Problem(f"{head}. The timepoints of a subject must be co-registered on one voxel grid "
+                                    "(align: resample resamples them onto the first timepoint's grid)",
+                                    subject.subject, tp.timepoint, g.file))
+    return problems
+
+
+def resample_to_grid(data: np.ndarray, affine: np.ndarray, grid: Grid, order: int = 1) -> np.ndarray:
+    """``data`` (2D or 3D voxels with voxel-to-world ``affine``) sampled at the voxel centres of ``grid``, in world
+    coordinates: ``order=1`` linear (images), ``order=0`` nearest (label maps); 0 outside the scan."""
+    m = np.linalg.inv(np.asarray(affine, dtype=np.float64)) @ np.asarray(grid.affine, dtype=np.float64)
+    m = np.round(m, 6)  # whole-voxel shifts and flips land exactly on source voxels
+    src = data if data.ndim == 3 else data.reshape(*data.shape, *([1] * (3 - data.ndim)))
+    out_shape = tuple(grid.shape) + (1,) * (3 - len(grid.shape))
+    out = ndimage.affine_transform(src, m[:3, :3], offset=m[:3, 3], output_shape=out_shape, order=order,
+                                   mode="constant", cval=0.0)
+    return out.reshape(tuple(grid.shape))
+
+
 def inspect_timepoint(tp: Timepoint, contrasts: Sequence[str] = CONTRASTS, read_seg: bool = True,
                       report_missing: bool = True) -> tuple[Volume | None, list[Problem]]:
     """Read and check every file of a timepoint; returns the volume (None on errors) and all problems.
 
     ``report_missing=False`` leaves missing modality files out of the problems (discovery reported them).
+    A contrast whose voxels are all zero is an error naming its file. When ``tp.align_to`` is set (by
+    :func:`check_subject_grid` with ``align="resample"``) the checked arrays are resampled onto that grid
+    and the volume carries its affine and shape.
     """
     contrasts = tuple(contrasts)
     problems: list[Problem] = []
@@ -192,6 +341,7 @@ def inspect_timepoint(tp: Timepoint, contrasts: Sequence[str] = CONTRASTS, read_
         problems.append(Problem(msg, tp.subject, tp.timepoint, None if file is None else Path(file).name))
 
     arrays: dict[str, np.ndarray] = {}
+    zero: list[tuple[str, Path]] = []  # contrasts whose voxels are all zero
     ref: tuple | None = None  # (contrast, shape, affine, spacing)
     for m in contrasts:
         path = tp.images.get(m)
@@ -218,6 +368,8 @@ def inspect_timepoint(tp: Timepoint, contrasts: Sequence[str] = CONTRASTS, read_
                 bad(f"affine of {m} ({path.name}) differs from the affine of {ref[0]} ({ref[4]}): "
                     f"{np.round(affine, 3).tolist()} vs {np.round(ref[2], 3).tolist()}", path)
                 continue
+        if not np.any(data):
+            zero.append((m, path))
         arrays[m] = data
 
     seg = None
@@ -249,12 +401,27 @@ def inspect_timepoint(tp: Timepoint, contrasts: Sequence[str] = CONTRASTS, read_
                     if ref is None:
                         ref = ("seg", sdata.shape, saff, _, tp.seg.name)
 
-    if arrays and len(arrays) == len(contrasts) and all(not np.any(a) for a in arrays.values()):
+    if arrays and len(arrays) == len(contrasts) and len(zero) == len(arrays):
         bad(f"empty brain: every voxel of every contrast ({', '.join(p.name for p in tp.images.values())}) is zero",
             next(iter(tp.images.values())))
+    else:
+        for m, path in zero:
+            bad(f"contrast {m} ({path.name}) is all zero: an empty or failed image", path)
     if any(p.severity == "error" for p in problems) or ref is None or len(arrays) != len(contrasts) or not arrays:
         return None, problems
     shape, affine, spacing = ref[1], ref[2], ref[3]
+    if tp.align_to is not None:  # off the subject's grid, align=resample: onto the first timepoint's grid
+        grid = tp.align_to
+        arrays = {m: resample_to_grid(a, affine, grid, order=1).astype(np.float32) for m, a in arrays.items()}
+        if seg is not None:
+            seg = resample_to_grid(seg.astype(np.float32), affine, grid, order=0).astype(np.int16)
+        if all(not np.any(a) for a in arrays.values()):
+            bad(f"no voxel of this scan lies inside the grid of timepoint {grid.timepoint} ({grid.file}) it is "
+                "resampled onto: the two scans do not overlap in world coordinates", next(iter(tp.images.values())))
+            return None, problems
+        affine = np.asarray(grid.affine, dtype=np.float64)
+        shape = tuple(grid.shape)
+        spacing = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
     perm = _axial_perm(affine, len(shape))
     images = np.stack([arrays[m] for m in contrasts])
     if images.ndim == 3:

@@ -83,6 +83,10 @@ def _affine(root):
     write_nifti(root / "SUB02-001" / "SUB02-001-t2w.nii.gz", phantom()[0]["t2w"], spacing=(1.0, 1.0, 2.0))
 
 
+def _zero_contrast(root):
+    write_nifti(root / "SUB02-001" / "SUB02-001-t2f.nii.gz", np.zeros((24, 20, 12)), spacing=(1.0, 1.5, 2.0))
+
+
 def _empty(root):
     for m in ("t1n", "t1c", "t2w", "t2f"):
         write_nifti(root / "SUB02-001" / f"SUB02-001-{m}.nii.gz", np.zeros((24, 20, 12)), spacing=(1.0, 1.5, 2.0))
@@ -120,6 +124,7 @@ BAD = [
     (_nan, "NaN/Inf voxel", "SUB02-001-t1c.nii.gz"),
     (_labels, "labels outside {0,1,2,3}: 4", "SUB02-001-seg.nii.gz"),
     (_empty, "empty brain", "SUB02-001-t1n.nii.gz"),
+    (_zero_contrast, "contrast t2f (SUB02-001-t2f.nii.gz) is all zero", "SUB02-001-t2f.nii.gz"),
     (_truncated, "cannot read NIfTI", "SUB02-001-t1n.nii.gz"),
     (_garbage, "cannot read NIfTI", "SUB02-001-t1n.nii.gz"),
     (_timeline_row_without_folder, "folder SUB02-001/ not found", "SUB02-001"),
@@ -144,14 +149,17 @@ def test_bad_input_is_reported_with_subject_and_file(good, breaker, message, fil
     assert message in out and "FAILED" in out
 
 
-@pytest.mark.parametrize("breaker,message,file", BAD[:8], ids=[b[0].__name__.strip("_") for b in BAD[:8]])
+VOXEL_BAD = BAD[:9]  # the problems found by reading the files
+
+
+@pytest.mark.parametrize("breaker,message,file", VOXEL_BAD, ids=[b[0].__name__.strip("_") for b in VOXEL_BAD])
 def test_bad_voxels_raise_when_loading(good, breaker, message, file):
     breaker(good)
     ds = discover(good)
     tp = ds.subject("SUB02").timepoint("001")
     with pytest.raises(DataError) as exc:
         load_slice(tp, 5, image_size=24)
-    assert "SUB02" in str(exc.value) and file in str(exc.value)
+    assert "SUB02" in str(exc.value) and file in str(exc.value) and message in str(exc.value)
 
 
 def test_bad_timeline_strict_raises(good):
@@ -174,3 +182,50 @@ def test_brats_missing_modality(tmp_path):
     assert not rep["ok"]
     assert any("BraTS-GLI-00001-000-t1c.nii.gz" in p["text"] and "missing modality t1c" in p["text"]
                for p in rep["all_problems"])
+
+
+# --------------------------------------------------------------------------- timeline problems, per subject
+def _duplicate_timepoint(root):
+    tl = root / "timeline.csv"
+    tl.write_text(tl.read_text() + "SUB02,001,40,10,52\n")
+
+
+def _unsorted_days(root):  # days 0 / 90 / 75: timepoint 002 is earlier than 001
+    tl = root / "timeline.csv"
+    tl.write_text(tl.read_text().replace("SUB02,001,30,", "SUB02,001,90,"))
+
+
+def _inconsistent_rt(root):
+    tl = root / "timeline.csv"
+    tl.write_text(tl.read_text().replace("SUB02,002,75,10,52", "SUB02,002,75,12,52"))
+
+
+TIMELINE_BAD = [
+    (_duplicate_timepoint, "timeline.csv row 8: duplicate row for subject SUB02 timepoint 001"),
+    (_unsorted_days, "days must increase with the timepoint number, but timepoint 002 has day 75 after timepoint 001 with day 90"),
+    (_inconsistent_rt, "rt_start_day/rt_end_day differ between rows of subject SUB02"),
+    (_folder_without_row, "folder SUB02-003 has no row in timeline.csv (add subject=SUB02, timepoint=003)"),
+]
+
+
+@pytest.mark.parametrize("breaker,message", TIMELINE_BAD, ids=[b[0].__name__.strip("_") for b in TIMELINE_BAD])
+def test_timeline_problems_are_errors_of_their_subject(good, breaker, message):
+    breaker(good)
+    ds = discover(good)
+    errs = ds.subject_errors()
+    assert list(errs) == ["SUB02"], errs  # attributed to the subject, the other one is usable
+    assert any(message in m for m in errs["SUB02"]), errs["SUB02"]
+    assert all(m.startswith("subject SUB02") for m in errs["SUB02"])
+    assert [s.subject for s in ds.good_subjects()] == ["SUB01"]
+    # data-check reports the same error from the same discovery
+    rep = check_dataset(good)
+    assert not rep["ok"]
+    assert [p["text"] for p in rep["all_problems"] if p["severity"] == "error"] == errs["SUB02"]
+    with pytest.raises(DataError, match="subject SUB02"):
+        discover(good, strict=True)
+
+
+def test_subject_errors_empty_for_good_data_and_warnings_do_not_count(tmp_path):
+    root = write_longitudinal(tmp_path / "d", n_subjects=2, n_timepoints=3, seg_missing=[("SUB01", "002")])
+    ds = discover(root)
+    assert ds.subject_errors() == {} and len(ds.problems) == 1 and ds.problems[0].severity == "warning"

@@ -112,3 +112,32 @@ def test_factory_volumes_are_deterministic(tmp_path):
     a, sa = phantom(seed=3)
     b, sb = phantom(seed=3)
     assert np.array_equal(sa, sb) and all(np.array_equal(a[m], b[m]) for m in a)
+
+
+# --------------------------------------------------------------------------- CSV encodings, seg warnings
+@pytest.mark.parametrize("bom,eol", [(True, "\n"), (False, "\r\n"), (True, "\r\n")], ids=["bom", "crlf", "bom+crlf"])
+def test_timeline_and_splits_with_bom_or_crlf(tmp_path, bom, eol):
+    """Excel's "CSV UTF-8" writes a byte-order mark and CRLF line ends: both are read like plain files."""
+    root = write_longitudinal(tmp_path / "d", n_subjects=3, n_timepoints=2, days=[0, 14.5], rt=(3, 45),
+                              splits={"SUB01": "test", "SUB02": "train", "SUB03": "val"})
+    for name in ("timeline.csv", "splits.csv"):
+        text = (root / name).read_text().replace("\n", eol)
+        (root / name).write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode("utf-8"))
+    ds = discover(root)
+    assert ds.problems == []
+    s = ds.subject("SUB02")
+    assert [t.day for t in s.timepoints] == [0.0, 14.5] and (s.rt_start_day, s.rt_end_day) == (3.0, 45.0)
+    split, problems = assign_splits(ds.subjects, root)
+    assert problems == [] and split == {"SUB01": "test", "SUB02": "train", "SUB03": "val"}
+
+
+def test_missing_seg_warning_says_what_it_means_for_the_first_timepoint(tmp_path):
+    root = write_longitudinal(tmp_path / "d", n_subjects=1, n_timepoints=3, seg_missing=[("SUB01", "000"), ("SUB01", "002")])
+    ds = discover(root)
+    assert ds.errors == []
+    by_tp = {p.timepoint: str(p) for p in ds.problems}
+    assert by_tp["000"] == ("subject SUB01, timepoint 000, file SUB01-000-seg.nii.gz: no segmentation SUB01-000-seg.nii.gz"
+                            " (the first timepoint is never a timepoint to be predicted, and without a seg it cannot be"
+                            " used for the growth fit)")
+    assert "to be predicted; it is left out of the growth fit" in by_tp["002"]
+    assert "fine for a timepoint to be predicted" not in by_tp["000"]

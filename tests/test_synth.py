@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -11,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from data_modules.formats import discover
+from tests.factories import write_longitudinal
 from tgrowth.cli import main
 from tgrowth.errors import ConfigError
 from tgrowth.synth import assign_splits, generate_cohort
@@ -133,6 +136,30 @@ def test_same_seed_same_bytes_other_seed_differs(cohort: Path, tmp_path: Path):
     masks = [np.asarray(nib.load(str(tmp_path / "b" / f"SYN-00001-{tp}/SYN-00001-{tp}-t1n.nii.gz")).dataobj) > 0 for tp in ("000", "002")]
     assert np.array_equal(masks[0], masks[1])
     assert (cohort / "timeline.csv").read_text().splitlines()[1:4] == (tmp_path / "a" / "timeline.csv").read_text().splitlines()[1:4]
+
+
+def test_overwrite_refuses_a_data_set_synth_did_not_write(tmp_path: Path, capsys):
+    root = write_longitudinal(tmp_path / "real", n_subjects=1, n_timepoints=2)
+    before = {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    assert main(["synth", *TINY, f"output_dir={root}", "overwrite=true"]) == 1
+    err = capsys.readouterr().err
+    assert (f"output_dir {root} is not empty and was not written by tgrowth synth (no config.yaml or summary.json of a"
+            " synth run); overwrite=true only replaces synth's own earlier output, never another data set") in err
+    assert {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()} == before  # untouched
+
+
+def test_overwrite_replaces_its_own_earlier_output(cohort: Path, tmp_path: Path, capsys):
+    root = tmp_path / "data"
+    shutil.copytree(cohort, root)  # two subjects, written by synth
+    assert main(["synth", *TINY, "n_subjects=1", f"output_dir={root}", "overwrite=true", "seed=3"]) == 0
+    # the earlier output is replaced, not mixed in: no stale SYN-00002 scans
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == [f"SYN-00001-{t:03d}" for t in range(3)]
+    assert discover(root).problems == []
+    # anything synth did not write next to its output: refused, left alone
+    (root / "notes.txt").write_text("mine")
+    assert main(["synth", *TINY, f"output_dir={root}", "overwrite=true"]) == 1
+    assert "holds an earlier synth data set but also files synth did not write (notes.txt)" in capsys.readouterr().err
+    assert (root / "notes.txt").read_text() == "mine" and (root / "SYN-00001-000").is_dir()
 
 
 @pytest.mark.parametrize("override, key", [

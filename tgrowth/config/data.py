@@ -23,6 +23,10 @@ __all__ = [
 ]
 
 _CONTRASTS = ["t1n", "t1c", "t2w", "t2f"]
+_GRID_TOL_HELP = ("Timepoints of a subject must share a voxel grid (co-registered): same shape, and every voxel centre"
+                  " within this distance (mm) of the first timepoint's.")
+_ALIGN_HELP = ("A timepoint off its subject's grid: require (an error: the subject is not used) or resample (resampled"
+               " onto the first timepoint's grid in world coordinates; linear for images, nearest for the seg).")
 
 
 @dataclass
@@ -105,6 +109,8 @@ class LongitudinalDataConfig:
     size: str = doc("reference", "Tumour size for the ODE table: reference (area at one slice per subject: the largest-tumour slice of its last segmented timepoint), largest (largest axial area of each timepoint), volume (3D volume, mm^3).")
     slice_index: int | None = doc(None, "Fixed axial slice for size=reference and for predictions (None: per subject, as above).")
     normalisation: NormalisationConfig = doc(NormalisationConfig(), "Intensity normalisation.")
+    grid_tolerance_mm: float = doc(0.1, _GRID_TOL_HELP)
+    align: str = doc("require", _ALIGN_HELP)
     splits: SplitConfig = doc(SplitConfig(), "Subject splits (for choosing evaluation subjects).")
     split: str | None = doc(None, "Use only subjects of this split (train, val, test); None: all.")
     cache_dir: str | None = doc(None, "Cache folder for preprocessed slices; None: no cache.")
@@ -120,4 +126,6 @@ class DataCheckConfig(RunConfig):
     json: bool = doc(False, "Print machine-readable JSON instead of text (--json).")
     format: str = doc("auto", "Data format: auto, brats, longitudinal, authors2d.")
     contrasts: list[str] = doc(list(_CONTRASTS), "Contrasts that every timepoint must have.")
+    grid_tolerance_mm: float = doc(0.1, _GRID_TOL_HELP)
+    align: str = doc("require", _ALIGN_HELP + " resample turns the error into a warning.")
     output_dir: str | None = doc(None, "If set, also write report.json and errors.csv there.")
