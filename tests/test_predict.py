@@ -186,7 +186,7 @@ def test_target_timepoint_without_needed_modalities(tmp_path, tiny):
     assert rc == 0  # SUB03 still predicted
     errs = read_csv(out / "errors.csv")
     assert errs[0]["subject"] == "SUB02"
-    assert "target timepoint 002 lacks the contrast(s) t2f needed to compare" in errs[0]["error"]
+    assert "subject SUB02, timepoint 002, file SUB02-002-t2f.nii.gz: missing modality t2f" in errs[0]["error"]
     assert (out / "SUB03" / "info.json").is_file() and not (out / "SUB02" / "info.json").exists()
 
 
@@ -232,3 +232,40 @@ def test_bootstrap_targets_use_replicate_g_mod_b():
     assert _gen_targets(cfg, fc, 10.0, 0, 5).tolist() == [10.0, 20.0, 30.0, 10.0, 20.0]
     cfg.guidance.target = "median"
     assert _gen_targets(cfg, fc, 10.0, 0, 2).tolist() == [20.0, 20.0]
+
+
+def _timeline_days(root, subject, days):
+    import csv
+
+    path = root / "timeline.csv"
+    rows = list(csv.DictReader(open(path)))
+    for r in rows:
+        if r["subject"] == subject:
+            r["day"] = str(days[int(r["timepoint"])])
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def test_predict_applies_the_data_check_rules(tmp_path, tiny, capsys):
+    """Days 0/90/75 (timepoint 002 before 001) and a follow-up 40 mm off the prior's grid: the subject is skipped
+    with the data-check reason (they used to be predicted silently), or the run stops with strict=true."""
+    from tests.factories import affine_for, write_nifti
+
+    _, models = tiny
+    root = make_data(tmp_path / "data")
+    _timeline_days(root, "SUB02", [0, 90, 75])
+    for f in (root / "SUB03-002").iterdir():
+        img = nib.load(str(f))
+        write_nifti(f, np.asarray(img.dataobj), affine_for(origin=(40.0, 0.0, 0.0)))
+    out = tmp_path / "pred"
+    rc = main(["predict", "-c", PREDICT_YAML, *predict_overrides(root, models, out, "sampling.num_generations=2")])
+    assert rc == 1 and "no subject was predicted" in capsys.readouterr().err
+    errs = {e["subject"]: e["error"] for e in read_csv(out / "errors.csv")}
+    assert set(errs) == {"SUB02", "SUB03"}
+    assert "SUB02" in errs["SUB02"] and "day" in errs["SUB02"] and "increase" in errs["SUB02"]
+    assert "affine differs by 40 mm translation" in errs["SUB03"]
+    assert not (out / "SUB02").exists() and not (out / "SUB03").exists()
+    rc = main(["predict", "-c", PREDICT_YAML, *predict_overrides(root, models, tmp_path / "strict", "strict=true")])
+    assert rc == 1 and "SUB02" in capsys.readouterr().err

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from data_modules.volumes import label_set
+from data_modules.volumes import check_subject_grid, label_set
 from tgrowth.config.predict import check_predict_config
 from tgrowth.diffusion.sampler import key_seed
 from tgrowth.errors import ConfigError, DataError, TgrowthError
@@ -181,6 +181,19 @@ def select_subjects(cfg: DictConfig, dataset: Any) -> list[Any]:
         raise DataError(f"data.split={split}: no subject of {cfg.data.root} is in the {split} split "
                         f"(splits: {sorted(set(splits.values()))}); use data.split=all or data.subjects=[...]")
     return chosen
+
+
+def data_problems(cfg: DictConfig, dataset: Any, subjects: list[Any]) -> list[list[str]]:
+    """``[[reason, ...] per subject]`` for the selected subjects: the error-level problems `tgrowth data-check` finds
+    (timeline.csv, folders and files from discovery; every timepoint on the first one's voxel grid, or resampled
+    onto it with ``data.align=resample``). An empty list: the subject is usable. Must run before loading slices
+    (the grid check tells the loader what to resample)."""
+    errs = dataset.subject_errors()
+    out: list[list[str]] = []
+    for subj in subjects:
+        grid = check_subject_grid(subj, float(cfg.data.grid_tolerance_mm), str(cfg.data.align))
+        out.append(list(errs.get(subj.subject, [])) + [str(p) for p in grid if p.severity == "error"])
+    return out
 
 
 def plan_subject(cfg: DictConfig, models: Models, subj: Any) -> Plan:
@@ -539,8 +552,10 @@ def predict_run(cfg: DictConfig, dist: Dist, arms: list[Arm] | None = None, *, c
     subjects = select_subjects(cfg, dataset)
     plans: list[Plan] = []
     skipped: dict[str, str] = {}
-    for subj in subjects:
+    for subj, reasons in zip(subjects, data_problems(cfg, dataset, subjects)):
         try:
+            if reasons:  # the checks of `tgrowth data-check`: timeline, files, one voxel grid per subject
+                raise DataError("; ".join(reasons))
             plans.append(plan_subject(cfg, models, subj))
         except TgrowthError as exc:
             if cfg.strict:
