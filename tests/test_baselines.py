@@ -1,0 +1,59 @@
+"""Geometric baselines: known answers for growing and shrinking along the signed distance."""
+
+import numpy as np
+import pytest
+
+from tgrowth.baselines import grow_to_area, signed_distance
+
+
+def disc(shape, center, r):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - center[0]) ** 2 + (xx - center[1]) ** 2 <= r**2
+
+
+def test_signed_distance_known_values():
+    m = np.zeros((7, 9), bool)
+    m[3, 2:5] = True  # a horizontal bar
+    sd = signed_distance(m, spacing=(2.0, 1.0))
+    assert sd[3, 3] == -2.0  # inside: 2 mm to the nearest background (rows are 2 mm apart)
+    assert sd[3, 6] == 2.0 and sd[1, 3] == 4.0  # 2 columns right = 2 mm; 2 rows up = 4 mm
+    assert np.isinf(signed_distance(np.zeros((3, 3)))).all()
+
+
+@pytest.mark.parametrize("factor", [0.5, 1.0, 1.7, 3.0])
+def test_exact_area_and_nesting(factor):
+    prior = disc((48, 48), (24, 20), 6)
+    spacing = (1.5, 1.5)
+    target = factor * prior.sum() * 2.25
+    g = grow_to_area(prior, target, spacing)
+    assert g.sum() == round(target / 2.25)
+    if factor >= 1:
+        assert (g | prior).sum() == g.sum()  # growing keeps the prior
+    else:
+        assert (g & ~prior).sum() == 0  # shrinking stays inside it
+    # isotropic: the grown mask is a disc about the same centre (within a pixel)
+    yy, xx = np.nonzero(g)
+    assert abs(yy.mean() - 24) < 0.5 and abs(xx.mean() - 20) < 0.5
+
+
+def test_region_limits_growth_and_prior_voxels_always_count():
+    prior = disc((40, 40), (20, 10), 4)
+    brain = np.zeros((40, 40), bool)
+    brain[:, :16] = True  # a wall at column 16: growth must go up/down/left
+    g = grow_to_area(prior, 3 * prior.sum(), region=brain)
+    assert g.sum() == 3 * prior.sum() and not g[:, 16:].any()
+    tiny = np.zeros((40, 40), bool)
+    assert grow_to_area(prior, 1e9, region=tiny).sum() == prior.sum()  # the prior itself, nothing more
+    assert not grow_to_area(np.zeros((5, 5)), 10.0).any()  # nothing to grow
+    assert not grow_to_area(prior, 0.0).any()
+
+
+def test_three_dimensions_and_bad_input():
+    zz, yy, xx = np.mgrid[:20, :20, :20]
+    ball = (zz - 10) ** 2 + (yy - 10) ** 2 + (xx - 10) ** 2 <= 9
+    g = grow_to_area(ball, 2 * ball.sum() * 8.0, spacing=(2, 2, 2))
+    assert g.sum() == 2 * ball.sum() and g[ball].all()
+    with pytest.raises(ValueError, match="spacing has 2 values for a 3-D mask"):
+        grow_to_area(ball, 1.0, spacing=(1, 1))
+    with pytest.raises(ValueError, match="target must be a finite size >= 0"):
+        grow_to_area(ball, float("nan"))
