@@ -102,6 +102,7 @@ def probability_map(
     channels_last: bool = False,
     keep_generations: bool = False,
     noise_seeds: Sequence[int] | torch.Tensor | None = None,
+    keep_mask: torch.Tensor | None = None,
 ) -> ProbabilityMap:
     """N generations from one prior slice -> frequency, mean, std images and per-generation areas.
 
@@ -116,6 +117,8 @@ def probability_map(
         pixel_area: area of one pixel (e.g. mm^2) for ``areas``.
         seed, noise_seeds: generation n draws its noise from a generator seeded ``noise_seeds[n]`` (length N;
             default ``key_seed(seed, n)``); results do not depend on ``chunk_size``.
+        keep_mask: ``[H, W]`` in [0, 1]: anatomy-preserving sampling, the output equals the prior where it is
+            1 (see :func:`~tgrowth.diffusion.sampler.sample_known_image`).
         Other arguments as in :func:`~tgrowth.diffusion.sampler.sample_known_image`.
     """
     if x_prior.ndim == 3:
@@ -157,7 +160,7 @@ def probability_map(
         imgs = sample_known_image(model, schedule, x_prior, noise_level, num_steps, eta=eta_k, encode=encode,
                                   callbacks=callbacks, generator=noise, y=y_k, num_samples=b,
                                   clip_denoised=clip_denoised, autocast_dtype=autocast_dtype,
-                                  channels_last=channels_last, rows=rows, x_start=x_start)
+                                  channels_last=channels_last, rows=rows, x_start=x_start, keep_mask=keep_mask)
         with torch.no_grad():
             m = _as_mask(segmenter(imgs), b)
         imgs64 = imgs.detach().double()

@@ -352,6 +352,7 @@ def sample_known_image(
     rows: torch.Tensor | None = None,
     x_start: torch.Tensor | None = None,
     invert_order: int = 2,
+    keep_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The authors' inference: encode ``x_prior`` to noise level ``noise_level``, then guided DDIM to 0.
 
@@ -376,6 +377,13 @@ def sample_known_image(
         channels_last: feed the model channels-last tensors (convert the model too for full effect).
         rows: the samples' indices in the whole run, passed to callbacks (default ``arange(B)``).
         x_start: skip encoding and start from this ``x_L`` (e.g. an inversion computed once and reused).
+        keep_mask: anatomy-preserving sampling (RePaint-style known-region conditioning): ``[H, W]`` or
+            ``[B|1, 1, H, W]`` in [0, 1], 1 where the output must be the prior scan. After every step to ``s``
+            the sample becomes ``keep * (sqrt(abar_s) x_prior + sqrt(1 - abar_s) z) + (1 - keep) * x_s``, where
+            ``z = (x_L - sqrt(abar_L) x_prior) / sqrt(1 - abar_L)`` is the noise of the sample's own encoding
+            (q-sample or inversion), so the known region follows one consistent noisy trajectory of the prior
+            and ends exactly on it (abar = 1 at the clean state); a soft edge (values between 0 and 1) blends
+            the generated change zone into it.
 
     Returns:
         The generated clean images ``[B, C, H, W]`` in the dtype of ``x_prior``.
@@ -395,6 +403,15 @@ def sample_known_image(
     f = _EpsModel(model, y, autocast_dtype, channels_last)
     rows = torch.arange(b, device=x.device) if rows is None else rows.to(x.device)
     steps = sampling_steps(schedule, noise_level, num_steps).tolist()
+    keep = z_known = None
+    if keep_mask is not None:
+        keep = torch.as_tensor(keep_mask, device=x.device, dtype=x.dtype)
+        while keep.ndim < x.ndim:
+            keep = keep.unsqueeze(0)
+        if bool(((keep < 0) | (keep > 1)).any()):
+            raise ValueError("keep_mask values must be in [0, 1]")
+        a_l = _abar(schedule, steps[0], x)
+        z_known = (x - a_l.sqrt() * prior) / (1 - a_l).sqrt()
     states: list[dict] = [{} for _ in callbacks]
     eta_t = _bcast(eta, x)
     stochastic = bool((eta_t != 0).any())  # one host sync per run, not per step
@@ -417,4 +434,6 @@ def sample_known_image(
                 noise = _randn(x.shape, generator, rows, x.device, x.dtype)
             x = ddim_step(schedule, x, eps, t, s, eta_arg, noise=noise,
                           clip_denoised=clip_denoised)
+            if keep is not None:
+                x = keep * (abar_s.sqrt() * prior + (1 - abar_s).sqrt() * z_known) + (1 - keep) * x
     return x
