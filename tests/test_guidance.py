@@ -99,7 +99,7 @@ def test_callbacks_compose_and_anatomy_term_keeps_background(setup):
         _gen(model, prior, [AreaGuidance(area_proxy, torch.tensor([0.1, 0.2]), 1.0)], n=3)
 
 
-@pytest.mark.parametrize("form", ["authors", "loss", "x0"])
+@pytest.mark.parametrize("form", ["authors", "loss", "x0", "x0_detached"])
 def test_regressor_scale_makes_the_correction_independent_of_output_units(setup, form):
     """A percent regressor (fraction x 100) with regressor_scale=100 gives exactly the correction of a fraction
     regressor at the same scale and fraction target; without it the correction is 100^2 times stronger."""
@@ -129,3 +129,28 @@ def test_regressor_scale_makes_the_correction_independent_of_output_units(setup,
     assert torch.allclose(raw, frac * 1e4, rtol=1e-3)
     with pytest.raises(ValueError, match="regressor_scale must be > 0"):
         AreaGuidance(percent, 0.1, 1.0, regressor_scale=0)
+
+
+def test_soft_area_of_a_segmenter_guides_on_the_x0_prediction(setup):
+    """A 'segmenter' that never sees noise (a fixed logit map of x) steers the area through x0_hat; the
+    x0_detached form costs no denoiser backward pass and still moves the area toward the target."""
+    from tgrowth.diffusion.guidance import SoftArea
+
+    model, prior = setup
+
+    class Seg(torch.nn.Module):
+        def forward(self, x):
+            return 6 * x[:, :1]  # logit: bright = tumour
+
+    area = SoftArea(Seg())
+    x = torch.full((2, 1, 4, 4), -1.0)
+    x[1, 0, :2] = 1.0
+    assert torch.allclose(area(x), torch.tensor([torch.sigmoid(torch.tensor(-6.0)),
+                                                 0.5 * (torch.sigmoid(torch.tensor(6.0)) + torch.sigmoid(torch.tensor(-6.0)))]))
+    a0 = float(area(prior))
+    for target in (0.45, 0.05):
+        got = [float(area(_gen(model, prior, [AreaGuidance(area, target, s, form="x0_detached")]))) for s in (0.0, 3e2, 3e3)]
+        err = [abs(g - target) for g in got]
+        assert abs(got[0] - a0) < 1e-2 and err[2] < err[1] < err[0], (target, got)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        SoftArea(Seg(), temperature=0)

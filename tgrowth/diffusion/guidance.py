@@ -22,6 +22,12 @@ regressor only (never through the denoiser, except in the ``x0`` form), with thr
 
       pred = R(x0_hat(x_t), 0);  eps <- eps + sqrt(1 - abar_t) * scale * grad_{x_t} 0.5 (target - pred)^2
 
+* ``"x0_detached"``: as ``"x0"`` but with eps held fixed in ``x0_hat = (x_t - sqrt(1 - abar_t) eps) /
+  sqrt(abar_t)``, so ``d x0_hat / d x_t = 1 / sqrt(abar_t)`` and no backward pass runs through the denoiser
+  (the cost of one regressor forward + backward per step, like ``"authors"``). With
+  ``SoftArea(segmenter)`` as the "regressor" it measures the tumour with the trained segmenter on the
+  predicted clean image: a model that never sees noisy inputs can guide.
+
 Units. ``regressor_scale`` divides the regressor's output before the loss, so ``target`` and ``scale``
 are in the units of ``regressor(x) / regressor_scale``. tgrowth's regressors output ``area_frac * 100``
 (percent of the slice; the model file's ``meta["area"]``); with ``regressor_scale=100`` the target is a
@@ -47,7 +53,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["AreaGuidance", "AnatomyGuidance", "SCALE_SCHEDULES", "per_row"]
+__all__ = ["AreaGuidance", "AnatomyGuidance", "SoftArea", "SCALE_SCHEDULES", "per_row"]
 
 
 def _const(t: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
@@ -117,7 +123,7 @@ class AreaGuidance:
     After a step, ``state["last_pred"]`` holds the regressor's latest prediction for the batch.
     """
 
-    FORMS = ("authors", "loss", "x0")
+    FORMS = ("authors", "loss", "x0", "x0_detached")
 
     def __init__(self, regressor, target, scale, form: str = "authors", scale_schedule=None, boost: float = 0.0,
                  boost_above_t: int = 20, autocast_dtype: torch.dtype | None = None, record: bool = False,
@@ -157,9 +163,9 @@ class AreaGuidance:
         view = (-1,) + (1,) * (x_t.ndim - 1)
         with torch.enable_grad():
             x = x_t.detach().float().requires_grad_(True)
-            if self.form == "x0":
+            if self.form in ("x0", "x0_detached"):
                 a = abar.float().view(view)
-                e = step.eps_fn(x, step.t).float()
+                e = step.eps_fn(x, step.t).float() if self.form == "x0" else eps.detach().float()
                 x0 = (x - (1 - a).sqrt() * e) / a.sqrt()
                 pred = self._regress(x0, torch.zeros_like(step.t))
             else:
@@ -175,7 +181,7 @@ class AreaGuidance:
         if self.record:
             step.state.setdefault("pred", []).append(pred.detach())
         weight = scale.view(view)
-        if self.form in ("authors", "x0"):
+        if self.form in ("authors", "x0", "x0_detached"):
             weight = weight * (1 - abar).sqrt().view(view)
         return eps - weight * grad.to(eps.dtype)
 
@@ -208,3 +214,25 @@ class AnatomyGuidance:
         x0_new = x0 - w * keep * (x0 - prior.to(x0.dtype))
         a = step.abar_t
         return (x_t - a.sqrt() * x0_new) / (1 - a).sqrt()
+
+
+class SoftArea(torch.nn.Module):
+    """A segmenter as a differentiable area measure: ``SoftArea(seg)(x, t=None) -> [B]`` = the mean over the
+    image of ``sigmoid(logits[:, channel] / temperature)``, i.e. the soft tumour fraction of the image.
+
+    Thresholding at 0.5 (how the probability map counts pixels) and the soft fraction agree for a confident
+    segmenter; ``temperature`` > 1 softens the sigmoid (larger gradients far from the boundary). ``t`` is
+    ignored: use it on clean images (the ``"x0"`` / ``"x0_detached"`` guidance forms).
+    """
+
+    def __init__(self, segmenter: torch.nn.Module, channel: int = 0, temperature: float = 1.0):
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        self.segmenter, self.channel, self.temperature = segmenter, int(channel), float(temperature)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self.segmenter(x)
+        if logits.ndim == 3:
+            logits = logits[:, None]
+        return torch.sigmoid(logits[:, self.channel].float() / self.temperature).flatten(1).mean(1)
