@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from tests.factories import truncate
+from tgrowth.cli import main
 from tgrowth.config.base import load_config
 from tgrowth.config.diffusion import TrainDenoiserConfig
 from tgrowth.diffusion.checkpoints import (
+    check_resume_checkpoint,
     content_checksum,
     export_model,
     file_digest,
@@ -116,3 +118,32 @@ def test_broken_model_files_give_one_line(tiny_denoiser, tmp_path):
     with pytest.raises(TgrowthError, match=r"tgrowth model file not found: \S*nothing\.pt"):
         file_digest(tmp_path / "nothing.pt")
 
+
+def _fake_lightning_ckpt(path, kind="denoiser"):
+    torch.save({"state_dict": {"model.w": torch.zeros(64, 64)}, "loops": {}, "global_step": 3,
+                "hyper_parameters": {"meta": {"kind": kind}}}, path)
+    return path
+
+
+def test_resume_refuses_broken_or_foreign_checkpoints(tmp_path, capsys):
+    ckpt = tmp_path / "ok.ckpt"
+    check_resume_checkpoint(_fake_lightning_ckpt(ckpt), "denoiser")  # a sound one passes
+    with pytest.raises(TgrowthError, match=r"ok\.ckpt is a denoiser checkpoint; it cannot resume a segmenter run"):
+        check_resume_checkpoint(ckpt, "segmenter")
+    out = tmp_path / "run"
+    last = out / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    args = ["train-denoiser", "toy_data.enabled=true", *TINY, "wandb.enabled=false", f"output_dir={out}",
+            "ckpt_path=last"]
+    truncate(_fake_lightning_ckpt(last), 0.5)
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tgrowth train-denoiser: error: ") and "\n" not in err
+    assert "checkpoints/last.ckpt is truncated or not a checkpoint (" in err and "no end record" in err
+    last.write_bytes(b"")
+    assert main(args) == 1
+    assert capsys.readouterr().err.strip().endswith("checkpoints/last.ckpt is empty (0 bytes)")
+    _fake_lightning_ckpt(last, "regressor")
+    assert main(args) == 1
+    assert capsys.readouterr().err.strip().endswith("last.ckpt is a regressor checkpoint; it cannot resume a denoiser run")
+    assert not (out / "config.yaml").exists()  # refused before any work
