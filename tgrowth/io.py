@@ -136,15 +136,16 @@ def save_nifti(path: str | Path, data: Any, affine: Any, header: Any = None) -> 
     return Path(path)
 
 
-def prepare_output_dir(path: str | Path, overwrite: bool = False, resume: bool = False) -> Path:
-    """Create ``path``; refuse an existing non-empty folder unless ``overwrite`` or ``resume``."""
+def prepare_output_dir(path: str | Path, overwrite: bool = False, resume: bool = False,
+                       resume_hint: str = "resume=true where the command can continue a run") -> Path:
+    """Create ``path``; refuse an existing non-empty folder unless ``overwrite`` or ``resume``.
+    ``resume_hint``: how the command continues a run (training: ``ckpt_path=last``), named in the refusal."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise TgrowthError(f"output_dir {path} exists and is not a folder")
     if path.is_dir() and any(path.iterdir()) and not (overwrite or resume):
         raise TgrowthError(
-            f"output_dir {path} exists and is not empty; pass overwrite=true to write into it"
-            " (or resume=true where the command can continue a run)"
+            f"output_dir {path} exists and is not empty; pass overwrite=true to write into it (or {resume_hint})"
         )
     path.mkdir(parents=True, exist_ok=True)
     return path

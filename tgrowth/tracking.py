@@ -99,13 +99,15 @@ def trainer_kwargs(trainer_cfg: DictConfig) -> dict[str, Any]:
     Unset (None) keys are left to Lightning's defaults, except ``check_val_every_n_epoch: null``, which
     Lightning reads as "validate by steps across epochs" and is passed on. A whole-number
     ``val_check_interval`` > 1 means steps (the schema's float type would turn 200 into 200.0, which
-    Lightning reads as a fraction of an epoch).
+    Lightning reads as a fraction of an epoch). Lightning's model summary table is off
+    (``enable_model_summary=False``): training commands log the parameter count in one line instead.
     """
     from tgrowth.errors import ConfigError
 
     kw = OmegaConf.to_container(trainer_cfg, resolve=True)
     assert isinstance(kw, dict)
     out = {k: v for k, v in kw.items() if v is not None}
+    out.setdefault("enable_model_summary", False)
     if "check_val_every_n_epoch" in kw and kw["check_val_every_n_epoch"] is None:
         out["check_val_every_n_epoch"] = None
     v = out.get("val_check_interval")

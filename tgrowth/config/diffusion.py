@@ -3,13 +3,20 @@
 Sections: ``data`` (the slice data), ``toy_data`` (an in-memory blob set for smoke tests), ``model``
 (network sizes), ``diffusion`` (noise schedule), ``optim``, ``trainer`` (Lightning), ``wandb`` and
 ``ckpt_path`` (``last`` resumes the run in ``output_dir``).
+
+:func:`check_train_config` refuses values the schema's types let through (``data.batch_size=0``,
+``optim.lr=0``, ``trainer.max_steps=0``, an ``output_dir`` inside ``data.root``, ...) with a
+:class:`~tgrowth.errors.ConfigError` naming the key, before any work.
 """
 
+import math
 from dataclasses import dataclass
-from typing import Optional
+from pathlib import Path
+from typing import Any, Optional
 
 from tgrowth.config.base import RunConfig, TrainerConfig, WandbConfig, doc
 from tgrowth.config.data import SliceDataConfig
+from tgrowth.errors import ConfigError
 
 
 @dataclass
@@ -146,3 +153,82 @@ class TrainSegmenterConfig(_TrainCommon):
     """Train the tumour segmenter."""
 
     model: SegmenterModelSettings = doc(SegmenterModelSettings(), "Segmentation UNet.")
+
+
+# --------------------------------------------------------------------------- value checks
+def _get(cfg: Any, key: str) -> Any:
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+def check_train_config(cfg: Any) -> None:
+    """Refuse out-of-range values of a training config (any of the three schemas), naming the key.
+
+    Raises :class:`ConfigError` such as ``data.batch_size must be >= 1, got 0``. Checks only what is cheap
+    and certain; the networks' own argument checks (e.g. channel counts) run when they are built.
+    """
+
+    def need(ok: bool, key: str, rule: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key} must be {rule}, got {_get(cfg, key)!r}")
+
+    def at_least(key: str, low: int) -> None:
+        need(int(_get(cfg, key)) >= low, key, f">= {low}")
+
+    def fraction(key: str) -> None:  # [0, 1)
+        v = float(_get(cfg, key))
+        need(0.0 <= v < 1.0, key, "in [0, 1)")
+
+    need(0 <= int(cfg.seed) < 2**32, "seed", "in [0, 2^32)")
+    at_least("data.batch_size", 1)
+    at_least("data.image_size", 1)
+    at_least("data.num_workers", 0)
+    if cfg.toy_data.enabled:
+        at_least("toy_data.n_train", 1)
+        at_least("toy_data.n_val", 1)
+    lr = float(cfg.optim.lr)
+    need(math.isfinite(lr) and lr > 0, "optim.lr", "> 0")
+    wd = float(cfg.optim.weight_decay)
+    need(math.isfinite(wd) and wd >= 0, "optim.weight_decay", ">= 0")
+    at_least("optim.warmup_steps", 0)
+    fraction("optim.ema_decay")
+    t = cfg.trainer
+    need(int(t.max_steps) == -1 or int(t.max_steps) >= 1, "trainer.max_steps", ">= 1 (or -1: use max_epochs)")
+    if t.max_epochs is not None:
+        need(int(t.max_epochs) == -1 or int(t.max_epochs) >= 1, "trainer.max_epochs", ">= 1 (or -1 / null)")
+    at_least("trainer.accumulate_grad_batches", 1)
+    at_least("trainer.log_every_n_steps", 1)
+    if t.gradient_clip_val is not None:
+        need(float(t.gradient_clip_val) > 0, "trainer.gradient_clip_val", "> 0 (or null: off)")
+    at_least("val_images", 0)
+    at_least("num_threads", 0)
+    if "dropout" in cfg.model:
+        fraction("model.dropout")
+    if "class_dropout" in cfg.model:
+        fraction("model.class_dropout")
+    if "target_scale" in cfg.model:
+        v = float(cfg.model.target_scale)
+        need(math.isfinite(v) and v > 0, "model.target_scale", "> 0")
+    if "diffusion" in cfg:
+        at_least("diffusion.num_steps", 1)
+        T = int(cfg.diffusion.num_steps)
+        need(0 <= int(cfg.diffusion.train_t_max) <= T, "diffusion.train_t_max",
+             f"in [0, diffusion.num_steps={T}] (0: all steps)")
+    if "val_reconstruction" in cfg:
+        at_least("val_reconstruction.noise_level", 1)
+        at_least("val_reconstruction.num_steps", 0)
+        at_least("val_reconstruction.batches", 0)
+    if "val_t_bins" in cfg:
+        at_least("val_t_bins", 1)
+    root = str(cfg.data.root)
+    if root and not cfg.toy_data.enabled:
+        out, data = Path(str(cfg.output_dir)).expanduser().resolve(), Path(root).expanduser().resolve()
+        if _inside(out, data):
+            raise ConfigError(f"output_dir {cfg.output_dir} is {'the data folder' if out == data else 'inside'} "
+                              f"data.root {root}: training must not write into its data set; choose another output_dir")

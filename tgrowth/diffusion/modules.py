@@ -14,7 +14,9 @@
   batch's pixel spacing; both masks empty = 0 mm, exactly one empty = the image diagonal in mm, as in
   ``tgrowth predict``), with ``val/hd95_one_empty`` the fraction of slices where that penalty applied.
 
-All three: AdamW with linear warm-up, ``train/loss`` and ``train/lr`` logged; gradient clipping and bf16 come
+All three: AdamW with linear warm-up, ``train/loss`` and ``train/lr`` logged; before each training batch torch's
+generators are seeded from ``(seed, rank, global step, batch index)`` (:func:`seed_training_batch`), so the
+noise, t, label-dropout and dropout draws repeat exactly when a run resumes from a checkpoint; gradient clipping and bf16 come
 from the Trainer (``trainer.gradient_clip_val``, ``trainer.precision=bf16-mixed``). Each module stores
 ``meta`` (kind, image size, contrasts, network class and arguments, ...) in its hyper-parameters so a
 checkpoint is self-describing (see :mod:`tgrowth.diffusion.checkpoints`).
@@ -31,10 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data_modules.slices import mix_seed
 from tgrowth.diffusion.schedule import NoiseSchedule
 
 __all__ = ["DenoiserModule", "RegressorModule", "SegmenterModule", "region_targets", "dice_score",
-           "segmentation_hd95"]
+           "segmentation_hd95", "seed_training_batch"]
 
 
 # --------------------------------------------------------------------------- shared pieces
@@ -43,6 +46,18 @@ def _adamw_with_warmup(module: pl.LightningModule, params, lr: float, weight_dec
     warm = max(0, int(warmup_steps))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm) if warm else 1.0)
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def seed_training_batch(module: pl.LightningModule, batch_idx: int) -> int:
+    """Seed torch's generators (CPU and every GPU) from ``(hparams.seed, rank, global_step, batch_idx)``.
+
+    Everything a training batch draws (t, noise, label dropout, dropout) is then a pure function of where
+    training is, not of what ran before: a run resumed from a checkpoint draws what the uninterrupted run
+    drew at that step. Returns the seed.
+    """
+    seed = mix_seed(int(module.hparams.get("seed", 0)), module.global_rank, module.global_step, batch_idx)
+    torch.manual_seed(seed)
+    return seed
 
 
 def _log_lr(module: pl.LightningModule) -> None:
@@ -100,7 +115,7 @@ class DenoiserModule(pl.LightningModule):
     def __init__(self, model: nn.Module, schedule: NoiseSchedule, lr: float = 1e-4, weight_decay: float = 0.0,
                  warmup_steps: int = 0, ema_decay: float = 0.9999, channels_last: bool = False,
                  val_images: int = 4, t_max: int | None = None, meta: dict[str, Any] | None = None,
-                 recon_noise_level: int = 200, recon_steps: int = 10, recon_batches: int = 1):
+                 recon_noise_level: int = 200, recon_steps: int = 10, recon_batches: int = 1, seed: int = 0):
         super().__init__()
         self.save_hyperparameters(ignore=["model", "schedule"])
         self.model = model
@@ -165,6 +180,9 @@ class DenoiserModule(pl.LightningModule):
         return out
 
     # ---- Lightning hooks
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        seed_training_batch(self, batch_idx)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x0 = batch["image"]
         t = torch.randint(0, self.t_max, (x0.shape[0],), device=x0.device)
@@ -255,7 +273,8 @@ class RegressorModule(pl.LightningModule):
 
     def __init__(self, model: nn.Module, schedule: NoiseSchedule, target: str = "area_frac", target_scale: float = 100.0,
                  lr: float = 1e-4, weight_decay: float = 0.0, warmup_steps: int = 0, val_t_bins: int = 5,
-                 t_max: int | None = None, channels_last: bool = False, meta: dict[str, Any] | None = None):
+                 t_max: int | None = None, channels_last: bool = False, meta: dict[str, Any] | None = None,
+                 seed: int = 0):
         super().__init__()
         self.save_hyperparameters(ignore=["model", "schedule"])
         self.model = model
@@ -270,6 +289,9 @@ class RegressorModule(pl.LightningModule):
 
     def target(self, batch: dict) -> torch.Tensor:
         return batch[self.hparams.target].float() * float(self.hparams.target_scale)
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        seed_training_batch(self, batch_idx)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x0 = _to_memory_format(batch["image"], self.channels_last)
@@ -362,7 +384,7 @@ class SegmenterModule(pl.LightningModule):
 
     def __init__(self, model: nn.Module, regions: list[str] | tuple[str, ...] = ("wt",), lr: float = 1e-3,
                  weight_decay: float = 0.0, warmup_steps: int = 0, channels_last: bool = False,
-                 val_images: int = 4, meta: dict[str, Any] | None = None):
+                 val_images: int = 4, meta: dict[str, Any] | None = None, seed: int = 0):
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
         self.model = model
@@ -379,6 +401,9 @@ class SegmenterModule(pl.LightningModule):
         denom = p.flatten(2).sum(-1) + target.flatten(2).sum(-1)
         soft_dice = (2 * inter + 1.0) / (denom + 1.0)
         return bce, 1 - soft_dice.mean()
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        seed_training_batch(self, batch_idx)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x = _to_memory_format(batch["image"], self.channels_last)

@@ -81,7 +81,10 @@ class BlobDataModule(_datamodule_base()):
             self.val_set = BlobDataset(self.n_val, self.image_size, self.channels, self.seed + 10_000)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=len(self.train_set) >= self.batch_size)
+        from data_modules.slices import ResumableLoader  # the same resumable training order as the real data
+
+        return ResumableLoader.for_trainer(self.trainer, self.train_set, self.batch_size, self.seed,
+                                           drop_last=len(self.train_set) >= self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False)
