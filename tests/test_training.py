@@ -495,11 +495,11 @@ def test_output_dir_inside_the_data_is_refused(tmp_path, capsys):
 
     data = tmp_path / "data"
     data.mkdir()
-    for out, where in ((data / "runs" / "den", "inside"), (data, "the data folder")):
+    for out, where in ((data / "runs" / "den", "inside"), (data, "the same folder as")):
         assert main(["train-denoiser", f"data.root={data}", f"output_dir={out}", "wandb.enabled=false"]) == 2
         assert capsys.readouterr().err.strip() == (
-            f"tgrowth train-denoiser: error: output_dir {out} is {where} data.root {data}: training must not write "
-            "into its data set; choose another output_dir")
+            f"tgrowth train-denoiser: error: output_dir {out} is {where} data.root={data}: choose an output folder "
+            "outside the input data")
     assert not (data / "runs").exists()
 
 
@@ -540,7 +540,7 @@ def test_unwritable_output_dir_is_one_line(tmp_path, capsys):
     out = _unwritable_dir(tmp_path)
     assert main(["train-denoiser", "toy_data.enabled=true", "wandb.enabled=false", f"output_dir={out}"]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"tgrowth train-denoiser: error: output_dir {out} is not writable (") and "\n" not in err
+    assert err.startswith(f"tgrowth train-denoiser: error: output_dir {out} cannot be written: ") and "\n" not in err
 
 
 # --------------------------------------------------------------------------- a quiet console

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tgrowth.errors import TgrowthError
+from tgrowth.errors import ConfigError, TgrowthError
 
 __all__ = [
     "atomic_path",
@@ -166,7 +166,7 @@ def refuse_output_inside(output_dir: str | Path, data_root: str | Path | None, k
         return
     out, root = Path(output_dir).resolve(), Path(str(data_root)).resolve()
     if out == root or root in out.parents:
-        raise TgrowthError(f"output_dir {output_dir} is {'the same folder as' if out == root else 'inside'} "
+        raise ConfigError(f"output_dir {output_dir} is {'the same folder as' if out == root else 'inside'} "
                            f"{key}={data_root}: choose an output folder outside the input data")
 
 

@@ -11,12 +11,12 @@ Sections: ``data`` (the slice data), ``toy_data`` (an in-memory blob set for smo
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 from tgrowth.config.base import RunConfig, TrainerConfig, WandbConfig, doc
 from tgrowth.config.data import SliceDataConfig
 from tgrowth.errors import ConfigError
+from tgrowth.io import refuse_output_inside
 
 
 @dataclass
@@ -163,10 +163,6 @@ def _get(cfg: Any, key: str) -> Any:
     return node
 
 
-def _inside(child: Path, parent: Path) -> bool:
-    return child == parent or parent in child.parents
-
-
 def check_train_config(cfg: Any) -> None:
     """Refuse out-of-range values of a training config (any of the three schemas), naming the key.
 
@@ -226,9 +222,5 @@ def check_train_config(cfg: Any) -> None:
         at_least("val_reconstruction.batches", 0)
     if "val_t_bins" in cfg:
         at_least("val_t_bins", 1)
-    root = str(cfg.data.root)
-    if root and not cfg.toy_data.enabled:
-        out, data = Path(str(cfg.output_dir)).expanduser().resolve(), Path(root).expanduser().resolve()
-        if _inside(out, data):
-            raise ConfigError(f"output_dir {cfg.output_dir} is {'the data folder' if out == data else 'inside'} "
-                              f"data.root {root}: training must not write into its data set; choose another output_dir")
+    if not cfg.toy_data.enabled:
+        refuse_output_inside(cfg.output_dir, cfg.data.root)

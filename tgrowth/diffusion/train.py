@@ -19,7 +19,6 @@ import contextlib
 import logging
 import shutil
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -291,17 +290,15 @@ def _seed(cfg: DictConfig) -> None:
 
 def _writable_output_dir(cfg: DictConfig) -> Path:
     """Create output_dir (refusing a non-empty one unless overwrite / ckpt_path) and check that it is writable."""
-    from tgrowth.io import prepare_output_dir
+    from tgrowth.io import make_writable_dir, prepare_output_dir
 
     out = Path(cfg.output_dir)
     try:
         out = prepare_output_dir(out, cfg.overwrite, resume=bool(cfg.ckpt_path),
                                  resume_hint="ckpt_path=last to continue the training run in it")
-        with tempfile.TemporaryFile(dir=out):
-            pass
     except OSError as exc:
-        raise TgrowthError(f"output_dir {out} is not writable ({exc.strerror or exc})") from exc
-    return out
+        raise TgrowthError(f"output_dir {out} cannot be written: {exc.strerror or exc}") from None
+    return make_writable_dir(out)
 
 
 def _fit(cfg: DictConfig, kind: str, module, monitor: str, mode: str) -> int:
