@@ -9,15 +9,20 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="no make on this machine")
+# what an outer `make test` passes down (MAKELEVEL would add "Entering directory" lines) and the environments
+OUTER = ("VIRTUAL_ENV", "CONDA_PREFIX", "PYTHON", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")
+
+
+def clean_env(**extra):
+    return {**{k: v for k, v in os.environ.items() if k not in OUTER}, **extra}
 
 
 def dry_run(tmp_path, target, **env_extra):
     """`make -n TARGET` on a copy of the Makefile (so the real .venv state does not matter)."""
     shutil.copy(REPO / "Makefile", tmp_path / "Makefile")
     (tmp_path / "pyproject.toml").write_text("")
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX", "PYTHON", "MAKEFLAGS")}
-    env.update(env_extra)
-    res = subprocess.run(["make", "-n", target], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    res = subprocess.run(["make", "-n", "--no-print-directory", target], cwd=tmp_path, env=clean_env(**env_extra),
+                         capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     return res.stdout.splitlines()
 
@@ -54,7 +59,7 @@ def test_an_active_environment_is_used_as_it_is(tmp_path, var):
 
 def test_python_on_the_command_line_wins(tmp_path):
     shutil.copy(REPO / "Makefile", tmp_path / "Makefile")
-    res = subprocess.run(["make", "-n", "test", "PYTHON=/usr/bin/python3.12"], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=60, env={k: v for k, v in os.environ.items() if k != "MAKEFLAGS"})
+    res = subprocess.run(["make", "-n", "--no-print-directory", "test", "PYTHON=/usr/bin/python3.12"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60, env=clean_env())
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines()[-1] == "/usr/bin/python3.12 -m pytest -q tests" and "-m venv" not in res.stdout
