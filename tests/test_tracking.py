@@ -67,3 +67,15 @@ def test_predict_metrics_reach_offline_wandb_run(tmp_path):
     run2 = track.start(cfg, "predict")
     assert run2.id == rid
     run2.finish()
+    # read_offline_run takes the run folder (output_dir) and the offline-run-* folder as well as the file
+    run_dir = sorted((out / "wandb").glob("offline-run-*"))[0]
+    by_folder = track.read_offline_run(run_dir)
+    assert by_folder["run"]["id"] == rid and by_folder["summary"]["predict/hd95"] == pytest.approx(4.0)
+    assert track.read_offline_run(out)["run"]["id"] == rid  # the newest offline run of output_dir
+
+
+def test_read_offline_run_says_where_it_looked(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no offline wandb run in it .*wandb/offline-run-\*"):
+        track.read_offline_run(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no such wandb run file or folder"):
+        track.read_offline_run(tmp_path / "missing")

@@ -73,17 +73,36 @@ def log_predict(run: Any, rows: list[dict[str, Any]], infos: list[dict[str, Any]
     run.summary["predict/n_subjects"] = summary.get("n_subjects", 0)
 
 
-def read_offline_run(run_file: str | Path) -> dict[str, Any]:
-    """Read an offline wandb run file (``run-<id>.wandb``): its config, history rows and summary.
+def offline_run_file(path: str | Path) -> Path:
+    """The ``run-<id>.wandb`` file of ``path``: that file itself, an ``offline-run-*`` folder, a wandb folder
+    holding ``offline-run-*`` folders, or a command's ``output_dir`` (its ``wandb/offline-run-*``). Where a
+    folder holds several runs (a rerun or resume starts a new offline folder) the newest one is read."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if not p.is_dir():
+        raise FileNotFoundError(f"{p}: no such wandb run file or folder")
+    for pattern in ("run-*.wandb", "offline-run-*/run-*.wandb", "wandb/offline-run-*/run-*.wandb"):
+        found = sorted(p.glob(pattern), key=lambda f: (f.parent.name, f.stat().st_mtime))
+        if found:
+            return found[-1]
+    raise FileNotFoundError(f"{p}: no offline wandb run in it (looked for run-*.wandb, offline-run-*/ and "
+                            "wandb/offline-run-*/); was the run started with wandb.enabled=false or mode=online?")
 
-    Lets tests and users check what a run logged without syncing it. The file is wandb's transaction log
-    (a 7-byte ``:W&B`` header, then LevelDB-log framed protobuf ``Record`` messages in 32 KiB blocks).
+
+def read_offline_run(path: str | Path) -> dict[str, Any]:
+    """Read an offline wandb run: its config, history rows and summary, without syncing it.
+
+    ``path``: the run file (``run-<id>.wandb``), its ``offline-run-*`` folder, or the command's ``output_dir``
+    (see :func:`offline_run_file`). The file is wandb's transaction log (a 7-byte ``:W&B`` header, then
+    LevelDB-log framed protobuf ``Record`` messages in 32 KiB blocks).
     """
     import json
 
     from wandb.proto import wandb_internal_pb2 as pb
 
-    data = Path(run_file).read_bytes()
+    run_file = offline_run_file(path)
+    data = run_file.read_bytes()
     if data[:4] != b":W&B":
         raise ValueError(f"{run_file} is not a wandb run file")
     block, pos, pending = 32768, 7, b""
