@@ -59,3 +59,20 @@ def test_command_help_prints_description_once(capsys):
 def test_two_word_command_needs_its_second_word(argv, capsys):
     assert main(argv) == 2
     assert "runs compare" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command,hint", [
+    ("predict", "rerun the same command with resume=true to continue"),
+    ("train-denoiser", "rerun with ckpt_path=last to continue from the last checkpoint"),
+])
+def test_ctrl_c_says_how_to_continue(command, hint, monkeypatch, capsys):
+    import tgrowth.cli as cli
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_import", lambda ref: interrupted if ":run" in ref or ":train" in ref
+                        else cli.importlib.import_module(ref.split(":")[0]).__dict__[ref.split(":")[1]])
+    assert cli.main([command, "data.root=/x", "checkpoints.denoiser=a", "checkpoints.regressor=b",
+                     "checkpoints.segmenter=c"] if command == "predict" else [command]) == 130
+    assert capsys.readouterr().err.strip() == f"tgrowth {command}: interrupted; finished outputs are kept; {hint}"

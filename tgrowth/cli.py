@@ -194,7 +194,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tgrowth {name}: error: {exc}", file=sys.stderr)
         return 2 if type(exc).__name__ == "ConfigError" else 1
     except KeyboardInterrupt:
-        print(f"tgrowth {name}: interrupted; finished outputs are kept, rerun to resume", file=sys.stderr)
+        how = {"predict": "rerun the same command with resume=true to continue",
+               "sweep": "rerun the same command to start the sweep again",
+               "train-denoiser": "rerun with ckpt_path=last to continue from the last checkpoint",
+               "train-regressor": "rerun with ckpt_path=last to continue from the last checkpoint",
+               "train-segmenter": "rerun with ckpt_path=last to continue from the last checkpoint",
+               "demo": "rerun the same command: finished stages are reused"}.get(name, "rerun to start again")
+        print(f"tgrowth {name}: interrupted; finished outputs are kept; {how}", file=sys.stderr)
         return 130
 
 
