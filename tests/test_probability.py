@@ -113,3 +113,20 @@ def test_shared_noise_seeds_give_common_random_numbers(setup):
     assert float((both.images[0] - both.images[1]).abs().max()) > 0.1
     with pytest.raises(ValueError, match="noise_seeds has length 3"):
         probability_map(model, SCHED, prior, bright, num_generations=2, num_steps=2, noise_seeds=[1, 2, 3])
+
+
+def test_groups_reduce_once_per_group(setup):
+    """Several methods in one pass: per-group frequency/mean/std equal the reductions of each group's rows."""
+    model, prior = setup
+    groups = [0, 1, 0, 2, 1, 2, 2]
+    pm = probability_map(model, SCHED, prior, bright, num_generations=7, eta=0.8, encode="qsample", num_steps=10,
+                         keep_generations=True, chunk_size=3, groups=groups)
+    assert pm.frequency.shape == (3, 16, 16) and pm.mean.shape == (3, 1, 16, 16) and pm.areas.shape == (7,)
+    g = torch.tensor(groups)
+    for k in range(3):
+        rows = g == k
+        assert torch.allclose(pm.frequency[k], pm.masks[rows].float().mean(0))
+        assert torch.allclose(pm.mean[k], pm.images[rows].mean(0), atol=1e-6)
+        assert torch.allclose(pm.std[k], pm.images[rows].std(0, unbiased=False), atol=1e-5)
+    with pytest.raises(ValueError, match=r"groups must use every index 0\.\.2 \(empty: \[1\]\)"):
+        probability_map(model, SCHED, prior, bright, num_generations=3, num_steps=2, groups=[0, 2, 2])

@@ -32,8 +32,8 @@ __all__ = ["ProbabilityMap", "probability_map", "segmenter_from_logits"]
 
 @dataclass
 class ProbabilityMap:
-    """``frequency`` [H, W] in [0, 1]; ``mean``/``std`` [C, H, W]; ``areas`` [N] (pixels x ``pixel_area``);
-    ``masks`` [N, H, W] bool and ``images`` [N, C, H, W] when kept."""
+    """``frequency`` [H, W] in [0, 1]; ``mean``/``std`` [C, H, W] (with ``groups``: a leading group axis);
+    ``areas`` [N] (pixels x ``pixel_area``); ``masks`` [N, H, W] bool and ``images`` [N, C, H, W] when kept."""
 
     frequency: torch.Tensor
     mean: torch.Tensor
@@ -103,6 +103,7 @@ def probability_map(
     keep_generations: bool = False,
     noise_seeds: Sequence[int] | torch.Tensor | None = None,
     keep_mask: torch.Tensor | None = None,
+    groups: Sequence[int] | torch.Tensor | None = None,
 ) -> ProbabilityMap:
     """N generations from one prior slice -> frequency, mean, std images and per-generation areas.
 
@@ -119,6 +120,9 @@ def probability_map(
             default ``key_seed(seed, n)``); results do not depend on ``chunk_size``.
         keep_mask: ``[H, W]`` in [0, 1]: anatomy-preserving sampling, the output equals the prior where it is
             1 (see :func:`~tgrowth.diffusion.sampler.sample_known_image`).
+        groups: length-N group index (0..G-1) of each generation, e.g. the method it belongs to when several
+            methods share one batched pass: ``frequency``/``mean``/``std`` are then reduced per group
+            (``[G, H, W]``, ``[G, C, H, W]``); ``areas`` stays ``[N]``.
         Other arguments as in :func:`~tgrowth.diffusion.sampler.sample_known_image`.
     """
     if x_prior.ndim == 3:
@@ -146,10 +150,18 @@ def probability_map(
                              else y_all.reshape(-1)[:1], refine_iters=refine_iters,
                              invert_order=invert_order, autocast_dtype=autocast_dtype, channels_last=channels_last)
 
+    grouped = groups is not None
+    group = torch.zeros(n, dtype=torch.long, device=dev) if groups is None else torch.as_tensor(groups, device=dev).long()
+    if group.shape != (n,) or bool((group < 0).any()):
+        raise ValueError(f"groups must be {n} non-negative group indices, got shape {tuple(group.shape)}")
+    n_groups = int(group.max()) + 1
+    counts = torch.bincount(group, minlength=n_groups).double()
+    if bool((counts == 0).any()):
+        raise ValueError(f"groups must use every index 0..{n_groups - 1} (empty: {torch.nonzero(counts == 0).flatten().tolist()})")
     c, h, w = x_prior.shape[1:]
-    s1 = torch.zeros(c, h, w, dtype=torch.float64, device=dev)
+    s1 = torch.zeros(n_groups, c, h, w, dtype=torch.float64, device=dev)
     s2 = torch.zeros_like(s1)
-    freq = torch.zeros(h, w, dtype=torch.float64, device=dev)
+    freq = torch.zeros(n_groups, h, w, dtype=torch.float64, device=dev)
     areas, masks_keep, imgs_keep = [], [], []
     for start in range(0, n, chunk):
         rows = torch.arange(start, min(start + chunk, n), device=dev)
@@ -163,18 +175,21 @@ def probability_map(
                                   channels_last=channels_last, rows=rows, x_start=x_start, keep_mask=keep_mask)
         with torch.no_grad():
             m = _as_mask(segmenter(imgs), b)
-        imgs64 = imgs.detach().double()
-        s1 += imgs64.sum(0)
-        s2 += imgs64.pow(2).sum(0)
-        freq += m.double().sum(0)
+        imgs64, g = imgs.detach().double(), group[rows]
+        s1.index_add_(0, g, imgs64)
+        s2.index_add_(0, g, imgs64.pow(2))
+        freq.index_add_(0, g, m.double())
         areas.append(m.flatten(1).sum(1).double() * pixel_area)
         if keep_generations:
             masks_keep.append(m.cpu())
             imgs_keep.append(imgs.detach().cpu())
-    mean = s1 / n
-    std = (s2 / n - mean**2).clamp(min=0).sqrt()
+    mean = s1 / counts.view(-1, 1, 1, 1)
+    std = (s2 / counts.view(-1, 1, 1, 1) - mean**2).clamp(min=0).sqrt()
+    frequency = freq / counts.view(-1, 1, 1)
+    if not grouped:
+        frequency, mean, std = frequency[0], mean[0], std[0]
     return ProbabilityMap(
-        frequency=(freq / n).float(),
+        frequency=frequency.float(),
         mean=mean.float(),
         std=std.float(),
         areas=torch.cat(areas).float(),
