@@ -68,7 +68,7 @@ def test_saturated_fit_flagged_days_in_millions(caplog):
         m = cohort.metrics_rows()[0]
         assert m["r2"] < -1e6  # the fit is hopeless ...
         assert m["converged"] == 0  # ... and says so
-        assert "not converged: a growth parameter does not move the model" in m["note"]
+        assert "not converged: lambda_gr does not move the fitted curve (the model saturates; are the days in days?)" in m["note"]
         assert "curve clamped at max_fold x first size" in m["note"]
         assert "subject 'big'" in caplog.text and "not converged" in caplog.text
 
@@ -178,3 +178,25 @@ def test_population_prior_helps_three_scan_subjects():
         errors[prior] = [r["holdout_rel_error"] for r in cohort.metrics_rows() if r["subject"] in poor]
     assert statistics.median(errors[True]) < 0.6 * statistics.median(errors[False]), errors
     assert statistics.fmean(errors[True]) < statistics.fmean(errors[False]), errors
+
+
+def test_exact_fits_tie_nearest_to_the_starting_values():
+    """A subject with fewer points than parameters has many exact fits; the point fit is the exact fit (of
+    those the starts reached) closest to the authors' starting values, not whichever rounds lowest."""
+    from tgrowth.ode.fit import BatchedFit, FitProblems, run_fit
+
+    model = get_model("exponential_rt")
+    t = torch.tensor([[0.0, 60.0, 120.0, 200.0]], dtype=torch.float64)
+    t_rt = torch.tensor([42.0], dtype=torch.float64)
+    y = simulate_closed_form(model, torch.tensor([1.0, 0.01, 0.1, 0.03, 30.0, 0.2], dtype=torch.float64), t, t_rt)
+    module = BatchedFit(model, FitProblems(t, y.unsqueeze(1), torch.ones_like(t, dtype=torch.bool), t_rt),
+                        n_starts=12, steps=300, seed=0)
+    res = run_fit(module, progress_bar=False)
+    obj = module.objective()[0][0, 0]
+    exact = obj <= 1e-12
+    assert int(exact.sum()) >= 2 and float(res.sse[0, 0]) <= 1e-12  # several starts fit exactly
+    z0 = module.to_unit(torch.tensor(model.starts, dtype=torch.float64))
+    dist = ((module.to_unit(module.theta()[0, 0].detach()) - z0) ** 2).sum(-1)
+    chosen = ((module.to_unit(res.theta[0, 0]) - z0) ** 2).sum()
+    assert float(chosen) == pytest.approx(float(dist[exact].min()), rel=1e-9)
+    assert float(chosen) < float(dist[exact].max())  # the rule chose among different exact fits

@@ -148,7 +148,7 @@ class SubjectFit:
     note: str = ""
     comparison: dict[str, dict[str, float]] = field(default_factory=dict)
     converged: bool = True  # the point fit met the convergence test (and the model was not flat there)
-    flat: bool = False  # a growth-law parameter does not move the model at the point fit (it saturates)
+    flat: list[str] = field(default_factory=list)  # growth-law parameters that do not move the model at the point fit
     at_bound: dict[str, str] = field(default_factory=dict)  # parameter -> "lower"/"upper" (point fit)
     boot_converged: float = 1.0  # fraction of the bootstrap fits that converged
     flags: list[str] = field(default_factory=list)  # problems of the fit (also appended to note)
@@ -229,7 +229,8 @@ class CohortFit:
         for subj, f in self.fits.items():
             flags = []
             if f.flat:
-                flags.append("not converged: a growth parameter does not move the model (it saturates; days in days?)")
+                days_hint = "; are the days in days?" if f.series.days[-1] - f.day0 > 36500 else ""
+                flags.append(f"not converged: {', '.join(f.flat)} does not move the fitted curve (the model saturates{days_hint})")
             elif not f.converged:
                 flags.append("not converged: iteration limit (raise fit.steps)")
             if f.at_bound:
@@ -570,7 +571,9 @@ def fit_cohort(rows, fit_cfg: Any = None, *, seed: int = 0, strict: bool = False
                       for q, p in enumerate(model.param_names) if int(side[j, 0, q]) != 0}
             fits[ser.subject] = SubjectFit(ser, name, n_fit, res.theta[j, 0], samples, float(res.sse[j, 0]),
                                            subject_notes.get(ser.subject, ""), comparison.get(ser.subject, {}),
-                                           bool(res.converged[j, 0]), bool(res.flat[j, 0]), pinned,
+                                           bool(res.converged[j, 0]),
+                                           [p for q, p in enumerate(model.param_names[: model.n_law]) if res.flat[j, 0, q]],
+                                           pinned,
                                            float(res.converged[j, 1:].double().mean()) if s.n_bootstrap > 0 else 1.0)
     ordered = {ser.subject: fits[ser.subject] for ser, _ in usable}
     cohort = CohortFit(ordered, errors, s, notes)

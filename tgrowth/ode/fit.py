@@ -14,6 +14,9 @@ an iteration count and a convergence flag per (problem, replicate, start) and fr
 it has converged, so how long the others run never changes it. Without a prior, a problem's fit is a
 function of its own data and key only (to rounding: batched kernels may round differently).
 
+Best start: the lowest objective; starts within ``TIE_RTOL``/``TIE_ATOL`` of it tie (a subject with no
+more points than parameters has many exact fits) and the one closest to the starting values wins.
+
 Bounded mapping: ``theta = lo + (hi - lo) sigmoid(u)``, or on a log scale
 ``log theta = log lo + (log hi - log lo) sigmoid(u)`` for positive parameters spanning orders of
 magnitude; ``z = sigmoid(u)`` in ``[0, 1]`` is the normalised (log-)parameter.
@@ -48,6 +51,7 @@ LM_ITERS_PER_STEP = 5  # Levenberg-Marquardt iterations per Lightning step (Ligh
 SD_FLOOR = 0.02  # prior SD floor in normalised units (a hierarchical MAP must not collapse to sd = 0)
 FTOL = 1e-10  # an accepted LM step that lowers the objective by less than this fraction: converged
 MAX_DAMPING = 1e6  # no step lowers the objective even this heavily damped: a (local) minimum
+TIE_RTOL, TIE_ATOL = 1e-6, 1e-12  # starts whose objectives are this close tie (the nearest to the starting values wins)
 STALL_ITERS, STALL_TOL = 20, 1e-6  # this many iterations without lowering the objective by this fraction: converged
 BOUND_TOL = 1e-3  # a parameter within this fraction of its (log-)range from a bound is "at the bound"
 
@@ -85,7 +89,7 @@ class FitResult:
     objective: torch.Tensor  # [N, R]
     converged: torch.Tensor  # [N, R] the best start met the convergence test (and the model was not flat there)
     iterations: torch.Tensor  # [N, R] LM iterations the best start took (Adam: steps)
-    flat: torch.Tensor  # [N, R] a growth-law parameter did not move the model at all (it saturates)
+    flat: torch.Tensor  # [N, R, P] the parameter did not move the model at all (e.g. it saturates)
     unit: torch.Tensor  # [N, R, P] normalised (log-)parameters in [0, 1] of the best start
     prior_mu: torch.Tensor | None = None  # [G, R, P]
     prior_sd: torch.Tensor | None = None
@@ -433,7 +437,12 @@ class BatchedFit(pl.LightningModule):
             gbest = self._group_sum(obj).argmin(-1)  # [G, R]
             best = gbest[self.groups]  # [N, R]
         else:
-            best = obj.argmin(-1)  # [N, R]
+            # the lowest objective; among starts that tie with it (several exact fits when a subject has no
+            # more points than parameters), the one closest to the starting values in normalised units
+            tie = obj <= obj.amin(-1, keepdim=True) * (1.0 + TIE_RTOL) + TIE_ATOL
+            z0 = self.to_unit(torch.tensor(self.model.starts, dtype=self.u.dtype, device=self.u.device)).clamp(0.0, 1.0)
+            dist = ((_sigmoid(self.u) - z0) ** 2).sum(-1)
+            best = torch.where(tie, dist, torch.full_like(dist, math.inf)).argmin(-1)  # [N, R]
         idx = best[..., None]
 
         def pick(x):  # [N, R, K, ...] -> [N, R, ...] at the best start
@@ -441,7 +450,7 @@ class BatchedFit(pl.LightningModule):
             return torch.gather(x, 2, i).squeeze(2).cpu()
 
         res = FitResult(pick(theta), pick(sse), pick(obj), pick(self.fit_converged()), pick(self.iters),
-                        pick(self.flat[..., : self.model.n_law].any(-1)), pick(_sigmoid(self.u)))
+                        pick(self.flat), pick(_sigmoid(self.u)))
         if self.prior_kind is not None:
             mu, sd = self.prior_mu(), self.prior_sd()
             if gbest is None:
