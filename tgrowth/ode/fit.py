@@ -12,7 +12,9 @@ by its key (:func:`problem_key`: the run's seed, the subject and the purpose), s
 on the other problems, their number or order, or the padding. Levenberg-Marquardt keeps a damping,
 an iteration count and a convergence flag per (problem, replicate, start) and freezes each one once
 it has converged, so how long the others run never changes it. Without a prior, a problem's fit is a
-function of its own data and key only (to rounding: batched kernels may round differently).
+function of its own data and key only: sums over points run in order (padded zeros change nothing) and
+the elementwise maths avoids ops whose vectorised and scalar kernels round differently, so on CPU the
+result is bitwise the same in any batch (tested).
 
 Best start: the lowest objective; starts within ``TIE_RTOL``/``TIE_ATOL`` of it tie (a subject with no
 more points than parameters has many exact fits) and the one closest to the starting values wins.
