@@ -71,7 +71,7 @@ def test_auto_prior_fold_sees_no_point_after_its_cut():
     rows, _ = rt_cohort(6, [5, 7, 7, 6, 7, 6], noise=0.05, seed=4)
     # sim000 has 5 points; holdout_last=1 leaves 4: its only fold trains on the first 3 and forecasts the 4th
     cfg = {**QUIET, "model": "auto", "candidates": ["exponential", "exponential_rt"], "population_prior": True,
-           "n_bootstrap": 0, "n_starts": 2, "holdout_last": 1}
+           "n_bootstrap": 0, "n_starts": 2, "holdout_last": 1, "steps": 60}
     index: dict[str, int] = {}
     changed = []
     for r in rows:
