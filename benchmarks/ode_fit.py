@@ -16,12 +16,20 @@ Table 2 -- forecast skill: held-out relative error (median, mean over subjects) 
 Fisher-Kolmogorov-like cohort (constant-speed fronts with RT dips), last two scans held out; and, with
 ``--phantom``, on the whole-tumour volumes of a small ``tgrowth synth`` phantom cohort.
 
-Usage: ``python benchmarks/ode_fit.py [--quick] [--phantom]``.
+Table 3 -- accuracy against scipy. Simulated cohorts from the authors' RT model (24 subjects, 6 or 7 scans,
+5 % noise, last scan held out; several draws), fitted by ``fit_cohort``'s defaults and by scipy
+``least_squares`` (bounded, the same closed-form model, the same points) from the authors' starting
+values plus 29 random ones per subject: held-out relative error of the batched point fit, the batched
+bootstrap median and the scipy fit, seconds, and for how many subjects the batched point fit's SSE is
+at most scipy's.
+
+Usage: ``python benchmarks/ode_fit.py [--quick] [--phantom] [--skip-speed] [--skip-accuracy] [--skip-skill]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import statistics
@@ -35,10 +43,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-from tgrowth.ode.cohort import _items, _pack, _settings, fit_cohort  # noqa: E402
+from tgrowth.ode.cohort import _items, _module, _settings, fit_cohort  # noqa: E402
 from tgrowth.ode.data import load_series  # noqa: E402
-from tgrowth.ode.fit import BatchedFit, FitProblems, cpu_threads, run_fit, widened_bounds  # noqa: E402
-from tgrowth.ode.models import get_model, model_names, simulate_closed_form  # noqa: E402
+from tgrowth.ode.fit import cpu_threads, run_fit, widened_bounds  # noqa: E402
+from tgrowth.ode.models import LOG_MAX, get_model, model_names, simulate_closed_form  # noqa: E402
 from tgrowth.ode.synthetic import fk_cohort, rt_cohort  # noqa: E402
 
 
@@ -104,36 +112,32 @@ def _heldout_error(theta, series, items, model):
 
 def table_speed(n_subjects, n_boot, n_starts, base_reps, seed, log):
     rows, _ = rt_cohort(n_subjects, 7, noise=0.05, seed=seed)
-    cfg = {"model": "exponential_rt", "n_bootstrap": n_boot, "n_starts": n_starts, "holdout_last": 1,
+    cfg = {"model": "exponential_rt", "n_bootstrap": n_boot, "boot_starts": n_starts, "holdout_last": 1,
            "compare_models": False, "progress_bar": False}
     model = get_model("exponential_rt")
-    # tgrowth, the whole job through the public API
+    # tgrowth, the whole job through the public API (point fits, then the bootstrap replicates)
     t0 = time.perf_counter()
     cohort = fit_cohort(rows, cfg, seed=seed)
     t_ours = time.perf_counter() - t0
     with cpu_threads(0):
         ours_err = [m["holdout_rel_error"] for m in cohort.metrics_rows()]
-    # fit_cohort's replicates and starts, rebuilt (its first group uses seed `seed`), for the baseline
+    # fit_cohort's first base_reps bootstrap replicates and their starts (every draw is keyed by seed and
+    # subject, so asking for fewer replicates gives the first ones), for both methods
     s = _settings(cfg)
     series, _ = load_series(rows)
     items = [_items(ser, len(ser) - 1, torch.float64) for ser in series]
-    problems = _pack(items, n_boot, s, torch.Generator().manual_seed(seed), torch.float64)
-    init = BatchedFit(model, problems, n_starts=n_starts, start_jitter=s.start_jitter, noise=s.noise, seed=seed)
-    starts = init.theta().detach().numpy()  # [N, R, K, P]
+    mod = _module(model, items, base_reps, s, seed)
+    starts = mod.theta().detach().numpy()  # [N, R, K, P]
+    y_reps = mod.y.numpy().copy()  # [N, R, T]
     lo, hi = (b.numpy() for b in widened_bounds(model, s.noise))
-    # the subset both methods fit: replicates 1..base_reps of every subject, same starts
-    sub = FitProblems(problems.t, problems.y[:, : 1 + base_reps], problems.mask, problems.t_rt)
-    mod = BatchedFit(model, sub, n_starts=n_starts, start_jitter=s.start_jitter, noise=s.noise, seed=seed, steps=100)
-    mod.u.data.copy_(init.u.data[:, : 1 + base_reps])
     t0 = time.perf_counter()
     res = run_fit(mod, progress_bar=False)
     t_ours_sub = time.perf_counter() - t0
-    ours_sub_err = _heldout_error(res.theta[:, 1:], series, items, model)
+    ours_sub_err = _heldout_error(res.theta, series, items, model)
     base_theta = []
     t0 = time.perf_counter()
     for i, it in enumerate(items):
-        y_reps = problems.y[i, 1 : 1 + base_reps].numpy()
-        base_theta.append(baseline_fit(y_reps, it.t.numpy(), it.n_train, it.t_rt, starts[i, 1 : 1 + base_reps], lo, hi))
+        base_theta.append(baseline_fit(y_reps[i], it.t.numpy(), it.n_train, it.t_rt, starts[i], lo, hi))
         log(f"  baseline: subject {i + 1}/{len(items)} done ({time.perf_counter() - t0:.0f} s)")
     t_base = time.perf_counter() - t0
     base_err = _heldout_error(np.stack(base_theta), series, items, model)
@@ -150,8 +154,94 @@ def table_speed(n_subjects, n_boot, n_starts, base_reps, seed, log):
     per_rep = t_base / base_reps
     print(f"| baseline, extrapolated (not run): {base_reps}-replicate time x {n_boot / base_reps:g} | {n_boot} | "
           f"~{per_rep * n_boot:.0f} | 1.0x | - | - |")
-    print(f"| tgrowth fit_cohort (whole job: validation, bootstrap, fit, trainer) | {n_boot} | {t_ours:.1f} | "
+    print(f"| tgrowth fit_cohort (whole job: validation, point fits, bootstrap, trainer) | {n_boot} | {t_ours:.1f} | "
           f"~{per_rep * n_boot / t_ours:.0f}x | {med(ours_err):.4f} | {mean(ours_err):.4f} |")
+
+
+# --------------------------------------------------------------------------- accuracy vs scipy multi-start
+def np_exponential_rt(x, t, t_rt):
+    """The authors' model in closed form with numpy (as ``simulate_closed_form``; checked against it)."""
+    v0, lam, sf, lam_d, delay, slope = x
+    tk = max(t_rt, 0.0)
+
+    def logcosh(a):
+        return np.abs(a) + np.log(1.0 + np.exp(-2.0 * np.abs(a))) - math.log(2.0)
+
+    def exp(a):
+        return np.exp(np.clip(a, -LOG_MAX, LOG_MAX))
+
+    log_k = math.log(v0) + lam * tk
+    decay = (lam_d / slope) * (logcosh(slope * (np.maximum(t, tk) - t_rt - delay)) - logcosh(slope * (tk - t_rt - delay)))
+    after = exp(math.log(sf) + log_k + lam * (t - tk)) + exp(math.log(1.0 - min(sf, 1 - 1e-12)) + log_k - decay)
+    return np.where(t >= tk, after, exp(math.log(v0) + lam * t))
+
+
+def scipy_multistart(t, y, t_rt, lo, hi, log_scale, starts, n_random, rng):
+    """Bounded ``least_squares`` (trust region reflective) from ``starts`` plus ``n_random`` starts drawn
+    uniformly over the (log-)bounds; the lowest SSE wins -> (theta, SSE)."""
+    from scipy.optimize import least_squares
+
+    x0s = [np.clip(starts, lo, hi)]
+    x0s += [np.where(log_scale, lo * (hi / lo) ** z, lo + z * (hi - lo)) for z in rng.uniform(size=(n_random, len(lo)))]
+    best = (math.inf, None)
+    for x0 in x0s:
+        r = least_squares(lambda x: np_exponential_rt(x, t, t_rt) - y, x0, bounds=(lo, hi))
+        if 2 * r.cost < best[0]:
+            best = (2 * r.cost, r.x)
+    return best[1], best[0]
+
+
+def table_accuracy(draws, n_subjects, n_boot, scipy_starts, log):
+    """Held-out accuracy of fit_cohort's defaults (point fit and bootstrap median) against a scipy
+    multi-start least-squares fit of the same model on the same points, per simulated cohort draw."""
+    model = get_model("exponential_rt")
+    lo, hi = (b.numpy() for b in widened_bounds(model, 0.1))
+    log_scale = np.array(model.log_scale())
+    th = torch.tensor([[1.0, 0.01, 0.1, 0.03, 20.0, 0.5], [1.05, 0.004, 0.05, 0.06, 60.0, 0.05]], dtype=torch.float64)
+    tt = torch.linspace(0, 400, 9, dtype=torch.float64)
+    for x in th:  # the numpy baseline evaluates the same model
+        assert np.allclose(np_exponential_rt(x.numpy(), tt.numpy(), 42.0),
+                           simulate_closed_form(model, x, tt, torch.tensor(42.0, dtype=torch.float64)).numpy(), rtol=1e-10)
+    med, mean = statistics.median, statistics.fmean
+    print(f"\nTable 3: accuracy against scipy. The authors' RT model, {n_subjects} simulated subjects per draw "
+          "(5 % noise, last scan held out), fitted by fit_cohort's defaults (point fit: 16 starts; "
+          f"{n_boot} bootstrap replicates x 4 starts) and by scipy least_squares (TRF, bounded) from the authors' "
+          f"starting values plus {scipy_starts - 1} random starts, on the same points; one thread each")
+    print("| cohort draw (seed, scans) | method | n | held-out rel. error median | mean | seconds | SSE <= scipy's |")
+    print("|---|---|---|---|---|---|---|")
+    pooled = {"batched point fit": [], "batched bootstrap median": [], "scipy multi-start point fit": []}
+    for seed, n_scans in draws:
+        rows, _ = rt_cohort(n_subjects, n_scans, noise=0.05, seed=seed)
+        cfg = {"model": "exponential_rt", "n_bootstrap": n_boot, "holdout_last": 1, "compare_models": False,
+               "progress_bar": False}
+        t0 = time.perf_counter()
+        cohort = fit_cohort(rows, cfg, seed=0)
+        t_ours = time.perf_counter() - t0
+        with cpu_threads(0):
+            metrics = cohort.metrics_rows()
+        rng = np.random.default_rng(seed)
+        errs, sse_ok = [], 0
+        t0 = time.perf_counter()
+        for f in cohort.fits.values():
+            d = np.array(f.series.days) - f.day0
+            y = np.array(f.series.sizes) / f.y0
+            x, sse = scipy_multistart(d[: f.n_fit], y[: f.n_fit], f.t_rt, lo, hi, log_scale, np.array(model.starts),
+                                      scipy_starts - 1, rng)
+            pred = float(np_exponential_rt(x, d[-1:], f.t_rt)[0]) * f.y0
+            errs.append(abs(pred - f.series.sizes[-1]) / f.series.sizes[-1])
+            sse_ok += f.sse_point <= sse * (1 + 1e-6) + 1e-12
+        t_scipy = time.perf_counter() - t0
+        log(f"  accuracy: draw ({seed}, {n_scans}) done")
+        res = {"batched point fit": ([m["holdout_rel_error_point"] for m in metrics], t_ours, f"{sse_ok}/{len(errs)}"),
+               "batched bootstrap median": ([m["holdout_rel_error"] for m in metrics], t_ours, "-"),
+               "scipy multi-start point fit": (errs, t_scipy, "-")}
+        for name, (e, secs, ok) in res.items():
+            pooled[name] += e
+            what = f"{secs:.1f}" if name != "batched bootstrap median" else "(same run)"
+            print(f"| ({seed}, {n_scans}) | {name} | {len(e)} | {med(e):.4f} | {mean(e):.4f} | {what} | {ok} |")
+    if len(draws) > 1:
+        for name, e in pooled.items():
+            print(f"| all draws | {name} | {len(e)} | {med(e):.4f} | {mean(e):.4f} | | |")
 
 
 def phantom_rows(n_subjects, seed, log):
@@ -218,8 +308,14 @@ def main(argv=None):
     p.add_argument("--fk-subjects", type=int, default=None)
     p.add_argument("--baseline-reps", type=int, default=None,
                    help="replicates per subject the slow baseline fits (default: 2 quick, 3 full)")
+    p.add_argument("--skip-skill", action="store_true", help="leave out Table 2 (forecast skill of every model)")
+    p.add_argument("--skip-accuracy", action="store_true", help="leave out Table 3 (accuracy against scipy)")
+    p.add_argument("--acc-seeds", type=int, nargs="+", default=None, help="Table 3 cohort draws (default 0 1 2)")
+    p.add_argument("--acc-scans", type=int, nargs="+", default=[6, 7], help="Table 3 scans per subject")
+    p.add_argument("--acc-starts", type=int, default=30, help="Table 3: scipy starts per subject")
     a = p.parse_args(argv)
     torch.set_num_threads(1)  # both methods single-threaded: the baseline is, and the CPU is shared
+    logging.getLogger("tgrowth.ode").setLevel(logging.ERROR)  # the per-subject fit flags of the many fits here
     n_sub, n_boot = (4, 10) if a.quick else (32, 100)
     print(f"machine: {os.cpu_count()} CPU cores, torch {torch.__version__}, "
           f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}; "
@@ -227,8 +323,14 @@ def main(argv=None):
     if not a.skip_speed:
         reps = a.baseline_reps or (2 if a.quick else 3)
         table_speed(n_sub, n_boot, 4, reps, a.seed, log=lambda *x: print(*x, file=sys.stderr))
-    fk, _ = fk_cohort(a.fk_subjects or (6 if a.quick else 24), 8, noise=a.fk_noise, seed=a.seed + 1)
-    table_skill(" (simulated Fisher-Kolmogorov-like cohort)", fk, 2, 10 if a.quick else 50, a.seed)
+    if not a.skip_accuracy:
+        seeds = a.acc_seeds if a.acc_seeds is not None else ([0] if a.quick else [0, 1, 2])
+        draws = [(sd, ns) for ns in a.acc_scans for sd in seeds]
+        table_accuracy(draws, 6 if a.quick else 24, 10 if a.quick else 100, 5 if a.quick else a.acc_starts,
+                       log=lambda *x: print(*x, file=sys.stderr))
+    if not a.skip_skill:
+        fk, _ = fk_cohort(a.fk_subjects or (6 if a.quick else 24), 8, noise=a.fk_noise, seed=a.seed + 1)
+        table_skill(" (simulated Fisher-Kolmogorov-like cohort)", fk, 2, 10 if a.quick else 50, a.seed)
     if a.phantom:
         rows = phantom_rows(4 if a.quick else 12, a.seed, print)
         if rows is None:

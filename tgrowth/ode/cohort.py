@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -31,12 +32,20 @@ import torch
 
 from tgrowth.errors import ConfigError, DataError
 from tgrowth.ode.data import SizeSeries, SubjectProblem, load_series
-from tgrowth.ode.fit import BatchedFit, FitProblems, bootstrap, run_fit, widened_bounds
+from tgrowth.ode.fit import (
+    BatchedFit,
+    FitProblems,
+    FitResult,
+    bootstrap,
+    problem_key,
+    run_fit,
+    widened_bounds,
+)
 from tgrowth.ode.models import NO_RT, GrowthModel, get_model, model_names, simulate_closed_form, simulate_ode
 
 log = logging.getLogger("tgrowth.ode")
 SSE_FLOOR = 1e-6  # per-point squared-error floor of AIC/BIC (normalised sizes): 0.1 % of the first size
-LM_STEPS, ADAM_STEPS = 100, 1000
+LM_STEPS, LM_BOOT_STEPS, ADAM_STEPS = 300, 100, 1000  # default iteration caps: point fits, bootstrap replicates
 REL_FLOOR = 0.01  # relative errors of a size 0 (vanished tumour) are taken relative to 1 % of the first size
 
 
@@ -125,6 +134,7 @@ class Forecast:
     p95: torch.Tensor
     samples: torch.Tensor
     note: str = ""
+    point: torch.Tensor | None = None  # the point fit's (unperturbed data) forecast [D]
 
 
 @dataclass
@@ -137,6 +147,11 @@ class SubjectFit:
     sse_point: float
     note: str = ""
     comparison: dict[str, dict[str, float]] = field(default_factory=dict)
+    converged: bool = True  # the point fit met the convergence test (and the model was not flat there)
+    flat: list[str] = field(default_factory=list)  # growth-law parameters that do not move the model at the point fit
+    at_bound: dict[str, str] = field(default_factory=dict)  # parameter -> "lower"/"upper" (point fit)
+    boot_converged: float = 1.0  # fraction of the bootstrap fits that converged
+    flags: list[str] = field(default_factory=list)  # problems of the fit (also appended to note)
 
     @property
     def day0(self) -> float:
@@ -203,7 +218,32 @@ class CohortFit:
         d = torch.as_tensor(days, dtype=torch.float64).reshape(-1)
         samples = self.curve(subject, d, f.theta_samples)
         q = torch.quantile(samples, torch.tensor([0.5, 0.05, 0.95], dtype=torch.float64), dim=0)
-        return Forecast(subject, f.model, d, q[0], q[1], q[2], samples, f.note)
+        point = self.curve(subject, d, f.theta_point.unsqueeze(0))[0]
+        return Forecast(subject, f.model, d, q[0], q[1], q[2], samples, f.note, point)
+
+    def flag_fits(self) -> None:
+        """Name what is wrong with each subject's fit (``SubjectFit.flags``, appended to its note, logged as
+        a warning): the point fit did not converge (iteration limit) or the model is flat there (it
+        saturates: days in other units?), parameters pinned at a bound, the curve clamped at
+        ``max_fold`` x the first size, most bootstrap fits not converged."""
+        for subj, f in self.fits.items():
+            flags = []
+            if f.flat:
+                days_hint = "; are the days in days?" if f.series.days[-1] - f.day0 > 36500 else ""
+                flags.append(f"not converged: {', '.join(f.flat)} does not move the fitted curve (the model saturates{days_hint})")
+            elif not f.converged:
+                flags.append("not converged: iteration limit (raise fit.steps)")
+            if f.at_bound:
+                flags.append("at bound: " + ", ".join(f"{p} ({side})" for p, side in f.at_bound.items()))
+            curve = self.curve(subj, f.series.days, f.theta_point.unsqueeze(0))[0]
+            if bool((curve >= self.settings.max_fold * f.y0 * (1 - 1e-9)).any()):
+                flags.append(f"curve clamped at max_fold x first size ({self.settings.max_fold:g})")
+            if f.boot_converged < 0.5 and not flags:
+                flags.append(f"{1 - f.boot_converged:.0%} of the bootstrap fits not converged")
+            f.flags = flags
+            if flags:
+                f.note = "; ".join(x for x in (f.note, *flags) if x)
+                log.warning("subject '%s' (%s): %s", subj, f.model, "; ".join(flags))
 
     # ------------------------------------------------------------------ tables
     def params_rows(self) -> list[dict[str, Any]]:
@@ -227,8 +267,10 @@ class CohortFit:
                 hold = j >= f.n_fit
                 rows.append({
                     "subject": subj, "day": d, "observed": obs, "median": float(fc.median[j]),
-                    "p05": float(fc.p05[j]), "p95": float(fc.p95[j]), "is_holdout": int(hold), "model": f.model,
+                    "p05": float(fc.p05[j]), "p95": float(fc.p95[j]), "point": float(fc.point[j]),
+                    "is_holdout": int(hold), "model": f.model,
                     "rel_error": abs(float(fc.median[j]) - obs) / max(obs, REL_FLOOR * f.y0),
+                    "rel_error_point": abs(float(fc.point[j]) - obs) / max(obs, REL_FLOOR * f.y0),
                     "baseline_last": float(last[j]) if hold else "", "baseline_linear": float(lin[j]) if hold else "",
                 })
         return rows
@@ -256,11 +298,15 @@ class CohortFit:
                 last = baseline_last(ser.days[: f.n_fit], ser.sizes[: f.n_fit], hd)
                 lin = baseline_linear(ser.days[: f.n_fit], ser.sizes[: f.n_fit], hd)
                 inside = ((hold_obs >= fc.p05[f.n_fit:]) & (hold_obs <= fc.p95[f.n_fit:])).double()
+                rel_point = ((fc.point[f.n_fit:] - hold_obs).abs() / denom)
                 row.update({
-                    "holdout_rel_error": float(rel.mean()), "holdout_in_band": float(inside.mean()),
+                    "holdout_rel_error": float(rel.mean()), "holdout_rel_error_point": float(rel_point.mean()),
+                    "holdout_in_band": float(inside.mean()),
                     "baseline_last_rel_error": float(((last - hold_obs).abs() / denom).mean()),
                     "baseline_linear_rel_error": float(((lin - hold_obs).abs() / denom).mean()),
                 })
+            row["converged"] = int(f.converged)
+            row["at_bound"] = " ".join(f"{p}:{side}" for p, side in f.at_bound.items())
             row["note"] = f.note
             rows.append(row)
         return rows
@@ -273,6 +319,34 @@ class CohortFit:
         return rows
 
 
+# --------------------------------------------------------------------------- cohort summary
+def _median(values):
+    values = [v for v in values if isinstance(v, float) and not math.isnan(v)]
+    return statistics.median(values) if values else float("nan")
+
+
+def _mean(values):
+    values = [v for v in values if isinstance(v, float) and not math.isnan(v)]
+    return statistics.fmean(values) if values else float("nan")
+
+
+def summarise_metrics(metrics: list[dict]) -> dict:
+    """Cohort figures of ``metrics_rows()`` (``summary.json``, the report and ``cohort_summary.png`` all use
+    these): medians and means over subjects (NaN left out; the median of an even count is the mean of the
+    middle two), and the number of flagged fits (not converged or a parameter at a bound)."""
+    out = {"subjects": len(metrics), "r2_median": _median([m["r2"] for m in metrics]),
+           "nrmse_median": _median([m["nrmse"] for m in metrics]),
+           "not_converged": sum(1 for m in metrics if not m.get("converged", 1)),
+           "at_bound": sum(1 for m in metrics if m.get("at_bound"))}
+    held = [m for m in metrics if "holdout_rel_error" in m]
+    if held:
+        for key in ("holdout_rel_error", "holdout_rel_error_point", "baseline_last_rel_error",
+                    "baseline_linear_rel_error", "holdout_in_band"):
+            out[f"{key}_median"] = _median([m[key] for m in held])
+            out[f"{key}_mean"] = _mean([m[key] for m in held])
+    return out
+
+
 # --------------------------------------------------------------------------- batching helpers
 @dataclass
 class _Item:
@@ -282,6 +356,8 @@ class _Item:
     n_train: int  # fitted points: the first n_train
     t_rt: float
     target: int | None = None  # index forecast by a CV fold
+    purpose: str = "fit"  # names the item's starts: (seed, subject, purpose) seeds its generator
+    group: int = 0  # prior group (population prior: the items that share one prior)
 
 
 def _items(series: SizeSeries, n_fit: int, dtype) -> _Item:
@@ -291,7 +367,9 @@ def _items(series: SizeSeries, n_fit: int, dtype) -> _Item:
     return _Item(series.subject, d - d[0], y / y[0], n_fit, t_rt)
 
 
-def _pack(items: list[_Item], n_bootstrap: int, s, gen: torch.Generator, dtype) -> FitProblems:
+def _pack(items: list[_Item], n_bootstrap: int, s, seed: int, dtype) -> FitProblems:
+    """Pad the items into one batch. Every random draw of an item is keyed by (seed, subject, ...):
+    its bootstrap replicates by (seed, subject, "bootstrap"), its starts by (seed, subject, purpose)."""
     width = max(len(it.t) for it in items)
     t = torch.zeros(len(items), width, dtype=dtype)
     y = torch.ones(len(items), width, dtype=dtype)
@@ -301,22 +379,47 @@ def _pack(items: list[_Item], n_bootstrap: int, s, gen: torch.Generator, dtype) 
         t[i, :n], y[i, :n] = it.t, it.y
         t[i, n:], y[i, n:] = it.t[-1], it.y[-1]
         mask[i, : it.n_train] = True
-    yb = bootstrap(y, n_bootstrap, s.noise, s.noise_clip, gen) if n_bootstrap > 0 else y.unsqueeze(1)
+    if n_bootstrap > 0:
+        yb = bootstrap(y, n_bootstrap, s.noise, s.noise_clip, [problem_key(seed, it.subject, "bootstrap") for it in items],
+                       [len(it.t) for it in items])
+    else:
+        yb = y.unsqueeze(1)
     t_rt = torch.tensor([it.t_rt for it in items], dtype=dtype)
-    return FitProblems(t, yb, mask, t_rt)
+    keys = [problem_key(seed, it.subject, it.purpose) for it in items]
+    groups = torch.tensor([it.group for it in items], dtype=torch.long)
+    return FitProblems(t, yb, mask, t_rt, keys, groups)
 
 
-def _fit(model: GrowthModel, items: list[_Item], n_bootstrap: int, s, seed: int, prior=None, progress=False, logger=None):
+def _module(model: GrowthModel, items: list[_Item], n_bootstrap: int, s, seed: int, prior=None) -> BatchedFit:
+    """The batched fit of ``items``: their point fits (``n_bootstrap=0``, ``n_starts`` starts each), or
+    their bootstrap replicates alone (``boot_starts`` starts each)."""
     dtype = torch.float64 if s.dtype == "float64" else torch.float32
-    gen = torch.Generator().manual_seed(seed)
-    problems = _pack(items, n_bootstrap, s, gen, dtype)
-    steps = s.steps if s.steps >= 0 else (LM_STEPS if s.optimizer == "lm" else ADAM_STEPS)
-    module = BatchedFit(
-        model, problems, n_starts=s.n_starts, start_jitter=s.start_jitter, noise=s.noise, steps=steps, lr=s.lr,
-        integrator=s.integrator, ode_kwargs=dict(method=s.ode_method, rtol=s.ode_rtol, atol=s.ode_atol),
+    problems = _pack(items, n_bootstrap, s, seed, dtype)
+    if n_bootstrap > 0:  # replicate 0 (the data) is the point fit, done already
+        problems.y = problems.y[:, 1:]
+        problems.keys = [problem_key(seed, it.subject, it.purpose, "bootstrap starts") for it in items]
+    steps = s.steps if s.steps >= 0 else (ADAM_STEPS if s.optimizer == "adam" else LM_BOOT_STEPS if n_bootstrap else LM_STEPS)
+    return BatchedFit(
+        model, problems, n_starts=s.boot_starts if n_bootstrap > 0 else s.n_starts, start_jitter=s.start_jitter,
+        noise=s.noise, steps=steps, lr=s.lr, integrator=s.integrator,
+        ode_kwargs=dict(method=s.ode_method, rtol=s.ode_rtol, atol=s.ode_atol),
         prior=prior, seed=seed, optimizer=s.optimizer,
     )
-    return run_fit(module, accelerator=s.accelerator, progress_bar=progress and s.progress_bar, logger=logger)
+
+
+def _fit(model: GrowthModel, items: list[_Item], n_bootstrap: int, s, seed: int, prior=None, progress=False,
+         logger=None) -> FitResult:
+    """Point fits of ``items``, then, with ``n_bootstrap > 0``, their bootstrap replicates (each from the
+    authors' starting values, as the authors do): replicate 0 of the result is the point fit,
+    replicates 1.. the bootstrap fits."""
+    bar = progress and s.progress_bar
+    point = run_fit(_module(model, items, 0, s, seed, prior), accelerator=s.accelerator, progress_bar=bar, logger=logger)
+    if n_bootstrap == 0:
+        return point
+    boot = run_fit(_module(model, items, n_bootstrap, s, seed, prior), accelerator=s.accelerator, progress_bar=bar,
+                   logger=logger)
+    return FitResult(*(torch.cat([getattr(point, f.name), getattr(boot, f.name)], dim=1)
+                       if getattr(point, f.name) is not None else None for f in fields(FitResult)))
 
 
 def unit_coords(model: GrowthModel, theta: torch.Tensor, noise: float) -> torch.Tensor:
@@ -369,27 +472,36 @@ def fit_cohort(rows, fit_cfg: Any = None, *, seed: int = 0, strict: bool = False
 
     # ---- model comparison / auto selection (unperturbed data, no bootstrap)
     comparison: dict[str, dict[str, dict[str, float]]] = {ser.subject: {} for ser, _ in usable}
-    point_fits: dict[str, dict[str, torch.Tensor]] = {}
     chosen: dict[str, str] = {}
     if s.model == "auto" or s.compare_models:
         names = candidates if s.model == "auto" else sorted(set(candidates) | {s.model}, key=model_names().index)
-        for mi, name in enumerate(names):
+        for name in names:
             model = get_model(name, s.size_kind)
             items = list(base_items)
             if s.model == "auto":
                 horizon = s.auto_horizon if s.auto_horizon > 0 else max(s.holdout_last, 1)
+                cuts: list[tuple[_Item, int]] = []
                 for it in base_items:
                     # with RT in the fitted span, a training window must reach auto_post_rt points past
                     # the RT end: earlier windows say nothing about the post-RT course being forecast
                     post = (it.t[: it.n_train] > it.t_rt).nonzero()
                     k_rt = int(post[0]) + s.auto_post_rt if len(post) and s.auto_post_rt > 0 else 0
-                    for k in range(max(s.auto_min_train, 1, k_rt), it.n_train - horizon + 1):
-                        items.append(_Item(it.subject, it.t, it.y, k, it.t_rt, target=k + horizon - 1))
-            res = _fit(model, items, 0, s, seed + 1000 + mi, prior=prior_arg)
+                    cuts += [(it, k) for k in range(max(s.auto_min_train, 1, k_rt), it.n_train - horizon + 1)]
+                if prior_on:
+                    # the prior of a fold must not see points after the fold's cut: cut k is its own cohort
+                    # (every subject's first k points, one prior group), in which the folds at k are fitted
+                    targets = {(it.subject, k): k + horizon - 1 for it, k in cuts}
+                    for gi, k in enumerate(sorted({k for _, k in cuts}), start=1):
+                        items += [_Item(it.subject, it.t, it.y, min(k, it.n_train), it.t_rt,
+                                        target=targets.get((it.subject, k)), purpose=f"cv{k}", group=gi)
+                                  for it in base_items]
+                else:
+                    items += [_Item(it.subject, it.t, it.y, k, it.t_rt, target=k + horizon - 1, purpose=f"cv{k}")
+                              for it, k in cuts]
+            res = _fit(model, items, 0, s, seed, prior=prior_arg)
             cv: dict[str, list[float]] = {}
             for i, it in enumerate(items):
-                if it.target is None:
-                    point_fits.setdefault(it.subject, {})[name] = res.theta[i, 0]
+                if it.purpose == "fit":
                     sse = float(res.sse[i, 0])
                     has_rt = it.t_rt <= float(it.t[it.n_train - 1])
                     k_eff = model.effective_n_params(has_rt)
@@ -399,7 +511,7 @@ def fit_cohort(rows, fit_cfg: Any = None, *, seed: int = 0, strict: bool = False
                     comparison[it.subject][name] = {"n_params": k_eff, "n_points": it.n_train, "sse": sse,
                                                     "r2": 1.0 - sse / ss_tot if ss_tot > 0 else float("nan"),
                                                     "aic": aic, "bic": bic, "aicc": aicc(aic, it.n_train, k_eff)}
-                else:
+                elif it.target is not None:  # (items of a cut without a fold only shape that cut's prior)
                     pred = simulate_closed_form(model, res.theta[i, 0].double(), it.t[it.target : it.target + 1].double(),
                                                 torch.tensor(it.t_rt, dtype=torch.float64))
                     obs = float(it.y[it.target])
@@ -442,25 +554,34 @@ def fit_cohort(rows, fit_cfg: Any = None, *, seed: int = 0, strict: bool = False
     groups: dict[str, list[int]] = {}
     for i, (ser, _) in enumerate(usable):
         groups.setdefault(chosen[ser.subject], []).append(i)
-    for gi, (name, idx) in enumerate(groups.items()):
+    for name, idx in groups.items():
         model = get_model(name, s.size_kind)
         items = [base_items[i] for i in idx]
         prior = prior_arg
         if prior_on and s.prior_mode == "map":
-            prior = _empirical_prior(model, items, point_fits, name, s, seed + 2000 + gi, notes)
-        log.info("fitting %d subject(s) with %s: %d bootstrap replicates x %d starts", len(items), name,
-                 s.n_bootstrap, s.n_starts)
-        res = _fit(model, items, s.n_bootstrap, s, seed + gi, prior=prior, progress=True, logger=logger)
+            prior = _empirical_prior(model, items, name, s, seed, notes)
+        log.info("fitting %d subject(s) with %s: point fit (%d starts), %d bootstrap replicates x %d starts", len(items),
+                 name, s.n_starts, s.n_bootstrap, s.boot_starts)
+        res = _fit(model, items, s.n_bootstrap, s, seed, prior=prior, progress=True, logger=logger)
+        side = res.at_bound()
         for j, i in enumerate(idx):
             ser, n_fit = usable[i]
             samples = res.theta[j, 1:] if s.n_bootstrap > 0 else res.theta[j, :1]
+            pinned = {p: ("lower" if int(side[j, 0, q]) < 0 else "upper")
+                      for q, p in enumerate(model.param_names) if int(side[j, 0, q]) != 0}
             fits[ser.subject] = SubjectFit(ser, name, n_fit, res.theta[j, 0], samples, float(res.sse[j, 0]),
-                                           subject_notes.get(ser.subject, ""), comparison.get(ser.subject, {}))
+                                           subject_notes.get(ser.subject, ""), comparison.get(ser.subject, {}),
+                                           bool(res.converged[j, 0]),
+                                           [p for q, p in enumerate(model.param_names[: model.n_law]) if res.flat[j, 0, q]],
+                                           pinned,
+                                           float(res.converged[j, 1:].double().mean()) if s.n_bootstrap > 0 else 1.0)
     ordered = {ser.subject: fits[ser.subject] for ser, _ in usable}
-    return CohortFit(ordered, errors, s, notes)
+    cohort = CohortFit(ordered, errors, s, notes)
+    cohort.flag_fits()
+    return cohort
 
 
-def _empirical_prior(model, items, point_fits, name, s, seed, notes):
+def _empirical_prior(model, items, name, s, seed, notes):
     """prior_mode=map: mean/SD of the normalised parameters of well-sampled subjects (their own fits)."""
     rich = [it for it in items if it.n_train >= s.prior_min_points]
     if len(rich) < 3:

@@ -46,9 +46,12 @@ RT_PARAMS = ("SF", "lambda_decay", "delay", "slope")
 
 
 def logcosh(x: torch.Tensor) -> torch.Tensor:
-    """``log(cosh(x))`` without overflow: ``|x| + log1p(exp(-2|x|)) - log 2``."""
+    """``log(cosh(x))`` without overflow: ``|x| + log(1 + exp(-2|x|)) - log 2``.
+
+    ``log(1 + e)`` rather than ``log1p``: torch's vectorised and scalar ``log1p`` round differently, so an
+    element's value would depend on its position in the batch (``e <= 1``: the absolute error is ~1e-16)."""
     a = x.abs()
-    return a + torch.log1p(torch.exp(-2.0 * a)) - math.log(2.0)
+    return a + torch.log(1.0 + torch.exp(-2.0 * a)) - math.log(2.0)
 
 
 # --------------------------------------------------------------------------- growth laws (flows)
@@ -241,7 +244,7 @@ def simulate_closed_form(model: GrowthModel, theta: torch.Tensor, t: torch.Tenso
     dt = (t - tk).clamp_min(0.0)
     log_living = model.logflow(dt, torch.log(sf) + log_at_kill, law)
     decay = (lam_d / slope) * (logcosh(slope * (t.clamp_min(tk) - t_rt - delay)) - logcosh(slope * (tk - t_rt - delay)))
-    log_damaged = torch.log1p(-sf.clamp_max(1.0 - 1e-12)) + log_at_kill - decay
+    log_damaged = torch.log(1.0 - sf.clamp_max(1.0 - 1e-12)) + log_at_kill - decay  # (not log1p: see logcosh)
     total_after = torch.exp(log_living.clamp(-LOG_MAX, LOG_MAX)) + torch.exp(log_damaged.clamp(-LOG_MAX, LOG_MAX))
     total_before = torch.exp(log_before.clamp(-LOG_MAX, LOG_MAX))
     return torch.where(after, total_after, total_before).clamp(math.exp(-LOG_MAX), math.exp(LOG_MAX))

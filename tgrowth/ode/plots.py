@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from tgrowth.ode.cohort import summarise_metrics
+
 
 def _plt():
     import matplotlib
@@ -51,9 +53,11 @@ def subject_figure(cohort, subject: str):
     return fig
 
 
-def cohort_figure(cohort, metrics_rows: list[dict]):
+def cohort_figure(cohort, metrics_rows: list[dict], summary: dict | None = None):
     """Left: every subject's normalised series and median curve. Right: held-out forecast vs observed
-    (with the two baselines) when points were held out, else R^2 per subject."""
+    (with the two baselines) when points were held out, else R^2 per subject. The cohort figures in
+    the title are ``summary`` (``summarise_metrics(metrics_rows)``, what ``summary.json`` holds)."""
+    summary = summarise_metrics(metrics_rows) if summary is None else summary
     plt = _plt()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
     cmap = plt.get_cmap("tab20")
@@ -83,11 +87,9 @@ def cohort_figure(cohort, metrics_rows: list[dict]):
         a2.set_yscale("log")
         a2.set_xlabel("observed held-out size")
         a2.set_ylabel("forecast")
-        m = [r["holdout_rel_error"] for r in metrics_rows if "holdout_rel_error" in r]
-        bl = [r["baseline_last_rel_error"] for r in metrics_rows if "holdout_rel_error" in r]
-        bq = [r["baseline_linear_rel_error"] for r in metrics_rows if "holdout_rel_error" in r]
-        med = lambda v: float(torch.tensor(v).median())  # noqa: E731
-        a2.set_title(f"held-out: median rel. error ODE {med(m):.3f}, last {med(bl):.3f}, linear {med(bq):.3f}", fontsize=9)
+        a2.set_title("held-out: median rel. error ODE {:.3f}, last {:.3f}, linear {:.3f}".format(
+            summary["holdout_rel_error_median"], summary["baseline_last_rel_error_median"],
+            summary["baseline_linear_rel_error_median"]), fontsize=9)
         a2.legend(fontsize=7)
     else:
         r2 = [r["r2"] for r in metrics_rows]
@@ -105,11 +107,12 @@ def safe_name(subject: str) -> str:
     return keep or "subject"
 
 
-def write_plots(cohort, out: Path, metrics_rows: list[dict], max_subjects: int = 200) -> list[Path]:
+def write_plots(cohort, out: Path, metrics_rows: list[dict], summary: dict | None = None,
+                max_subjects: int = 200) -> list[Path]:
     from tgrowth.io import save_figure
 
     paths = []
     for subj in list(cohort.fits)[:max_subjects]:
         paths.append(save_figure(subject_figure(cohort, subj), out / "plots" / f"{safe_name(subj)}.png"))
-    paths.append(save_figure(cohort_figure(cohort, metrics_rows), out / "cohort_summary.png"))
+    paths.append(save_figure(cohort_figure(cohort, metrics_rows, summary), out / "cohort_summary.png"))
     return paths

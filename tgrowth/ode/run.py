@@ -10,8 +10,6 @@ error of every candidate per subject), ``errors.csv`` when a subject was skipped
 from __future__ import annotations
 
 import logging
-import math
-import statistics
 import sys
 
 from omegaconf import DictConfig
@@ -22,27 +20,6 @@ from tgrowth.io import atomic_write_text, prepare_output_dir, write_csv, write_j
 log = logging.getLogger("tgrowth.ode")
 
 
-def _median(values):
-    values = [v for v in values if isinstance(v, float) and not math.isnan(v)]
-    return statistics.median(values) if values else float("nan")
-
-
-def _mean(values):
-    values = [v for v in values if isinstance(v, float) and not math.isnan(v)]
-    return statistics.fmean(values) if values else float("nan")
-
-
-def summarise(metrics: list[dict]) -> dict:
-    out = {"subjects": len(metrics), "r2_median": _median([m["r2"] for m in metrics]),
-           "nrmse_median": _median([m["nrmse"] for m in metrics])}
-    held = [m for m in metrics if "holdout_rel_error" in m]
-    if held:
-        for key in ("holdout_rel_error", "baseline_last_rel_error", "baseline_linear_rel_error", "holdout_in_band"):
-            out[f"{key}_median"] = _median([m[key] for m in held])
-            out[f"{key}_mean"] = _mean([m[key] for m in held])
-    return out
-
-
 def report(cohort, metrics: list[dict], summary: dict) -> str:
     lines = [f"{'subject':<16} {'model':<18} {'n':>3} {'R2':>7} {'nRMSE':>7} {'AIC':>8} {'held-out err':>12}  note"]
     for m in metrics:
@@ -51,12 +28,16 @@ def report(cohort, metrics: list[dict], summary: dict) -> str:
                      f"{m['aic']:>8.2f} {err:>12}  {m['note']}")
     if "holdout_rel_error_median" in summary:
         lines.append(
-            "held-out relative error (median / mean): ODE {:.3f} / {:.3f}; last value {:.3f} / {:.3f}; "
-            "linear (last two) {:.3f} / {:.3f}; inside 5-95 % band {:.0%}".format(
+            "held-out relative error (median / mean): ODE bootstrap median {:.3f} / {:.3f}; ODE point fit {:.3f} / {:.3f}; "
+            "last value {:.3f} / {:.3f}; linear (last two) {:.3f} / {:.3f}; inside 5-95 % band {:.0%}".format(
                 summary["holdout_rel_error_median"], summary["holdout_rel_error_mean"],
+                summary["holdout_rel_error_point_median"], summary["holdout_rel_error_point_mean"],
                 summary["baseline_last_rel_error_median"], summary["baseline_last_rel_error_mean"],
                 summary["baseline_linear_rel_error_median"], summary["baseline_linear_rel_error_mean"],
                 summary["holdout_in_band_mean"]))
+    if summary.get("not_converged") or summary.get("at_bound"):
+        lines.append(f"flagged fits: {summary['not_converged']} not converged, {summary['at_bound']} with a parameter "
+                     "at a bound (metrics.csv: converged, at_bound, note)")
     return "\n".join(lines)
 
 
@@ -79,6 +60,8 @@ def run(cfg: DictConfig) -> int:
 
 
 def _write_outputs(cfg: DictConfig, out, cohort, wb) -> None:
+    from tgrowth.ode.cohort import summarise_metrics
+
     metrics = cohort.metrics_rows()
     write_csv(out / "params.csv", cohort.params_rows())
     forecast_rows = cohort.forecast_rows()
@@ -91,14 +74,17 @@ def _write_outputs(cfg: DictConfig, out, cohort, wb) -> None:
         write_csv(out / "errors.csv", cohort.errors, columns=["subject", "row", "message"])
         for e in cohort.errors:
             print(f"tgrowth fit-ode: skipped subject '{e['subject']}': {e['message']}", file=sys.stderr)
-    summary = summarise(metrics)
+    for subj, f in cohort.fits.items():
+        if f.flags:
+            print(f"tgrowth fit-ode: warning: subject '{subj}' ({f.model}): {'; '.join(f.flags)}", file=sys.stderr)
+    summary = summarise_metrics(metrics)
     summary["skipped_subjects"] = len(cohort.errors)
     summary["notes"] = cohort.notes
     write_json(out / "summary.json", summary)
     if cfg.plots:
         from tgrowth.ode.plots import write_plots
 
-        write_plots(cohort, out, metrics, int(cfg.plot_max_subjects))
+        write_plots(cohort, out, metrics, summary, int(cfg.plot_max_subjects))
     text = report(cohort, metrics, summary)
     print(text)
     atomic_write_text(out / "report.txt", text + "\n")
