@@ -3,7 +3,7 @@
 
 from tgrowth.cli import main
 from tgrowth.io import read_csv, write_csv, write_json
-from tgrowth.ode.run import summarise as ode_summarise
+from tgrowth.ode.cohort import summarise_metrics as ode_summarise
 from tgrowth.predict.report import write_tables
 
 

@@ -269,3 +269,14 @@ def test_predict_applies_the_data_check_rules(tmp_path, tiny, capsys):
     assert not (out / "SUB02").exists() and not (out / "SUB03").exists()
     rc = main(["predict", "-c", PREDICT_YAML, *predict_overrides(root, models, tmp_path / "strict", "strict=true")])
     assert rc == 1 and "SUB02" in capsys.readouterr().err
+
+
+def test_a_subjects_forecast_does_not_depend_on_the_others(tiny, tmp_path):
+    """The audit: predict's target for SUB03 changed when it was predicted alone (58.1 -> 60.9 mm^2)."""
+    got = {}
+    for name, subjects in (("both", "[SUB02,SUB03]"), ("alone", "[SUB03]")):
+        out = tmp_path / name
+        assert predict(tiny, out, f"data.subjects={subjects}", "methods=[no-change]", "plots=false") == 0
+        got[name] = json.loads((out / "SUB03" / "info.json").read_text())
+    for key in ("target_area_mm2", "ode"):
+        assert got["both"][key] == got["alone"][key]
