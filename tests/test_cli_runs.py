@@ -42,7 +42,8 @@ def test_compare_predict_runs_side_by_side(tmp_path, capsys):
 
 def test_compare_fit_ode_and_training_runs(tmp_path, capsys):
     ode = tmp_path / "ode"
-    metrics = [{"subject": "A", "r2": 0.9, "nrmse": 0.1, "holdout_rel_error": 0.2, "baseline_last_rel_error": 0.4,
+    metrics = [{"subject": "A", "r2": 0.9, "nrmse": 0.1, "holdout_rel_error": 0.2, "holdout_rel_error_point": 0.25,
+                "baseline_last_rel_error": 0.4,
                 "baseline_linear_rel_error": 0.3, "holdout_in_band": 1.0},
                {"subject": "B", "r2": 0.7, "nrmse": 0.3}]  # B has no held-out scan
     write_csv(ode / "metrics.csv", metrics)
