@@ -47,9 +47,13 @@ def test_defaults_are_valid_and_all_problems_come_in_one_message(tmp_path, capsy
     assert not out.exists()  # refused before the output folder is made, and before the models are read
 
 
-def _variant(src: str, dst, **meta_changes) -> str:
+def _variant(src: str, dst, drop: tuple[str, ...] = (), **meta_changes) -> str:
+    """A model file like ``src`` with changed metadata, re-checksummed (a valid file, not a corrupted one)."""
+    from tgrowth.diffusion.checkpoints import content_checksum
+
     blob = torch.load(src, weights_only=True)
-    blob["meta"] = {**blob["meta"], **meta_changes}
+    meta = {k: v for k, v in {**blob["meta"], **meta_changes}.items() if k not in drop}
+    blob.update(meta=meta, checksum=content_checksum(blob["kind"], meta, blob["state_dict"]))
     torch.save(blob, dst)
     return str(dst)
 
@@ -73,11 +77,8 @@ def test_model_files_checked_against_the_config_before_any_subject(tiny_predict,
     err = capsys.readouterr().err
     assert "the regressor " + reg + " was trained with the noise schedule {'kind': 'cosine'" in err
     assert "was trained on tumour labels [1, 3], but data.labels='whole' means [1, 2, 3]" in err
-    noarea = tmp_path / "reg_noarea.pt"
-    blob = torch.load(models["regressor"], weights_only=True)
-    blob["meta"].pop("area")
-    torch.save(blob, noarea)
-    assert run("d", regressor=str(noarea)) == 1
+    noarea = _variant(models["regressor"], tmp_path / "reg_noarea.pt", drop=("area",))
+    assert run("d", regressor=noarea) == 1
     assert "does not say what it outputs (meta 'area' with 'key' and 'scale')" in capsys.readouterr().err
     for out in "abcd":
         assert not (tmp_path / out / "SUB02").exists()
