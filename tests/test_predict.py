@@ -222,16 +222,12 @@ def test_batch_size_never_changes_results_and_methods_share_noise(tiny, tmp_path
 
 
 def test_bootstrap_targets_use_replicate_g_mod_b():
-    from omegaconf import OmegaConf
+    from tgrowth.predict.targets import Targets
 
-    from tgrowth.predict.pipeline import _gen_targets
-
-    cfg = OmegaConf.create({"guidance": {"target": "bootstrap"}})
     ratios = torch.tensor([[1.0], [2.0], [3.0]], dtype=torch.float64)  # B = 3 replicates, one day
-    fc = {"ratios": ratios, "target_median": torch.tensor([20.0], dtype=torch.float64)}
-    assert _gen_targets(cfg, fc, 10.0, 0, 5).tolist() == [10.0, 20.0, 30.0, 10.0, 20.0]
-    cfg.guidance.target = "median"
-    assert _gen_targets(cfg, fc, 10.0, 0, 2).tolist() == [20.0, 20.0]
+    tg = Targets(forecast=None, median=torch.tensor([20.0], dtype=torch.float64), ratios=ratios)
+    assert tg.per_generation("bootstrap", 10.0, 0, 5).tolist() == [10.0, 20.0, 30.0, 10.0, 20.0]
+    assert tg.per_generation("median", 10.0, 0, 2).tolist() == [20.0, 20.0]
 
 
 def _timeline_days(root, subject, days):

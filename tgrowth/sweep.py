@@ -129,7 +129,8 @@ def run(cfg: DictConfig) -> int:
     from tgrowth.io import prepare_output_dir, write_csv
     from tgrowth.predict import report, state, track
     from tgrowth.predict.dist import launch
-    from tgrowth.predict.pipeline import Arm, predict_run
+    from tgrowth.predict.methods import Arm
+    from tgrowth.predict.pipeline import predict_run
 
     raw_cmd = OmegaConf.to_container(cfg.command, resolve=False)  # wandb's ${env}/${args} macros unresolved
     if str(cfg.method) != "grid":
@@ -176,7 +177,7 @@ def run(cfg: DictConfig) -> int:
             state.prepare_predict_dir(pcfg)
             save_resolved_config(pcfg, pcfg.output_dir)
         dist.barrier()
-        arms = [Arm(f"tgrowth@{s:g}", "ode", s) for s in scales] + [Arm("no-change", "prior")]
+        arms = [Arm(f"tgrowth@{s:g}", "ode", s) for s in scales] + [Arm("no-change", "baseline")]
         res = predict_run(pcfg, dist, arms, command="sweep", console=dist.is_main)
         if res is None:
             continue

@@ -200,7 +200,7 @@ def predict_config_problems(cfg: DictConfig) -> list[str]:
     """Every value of a predict config that cannot work, as ``config key 'k' ...`` messages (no models needed).
 
     The checks that need the model files (noise level against the schedule and ``train_t_max``, the regressor's
-    schedule and label set) are in :func:`tgrowth.predict.pipeline.check_models`.
+    schedule and label set) are in :func:`tgrowth.predict.models.check_models`.
     """
     out: list[str] = []
 

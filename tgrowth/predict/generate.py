@@ -1,0 +1,63 @@
+"""Stage 3 of predict, generation: every generative arm of a subject in ONE batched sampling pass.
+
+N generations per arm, per-sample targets and scales (one :class:`~tgrowth.diffusion.guidance.AreaGuidance`),
+chunked by ``sampling.batch_size``, segmented, and reduced once per arm by
+``probability_map(groups=arm index)``. Generation g of every arm draws the same noise, keyed by
+(seed, subject, g): common random numbers make the paired comparison between methods less noisy, and the
+batch size never changes a result.
+"""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+
+from tgrowth.diffusion.guidance import AreaGuidance
+from tgrowth.diffusion.sampler import key_seed
+from tgrowth.predict.methods import Arm, Case, MethodResult
+from tgrowth.predict.models import autocast_dtype, guidance_units
+from tgrowth.probability import probability_map, segmenter_from_logits
+
+__all__ = ["generative_arms", "arm_targets", "generate"]
+
+ENCODE = {"noise": "qsample", "invert": "invert"}  # config name -> the sampler's name
+
+
+def generative_arms(case: Case, arms: list[Arm]) -> list[Arm]:
+    """The arms that sample (oracle-area needs a real follow-up area)."""
+    return [a for a in arms if a.source != "baseline" and not (a.source == "oracle" and case.slices.true_area is None)]
+
+
+def arm_targets(cfg: DictConfig, case: Case, arm: Arm, n: int) -> torch.Tensor:
+    """``[n]`` target areas (mm^2) of one generative arm."""
+    if arm.source == "oracle":
+        return torch.full((n,), float(case.slices.true_area), dtype=torch.float64)
+    return case.targets.per_generation(str(cfg.guidance.target), case.slices.prior_area, arm.day_index, n)
+
+
+def generate(cfg: DictConfig, case: Case, arms: list[Arm], device: torch.device) -> dict[Arm, MethodResult]:
+    """The generative arms' results (an empty dict when there is none)."""
+    arms = generative_arms(case, arms)
+    if not arms:
+        return {}
+    n, models, sl = int(cfg.sampling.num_generations), case.models, case.slices
+    targets = [arm_targets(cfg, case, a, n) for a in arms]
+    scales = torch.cat([torch.full((n,), a.scale if a.source != "unguided" else 0.0) for a in arms])
+    mm2_per_frac, reg_per_frac = guidance_units(models, sl.pixel_area)
+    dt = autocast_dtype(str(cfg.trainer.precision), device)
+    g = cfg.guidance
+    guidance = AreaGuidance(models.regressor, target=(torch.cat(targets) / mm2_per_frac).float().to(device),
+                            scale=scales.to(device), form=str(g.form), boost=float(g.high_noise_boost),
+                            boost_above_t=int(g.boost_above_t), autocast_dtype=dt, regressor_scale=reg_per_frac)
+    s = cfg.sampling
+    pm = probability_map(
+        models.denoiser, models.schedule, sl.prior.image.to(device)[None],
+        segmenter_from_logits(models.segmenter, autocast_dtype=dt),  # sigmoid of channel 0 = whole tumour
+        num_generations=n * len(arms), chunk_size=int(s.batch_size), noise_level=int(s.noise_level),
+        num_steps=int(s.num_steps or s.noise_level), eta=float(s.eta), encode=ENCODE[str(s.encode)],
+        callbacks=[guidance], y=models.class_label, pixel_area=sl.pixel_area, autocast_dtype=dt,
+        invert_order=int(s.invert_order), refine_iters=int(s.invert_refine_iters),
+        noise_seeds=[key_seed(int(cfg.seed), case.plan.subject, i) for _ in arms for i in range(n)],
+        groups=torch.arange(len(arms)).repeat_interleave(n))
+    return {a: MethodResult(pm.frequency[i], pm.mean[i], pm.std[i], pm.areas[i * n:(i + 1) * n].double().cpu(), targets[i])
+            for i, a in enumerate(arms)}

@@ -1,0 +1,93 @@
+"""The methods of a predict run, each one function or one generative arm, all scored the same way.
+
+A method produces a :class:`MethodResult` (probability map, mean and std images, areas) for one subject
+(:class:`Case`) and target day. Two kinds:
+
+* **generative** (``GENERATIVE``): N guided generations of the diffusion model; the methods share one batched
+  sampling pass (:mod:`tgrowth.predict.generate`) and differ only in their guidance target and scale;
+* **baselines** (``BASELINES``): plain functions ``f(case, day) -> MethodResult`` (no sampling).
+
+The names (the ``methods`` config key's vocabulary, with a help line each) are
+:data:`tgrowth.config.predict.METHODS`; this module maps each name to its implementation (checked at import).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from tgrowth.config.predict import METHODS
+from tgrowth.predict.models import Models
+from tgrowth.predict.plan import Plan, SubjectSlices
+from tgrowth.predict.targets import Targets
+
+__all__ = ["Arm", "Case", "MethodResult", "GENERATIVE", "BASELINES", "method_arms"]
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One method at one target day (and scale): ``source`` is where a generative arm's target comes from
+    (``ode``, ``unguided``: no guidance, ``oracle``: the true follow-up area) or ``baseline``."""
+
+    method: str
+    source: str
+    scale: float = 0.0
+    day_index: int = 0
+
+
+@dataclass
+class Case:
+    """What every stage after the plan knows about one subject."""
+
+    plan: Plan
+    slices: SubjectSlices
+    targets: Targets
+    models: Models
+
+
+@dataclass
+class MethodResult:
+    """``prob`` [H, W] tumour probability, ``mean``/``std`` [C, H, W] predicted image, ``areas`` [N] mm^2 of each
+    generation (one value for a baseline), ``targets`` [N] mm^2 the generations were guided to (None: not guided)."""
+
+    prob: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+    areas: torch.Tensor
+    targets: torch.Tensor | None = None
+
+
+# --------------------------------------------------------------------------- baselines
+def no_change(case: Case, day: int) -> MethodResult:
+    """The prior scan and its tumour as the forecast."""
+    s = case.slices
+    return MethodResult(s.prior_mask.float(), s.prior.image.float(), torch.zeros_like(s.prior.image),
+                        torch.tensor([s.prior_area], dtype=torch.float64))
+
+
+GENERATIVE: dict[str, str] = {"tgrowth": "ode", "unguided": "unguided", "oracle-area": "oracle"}
+BASELINES: dict[str, Callable[[Case, int], MethodResult]] = {"no-change": no_change}
+if set(GENERATIVE) | set(BASELINES) != set(METHODS):
+    raise ImportError(f"tgrowth.predict.methods implements {sorted(set(GENERATIVE) | set(BASELINES))}, but the "
+                      f"config names {sorted(METHODS)}")
+
+
+def method_arms(cfg: DictConfig) -> list[Arm]:
+    """The arms of ``cfg.methods``; with ``target.days`` only tgrowth, one arm per day (no real follow-up)."""
+    scale = float(cfg.guidance.scale)
+    if list(cfg.target.days):
+        return [Arm("tgrowth", "ode", scale, j) for j in range(len(cfg.target.days))]
+    arms = []
+    for m in cfg.methods:
+        source = GENERATIVE.get(m, "baseline")
+        arms.append(Arm(m, source, 0.0 if source in ("unguided", "baseline") else scale))
+    return arms
+
+
+def run_baselines(case: Case, arms: list[Arm]) -> dict[Arm, Any]:
+    """The baseline arms' results."""
+    return {a: BASELINES[a.method](case, a.day_index) for a in arms if a.source == "baseline"}
