@@ -17,7 +17,17 @@ from tgrowth.config.data import LongitudinalDataConfig
 from tgrowth.config.ode import FitSettings
 from tgrowth.errors import ConfigError
 
-METHODS = ("tgrowth", "no-change", "unguided", "oracle-area")
+# the methods' names (their implementations: tgrowth.predict.methods), each with what it is
+METHODS = {
+    "tgrowth": "guided generations toward the growth ODE's forecast area (guidance.scale)",
+    "unguided": "the same sampler without guidance (scale 0)",
+    "oracle-area": "guided toward the TRUE follow-up area (what a perfect ODE would give)",
+    "no-change": "the prior scan and its tumour as the forecast",
+    "no-change-segmenter": "the prior scan, its tumour found by the learned segmenter",
+    "segmenter-on-truth": "the learned segmenter on the real follow-up (the measurement floor; an oracle)",
+    "grow-to-target": "the prior tumour grown along its signed distance to the ODE target area (no images)",
+    "grow-to-truth": "the same to the true follow-up area (an oracle)",
+}
 GUIDANCE_FORMS = ("authors", "loss", "x0")
 GUIDANCE_TARGETS = ("median", "bootstrap")
 ENCODE_MODES = ("noise", "invert")
@@ -100,7 +110,8 @@ class PredictConfig(RunConfig):
     target: TargetConfig = doc(TargetConfig(), "What to predict.")
     guidance: GuidanceConfig = doc(GuidanceConfig(), "Regressor guidance.")
     sampling: SamplingConfig = doc(SamplingConfig(), "DDIM sampling and probability maps.")
-    methods: list[str] = doc(list(METHODS), "Methods in metrics.csv: tgrowth, no-change, unguided, oracle-area.")
+    methods: list[str] = doc(list(METHODS), "Methods in metrics.csv, all on the same subjects and slices: "
+                             + "; ".join(f"{k} ({v})" for k, v in METHODS.items()) + ".")
     num_threads: Optional[int] = doc(None, "torch intra-op CPU threads (None: torch's default; 1 is fastest for tiny "
                                      "models on a busy 2-core machine).")
     resume: bool = doc(False, "Continue an interrupted run in output_dir: finished subjects are kept, not redone.")

@@ -20,10 +20,13 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from tgrowth.baselines import grow_to_area
 from tgrowth.config.predict import METHODS
+from tgrowth.metrics import foreground
 from tgrowth.predict.models import Models
 from tgrowth.predict.plan import Plan, SubjectSlices
 from tgrowth.predict.targets import Targets
+from tgrowth.probability import segmenter_from_logits
 
 __all__ = ["Arm", "Case", "MethodResult", "GENERATIVE", "BASELINES", "method_arms"]
 
@@ -62,6 +65,20 @@ class MethodResult:
 
 
 # --------------------------------------------------------------------------- baselines
+def _fixed(mask: torch.Tensor, image: torch.Tensor, pixel_area: float) -> MethodResult:
+    """A deterministic forecast: a 0/1 map, an image, no spread."""
+    m = torch.as_tensor(mask).bool()
+    return MethodResult(m.float(), image.float(), torch.zeros_like(image),
+                        torch.tensor([float(m.sum()) * pixel_area], dtype=torch.float64))
+
+
+def _segment(case: Case, image: torch.Tensor) -> torch.Tensor:
+    """The trained segmenter's whole-tumour mask of one slice image."""
+    net = case.models.segmenter
+    device = next(net.parameters()).device
+    return segmenter_from_logits(net)(image[None].to(device))[0].cpu()
+
+
 def no_change(case: Case, day: int) -> MethodResult:
     """The prior scan and its tumour as the forecast."""
     s = case.slices
@@ -69,8 +86,45 @@ def no_change(case: Case, day: int) -> MethodResult:
                         torch.tensor([s.prior_area], dtype=torch.float64))
 
 
+def no_change_segmenter(case: Case, day: int) -> MethodResult:
+    """The prior scan, its tumour measured by the learned segmenter (the segmenter error the generated rows carry)."""
+    s = case.slices
+    return _fixed(_segment(case, s.prior.image), s.prior.image, s.pixel_area)
+
+
+def segmenter_on_truth(case: Case, day: int) -> MethodResult:
+    """The learned segmenter on the REAL follow-up: the floor any generated image is measured through (an oracle;
+    its image metrics are trivially perfect). Without a follow-up: nothing to measure (empty map, prior image)."""
+    s = case.slices
+    if s.truth is None:
+        return _fixed(torch.zeros(s.prior.image.shape[1:], dtype=torch.bool), s.prior.image, s.pixel_area)
+    return _fixed(_segment(case, s.truth.image), s.truth.image, s.pixel_area)
+
+
+def _grow(case: Case, area: float | None) -> MethodResult:
+    s = case.slices
+    if area is None:  # no follow-up area to grow to
+        return no_change(case, 0)
+    brain = foreground(s.prior.image).numpy()
+    mask = grow_to_area(s.prior_mask.numpy(), area, s.prior.spacing_mm, region=brain)
+    return _fixed(torch.from_numpy(mask), s.prior.image, s.pixel_area)
+
+
+def grow_to_target(case: Case, day: int) -> MethodResult:
+    """The prior tumour grown or shrunk along its signed distance, inside the brain, to the ODE's target area (no
+    images, no learning); the prior scan as the image."""
+    return _grow(case, float(case.targets.median[day]))
+
+
+def grow_to_truth(case: Case, day: int) -> MethodResult:
+    """As grow-to-target, to the TRUE follow-up area (an oracle: what geometry alone does with a perfect size)."""
+    return _grow(case, case.slices.true_area)
+
+
 GENERATIVE: dict[str, str] = {"tgrowth": "ode", "unguided": "unguided", "oracle-area": "oracle"}
-BASELINES: dict[str, Callable[[Case, int], MethodResult]] = {"no-change": no_change}
+BASELINES: dict[str, Callable[[Case, int], MethodResult]] = {
+    "no-change": no_change, "no-change-segmenter": no_change_segmenter, "segmenter-on-truth": segmenter_on_truth,
+    "grow-to-target": grow_to_target, "grow-to-truth": grow_to_truth}
 if set(GENERATIVE) | set(BASELINES) != set(METHODS):
     raise ImportError(f"tgrowth.predict.methods implements {sorted(set(GENERATIVE) | set(BASELINES))}, but the "
                       f"config names {sorted(METHODS)}")
