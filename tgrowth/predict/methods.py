@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from tgrowth.baselines import grow_to_area
+from tgrowth.geometry import grow_to_area
 from tgrowth.config.predict import METHODS
 from tgrowth.metrics import foreground
 from tgrowth.predict.models import Models

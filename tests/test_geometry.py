@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tgrowth.baselines import grow_to_area, signed_distance
+from tgrowth.geometry import grow_to_area, signed_distance
 
 
 def disc(shape, center, r):
@@ -57,3 +57,26 @@ def test_three_dimensions_and_bad_input():
         grow_to_area(ball, 1.0, spacing=(1, 1))
     with pytest.raises(ValueError, match="target must be a finite size >= 0"):
         grow_to_area(ball, float("nan"))
+
+
+def test_change_zone_and_radial_growth():
+    from tgrowth.geometry import change_zone, radial_growth_mm
+
+    assert radial_growth_mm(np.pi * 4, np.pi * 25) == pytest.approx(3.0)  # radius 2 -> 5 mm
+    assert radial_growth_mm(100.0, 50.0) == 0.0
+    assert radial_growth_mm(4 / 3 * np.pi * 8, 4 / 3 * np.pi * 27, ndim=3) == pytest.approx(1.0)
+    prior = disc((40, 40), (20, 20), 5)
+    keep = change_zone(prior, 4.0, spacing=(1.0, 1.0))
+    sd = signed_distance(prior)
+    assert set(np.unique(keep)) == {0.0, 1.0}
+    assert (keep[sd <= 4.0] == 0).all() and (keep[sd > 4.0] == 1).all()
+    soft = change_zone(prior, 4.0, spacing=(1.0, 1.0), edge_mm=2.0)
+    ring = (sd > 4.0) & (sd < 6.0)
+    assert ((soft[ring] > 0) & (soft[ring] < 1)).all() and (soft[sd >= 6.0] == 1).all()
+    region = np.zeros((40, 40), bool)
+    region[:, :20] = True  # the zone is cut at column 20; the tumour itself always counts
+    cut = change_zone(prior, 4.0, region=region)
+    assert (cut[:, 26:] == 1).all() and (cut[prior] == 0).all()
+    assert (change_zone(np.zeros((5, 5)), 3.0) == 1).all()
+    with pytest.raises(ValueError, match="must be >= 0"):
+        change_zone(prior, -1.0)
