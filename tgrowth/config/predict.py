@@ -98,6 +98,12 @@ class SamplingConfig:
                                    "model call per step; 1 makes inversion + eta=0 sampling near exact).")
     batch_size: int = doc(64, "Generations per forward pass (all methods and targets share batches).")
     threshold: float = doc(0.5, "Probability-map threshold for Dice / HD95 / area.")
+    preserve_anatomy: bool = doc(False, "Anatomy-preserving sampling: only the change zone (the prior tumour dilated by "
+                                 "the radial growth of the ODE's 95th-percentile forecast plus zone_margin_mm, inside the "
+                                 "brain) is generated; elsewhere every step is the prior on its own noise trajectory, so "
+                                 "the output equals the prior scan there.")
+    zone_margin_mm: float = doc(6.0, "Change zone: margin (mm) added to the radial growth of the ODE's upper band.")
+    zone_edge_mm: float = doc(4.0, "Change zone: width (mm) of the soft blend between generated and kept pixels.")
 
 
 @dataclass
@@ -245,6 +251,9 @@ def predict_config_problems(cfg: DictConfig) -> list[str]:
         bad("sampling.invert_order", "must be 1 or 2", s.invert_order)
     if int(s.invert_refine_iters) < 0:
         bad("sampling.invert_refine_iters", "must be >= 0", s.invert_refine_iters)
+    for key in ("zone_margin_mm", "zone_edge_mm"):
+        if not _finite(s[key]) or float(s[key]) < 0:
+            bad(f"sampling.{key}", "must be a finite number >= 0", s[key])
     methods = [str(m) for m in cfg.methods]
     if not methods:
         bad("methods", f"must name at least one of {', '.join(METHODS)}", methods)

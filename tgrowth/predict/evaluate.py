@@ -1,7 +1,8 @@
 """Stage 4 of predict, evaluation: one metrics row per method (and target day) against the real follow-up.
 
-Every method is scored the same way, on the same slice, spacing and threshold: SSIM (slice and brain), PSNR,
-MAE of the predicted mean image; Dice and HD95 (mm; the slice diagonal when one mask is empty) of the
+Every method is scored the same way, on the same slice, spacing and threshold: SSIM (slice, brain and the
+change zone around the prior tumour, where generation may change the image), PSNR (slice and zone), MAE of
+the predicted mean image; Dice and HD95 (mm; the slice diagonal when one mask is empty) of the
 probability map at ``sampling.threshold``; relative area errors against the true follow-up and the ODE target.
 """
 
@@ -35,8 +36,10 @@ def score_row(case: Case, arm: Arm, r: MethodResult, threshold: float) -> dict[s
     }
     if sl.truth is not None:
         mean, tr = r.mean.cpu(), sl.truth.image.float()
+        zone = case.zone
         row.update(ssim=M.ssim(mean, tr), ssim_brain=M.ssim(mean, tr, mask=M.foreground(tr)), psnr=M.psnr(mean, tr),
-                   mae=M.mae(mean, tr))
+                   mae=M.mae(mean, tr), ssim_zone=M.ssim(mean, tr, mask=zone) if zone.any() else None,
+                   psnr_zone=M.psnr(mean, tr, mask=zone) if zone.any() else None)
     tmask = sl.truth_mask
     if tmask is not None:
         tmask = tmask.numpy()

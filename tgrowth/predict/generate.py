@@ -4,7 +4,8 @@ N generations per arm, per-sample targets and scales (one :class:`~tgrowth.diffu
 chunked by ``sampling.batch_size``, segmented, and reduced once per arm by
 ``probability_map(groups=arm index)``. Generation g of every arm draws the same noise, keyed by
 (seed, subject, g): common random numbers make the paired comparison between methods less noisy, and the
-batch size never changes a result.
+batch size never changes a result. With ``sampling.preserve_anatomy`` only the change zone is generated
+(``keep_mask``: the prior is kept outside it, exactly).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def generate(cfg: DictConfig, case: Case, arms: list[Arm], device: torch.device)
         callbacks=[guidance], y=models.class_label, pixel_area=sl.pixel_area, autocast_dtype=dt,
         invert_order=int(s.invert_order), refine_iters=int(s.invert_refine_iters),
         noise_seeds=[key_seed(int(cfg.seed), case.plan.subject, i) for _ in arms for i in range(n)],
+        keep_mask=case.keep.to(device) if s.preserve_anatomy else None,
         groups=torch.arange(len(arms)).repeat_interleave(n))
     return {a: MethodResult(pm.frequency[i], pm.mean[i], pm.std[i], pm.areas[i * n:(i + 1) * n].double().cpu(), targets[i])
             for i, a in enumerate(arms)}

@@ -44,12 +44,19 @@ class Arm:
 
 @dataclass
 class Case:
-    """What every stage after the plan knows about one subject."""
+    """What every stage after the plan knows about one subject; ``keep`` [H, W] is the change zone's keep weight
+    (0 in the zone: see :func:`tgrowth.predict.targets.zone_keep`)."""
 
     plan: Plan
     slices: SubjectSlices
     targets: Targets
     models: Models
+    keep: torch.Tensor
+
+    @property
+    def zone(self) -> torch.Tensor:
+        """The change zone as a mask (where the keep weight is below 1)."""
+        return self.keep < 1
 
 
 @dataclass

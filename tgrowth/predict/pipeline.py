@@ -32,7 +32,7 @@ from tgrowth.predict.generate import generate
 from tgrowth.predict.methods import Arm, Case, method_arms, run_baselines
 from tgrowth.predict.models import Models, check_models, load_models
 from tgrowth.predict.plan import Plan, load_slices, plan_subjects
-from tgrowth.predict.targets import fit_growth, subject_targets
+from tgrowth.predict.targets import fit_growth, subject_targets, zone_keep
 
 log = logging.getLogger("tgrowth.predict")
 
@@ -44,7 +44,9 @@ def predict_one(cfg: DictConfig, models: Models, dm: LongitudinalDataModule, fit
     """All stages after the plan for one subject; returns its info.json record."""
     t0 = time.time()
     slices = load_slices(dm, plan, cfg.data.labels)
-    case = Case(plan, slices, subject_targets(fit, plan, slices.prior_area), models)
+    targets = subject_targets(fit, plan, slices.prior_area)
+    keep = zone_keep(slices, targets, cfg.sampling.zone_margin_mm, cfg.sampling.zone_edge_mm)
+    case = Case(plan, slices, targets, models, keep)
     results = {**generate(cfg, case, arms, device), **run_baselines(case, arms)}
     rows = evaluate.score(cfg, case, results)
     return outputs.write_subject(cfg, case, results, rows, fit, state.subject_dir(out, plan.subject),

@@ -10,7 +10,7 @@ from typing import Any
 from tgrowth.io import write_csv, write_json
 
 METRIC_COLUMNS = ["ssim", "ssim_brain", "psnr", "mae", "dice", "hd95", "area_error_vs_truth", "area_error_vs_target",
-                  "ode_forecast_error"]
+                  "ode_forecast_error", "ssim_zone", "psnr_zone"]
 COLUMNS = ["subject", "method", *METRIC_COLUMNS, "pred_area_mm2", "map_area_mm2", "true_area_mm2",
            "target_area_mm2", "guided_to_area_mm2", "prior_area_mm2", "scale", "prior_timepoint",
            "target_timepoint", "target_day", "slice_index"]

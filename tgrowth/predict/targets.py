@@ -16,10 +16,12 @@ import torch
 from omegaconf import DictConfig
 
 from tgrowth.errors import DataError
+from tgrowth.geometry import change_zone, radial_growth_mm
+from tgrowth.metrics import foreground
 from tgrowth.ode import fit_cohort
-from tgrowth.predict.plan import Plan
+from tgrowth.predict.plan import Plan, SubjectSlices
 
-__all__ = ["Targets", "ode_rows", "fit_growth", "subject_targets"]
+__all__ = ["Targets", "ode_rows", "fit_growth", "subject_targets", "zone_keep"]
 
 
 @dataclass
@@ -66,3 +68,20 @@ def subject_targets(fit: Any, plan: Plan, prior_area: float) -> Targets:
     if not bool(torch.isfinite(median).all()):
         raise DataError(f"subject {plan.subject}: the ODE forecast is not finite ({median.tolist()})")
     return Targets(fc, median, ratios)
+
+
+def zone_keep(slices: SubjectSlices, targets: Targets, margin_mm: float, edge_mm: float) -> torch.Tensor:
+    """``[H, W]`` keep weight of the change zone (0 inside, 1 where the prior is kept; a soft edge between).
+
+    The zone is the prior tumour dilated by the radial growth from the prior area to the ODE's 95th-percentile
+    forecast (over the bootstrap replicates, the largest over the target days) plus ``margin_mm``, inside the
+    brain. No tumour on the prior slice: no zone (everything may change).
+    """
+    prior_area = slices.prior_area
+    if targets.ratios is None or prior_area <= 0:
+        return torch.ones(slices.prior.image.shape[1:])
+    upper = prior_area * float(targets.ratios.quantile(0.95, dim=0).max())
+    grow = radial_growth_mm(prior_area, upper) + float(margin_mm)
+    keep = change_zone(slices.prior_mask.numpy(), grow, slices.prior.spacing_mm,
+                       region=foreground(slices.prior.image).numpy(), edge_mm=float(edge_mm))
+    return torch.from_numpy(keep).float()
