@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from tgrowth.geometry import grow_to_area
 from tgrowth.config.predict import METHODS
+from tgrowth.geometry import grow_to_area
 from tgrowth.metrics import foreground
 from tgrowth.predict.models import Models
 from tgrowth.predict.plan import Plan, SubjectSlices
