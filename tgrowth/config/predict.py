@@ -28,7 +28,7 @@ METHODS = {
     "grow-to-target": "the prior tumour grown along its signed distance to the ODE target area (no images)",
     "grow-to-truth": "the same to the true follow-up area (an oracle)",
 }
-GUIDANCE_FORMS = ("authors", "loss", "x0")
+GUIDANCE_FORMS = ("authors", "loss", "x0", "x0_detached", "segmenter")
 GUIDANCE_TARGETS = ("median", "bootstrap")
 ENCODE_MODES = ("noise", "invert")
 
@@ -76,8 +76,13 @@ class GuidanceConfig:
     target: str = doc("median", "Per-generation targets: median (ODE median for all N) or bootstrap "
                       "(generation n uses bootstrap replicate n mod B of the ODE fit, so the ODE uncertainty reaches "
                       "the map; no resampling with replacement).")
-    form: str = doc("authors", "Guidance term: authors ((target - pred) * grad pred), loss (grad of 0.5 (target-pred)^2) "
-                    "or x0 (through the denoiser's x0 prediction); as tgrowth.diffusion.guidance.AreaGuidance.")
+    form: str = doc("authors", "Guidance term: authors (regressor on x_t: (target - pred) * grad pred), loss (grad of "
+                    "0.5 (target-pred)^2), x0 (regressor on the denoiser's x0 prediction, differentiated through the "
+                    "denoiser), x0_detached (the same with eps held fixed: no denoiser backward pass) or segmenter (the "
+                    "trained segmenter's soft tumour area on the x0 prediction, eps held fixed; the regressor is not "
+                    "used); as tgrowth.diffusion.guidance.AreaGuidance / SoftArea.")
+    segmenter_temperature: float = doc(1.0, "form=segmenter: the soft area is sigmoid(logit / temperature); > 1 gives "
+                                       "gradients further from the tumour boundary.")
     high_noise_boost: float = doc(0.15, "Raise the target by this fraction at high noise (authors: 15 %).")
     boost_above_t: int = doc(20, "Apply high_noise_boost while t > this step (authors: 20).")
 
@@ -231,6 +236,8 @@ def predict_config_problems(cfg: DictConfig) -> list[str]:
         bad("guidance.form", f"must be one of {', '.join(GUIDANCE_FORMS)}", g.form)
     if str(g.target) not in GUIDANCE_TARGETS:
         bad("guidance.target", f"must be one of {', '.join(GUIDANCE_TARGETS)}", g.target)
+    if not _finite(g.segmenter_temperature) or float(g.segmenter_temperature) <= 0:
+        bad("guidance.segmenter_temperature", "must be a finite number > 0", g.segmenter_temperature)
     if not _finite(g.high_noise_boost) or float(g.high_noise_boost) <= -1:
         bad("guidance.high_noise_boost", "must be a finite number > -1", g.high_noise_boost)
     if int(s.num_generations) < 1:

@@ -13,13 +13,13 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
-from tgrowth.diffusion.guidance import AreaGuidance
+from tgrowth.diffusion.guidance import AreaGuidance, SoftArea
 from tgrowth.diffusion.sampler import key_seed
 from tgrowth.predict.methods import Arm, Case, MethodResult
 from tgrowth.predict.models import autocast_dtype, guidance_units
 from tgrowth.probability import probability_map, segmenter_from_logits
 
-__all__ = ["generative_arms", "arm_targets", "generate"]
+__all__ = ["generative_arms", "arm_targets", "area_guidance", "generate"]
 
 ENCODE = {"noise": "qsample", "invert": "invert"}  # config name -> the sampler's name
 
@@ -36,6 +36,22 @@ def arm_targets(cfg: DictConfig, case: Case, arm: Arm, n: int) -> torch.Tensor:
     return case.targets.per_generation(str(cfg.guidance.target), case.slices.prior_area, arm.day_index, n)
 
 
+def area_guidance(cfg: DictConfig, case: Case, targets_mm2: torch.Tensor, scales: torch.Tensor,
+                  dt: torch.dtype | None, device: torch.device) -> AreaGuidance:
+    """The guidance callback: targets as fractions of the slice; the regressor read in fractions, or, for
+    ``guidance.form=segmenter``, the segmenter's soft tumour fraction of the x0 prediction."""
+    g, models = cfg.guidance, case.models
+    mm2_per_frac, reg_per_frac = guidance_units(models, case.slices.pixel_area)
+    if str(g.form) == "segmenter":
+        measure, form, reg_per_frac = SoftArea(models.segmenter, temperature=float(g.segmenter_temperature)), \
+            "x0_detached", 1.0
+    else:
+        measure, form = models.regressor, str(g.form)
+    return AreaGuidance(measure, target=(targets_mm2 / mm2_per_frac).float().to(device), scale=scales.to(device),
+                        form=form, boost=float(g.high_noise_boost), boost_above_t=int(g.boost_above_t),
+                        autocast_dtype=dt, regressor_scale=reg_per_frac)
+
+
 def generate(cfg: DictConfig, case: Case, arms: list[Arm], device: torch.device) -> dict[Arm, MethodResult]:
     """The generative arms' results (an empty dict when there is none)."""
     arms = generative_arms(case, arms)
@@ -44,12 +60,8 @@ def generate(cfg: DictConfig, case: Case, arms: list[Arm], device: torch.device)
     n, models, sl = int(cfg.sampling.num_generations), case.models, case.slices
     targets = [arm_targets(cfg, case, a, n) for a in arms]
     scales = torch.cat([torch.full((n,), a.scale if a.source != "unguided" else 0.0) for a in arms])
-    mm2_per_frac, reg_per_frac = guidance_units(models, sl.pixel_area)
     dt = autocast_dtype(str(cfg.trainer.precision), device)
-    g = cfg.guidance
-    guidance = AreaGuidance(models.regressor, target=(torch.cat(targets) / mm2_per_frac).float().to(device),
-                            scale=scales.to(device), form=str(g.form), boost=float(g.high_noise_boost),
-                            boost_above_t=int(g.boost_above_t), autocast_dtype=dt, regressor_scale=reg_per_frac)
+    guidance = area_guidance(cfg, case, torch.cat(targets), scales, dt, device)
     s = cfg.sampling
     pm = probability_map(
         models.denoiser, models.schedule, sl.prior.image.to(device)[None],
