@@ -19,12 +19,15 @@ Problems are collected, never silently dropped: each names subject, timepoint an
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tgrowth.errors import DataError
+from tgrowth.vocab import CONTRASTS
 
 __all__ = [
     "CONTRASTS",
@@ -36,10 +39,11 @@ __all__ = [
     "Timepoint",
     "discover",
     "detect_format",
+    "log_problems",
     "TIMELINE_COLUMNS",
 ]
 
-CONTRASTS: tuple[str, ...] = ("t1n", "t1c", "t2w", "t2f")
+log = logging.getLogger("tgrowth.data")
 FORMATS: tuple[str, ...] = ("brats", "longitudinal", "authors2d")
 TIMELINE_COLUMNS: tuple[str, ...] = ("subject", "timepoint", "day", "rt_start_day", "rt_end_day")
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
@@ -137,6 +141,12 @@ class Problem:
 
     def error(self) -> DataError:
         return DataError(str(self))
+
+
+def log_problems(problems: Sequence[Problem]) -> None:
+    """Errors as warnings, warnings as info lines, on the ``tgrowth.data`` logger."""
+    for p in problems:
+        (log.warning if p.severity == "error" else log.info)("data %s: %s", p.severity, p)
 
 
 @dataclass

@@ -11,20 +11,24 @@ Timepoints of one subject must share a voxel grid (co-registered: same shape, sa
 ``grid_tolerance_mm``): :func:`check_subject_grid` reads the headers and reports a timepoint that is off the
 grid of the subject's first timepoint (or, with ``align="resample"``, marks it to be resampled onto that grid
 when it is loaded: linear for images, nearest for the seg, in world coordinates from the two affines).
+
+nibabel is imported by the functions that read files (it is heavy, and the training path, which reads
+preprocessed slices from the cache, imports this module for the label maths without needing it).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-from data_modules.formats import CONTRASTS, Grid, Problem, Subject, Timepoint
+from data_modules.formats import Grid, Problem, Subject, Timepoint
 from tgrowth.errors import ConfigError, DataError
+from tgrowth.vocab import CONTRASTS, LABEL_SETS, LEGACY_ENHANCING, VALID_LABELS, label_set
 
 __all__ = [
     "ALIGN_MODES",
@@ -48,8 +52,6 @@ __all__ = [
     "resample_to_grid",
 ]
 
-VALID_LABELS: tuple[int, ...] = (0, 1, 2, 3)  # BraTS 2023: 1 necrotic core, 2 oedema, 3 enhancing
-LABEL_SETS: dict[str, tuple[int, ...]] = {"whole": (1, 2, 3), "core": (1, 3), "enhancing": (3,)}
 AFFINE_ATOL_MM = 1e-3  # contrasts and seg of one timepoint: affines equal within this (elementwise)
 GRID_TOLERANCE_MM = 0.1  # timepoints of one subject: every voxel centre within this distance (config: grid_tolerance_mm)
 ALIGN_MODES: tuple[str, ...] = ("require", "resample")
@@ -58,37 +60,20 @@ _AXIS_NAME = {"L": "left-right", "R": "left-right", "A": "anterior-posterior", "
 
 
 # --------------------------------------------------------------------------- sizes
-def label_set(labels: str | int | Sequence[int] = "whole") -> tuple[int, ...]:
-    """``"whole"`` (1,2,3), ``"core"`` (1,3), ``"enhancing"`` (3,), or explicit label values."""
-    if isinstance(labels, str):
-        key = labels.strip().lower()
-        if key in LABEL_SETS:
-            return LABEL_SETS[key]
-        try:
-            return tuple(int(x) for x in key.replace("+", ",").split(",") if x.strip())
-        except ValueError:
-            raise DataError(f"unknown tumour label set {labels!r}; use whole, core, enhancing or label values like [1, 3]") from None
-    if isinstance(labels, (int, np.integer)):
-        return (int(labels),)
-    out = tuple(int(x) for x in labels)
-    if not out:
-        raise DataError("tumour label set is empty")
-    return out
-
-
 def tumour_mask(seg, labels: str | Sequence[int] = "whole"):
-    """Boolean mask of the voxels whose label is in ``labels`` (numpy or torch, any shape)."""
+    """Boolean mask of the voxels whose label is in ``labels`` (numpy or torch, any shape).
+
+    A BraTS 2021 enhancing label 4 (never in checked data: ``load_volume`` accepts 0..3) counts as 3."""
     ls = label_set(labels)
-    if hasattr(seg, "detach"):  # torch
+    whole = ls == LABEL_SETS["whole"]
+    if 3 in ls:
+        ls = (*ls, LEGACY_ENHANCING)
+    if hasattr(seg, "detach"):  # torch; imported here: data-check and the config path read NIfTI without torch
         import torch
 
-        if ls == LABEL_SETS["whole"]:
-            return seg > 0
-        return torch.isin(seg, torch.tensor(ls, device=seg.device, dtype=seg.dtype))
+        return seg > 0 if whole else torch.isin(seg, torch.tensor(ls, device=seg.device, dtype=seg.dtype))
     seg = np.asarray(seg)
-    if ls == LABEL_SETS["whole"]:
-        return seg > 0
-    return np.isin(seg, ls)
+    return seg > 0 if whole else np.isin(seg, ls)
 
 
 def tumour_area_mm2(seg, spacing_mm: Sequence[float], labels: str | Sequence[int] = "whole"):
@@ -146,6 +131,9 @@ class Volume:
     spacing_mm: tuple[float, float, float]  # along the (permuted) X, Y, Z axes
     perm: tuple[int, int, int]  # permuted = file3d.transpose(perm)
     file_shape: tuple[int, ...]  # the file's spatial shape (2 or 3 dims)
+    # arrays derived from this volume, kept while it lives (data_modules.preprocess: brain mask and intensity
+    # statistics per normalisation setting, so that slices of one volume share them)
+    derived: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -167,7 +155,7 @@ class Volume:
 
 def read_nifti(path: Path, subject: str | None = None, timepoint: str | None = None):
     """``(data float32, affine, spacing)`` of a NIfTI file; ``DataError`` naming the file if unreadable."""
-    import nibabel as nib
+    import nibabel as nib  # heavy: on use (module docstring)
 
     path = Path(path)
     where = f"subject {subject}, timepoint {timepoint}, file {path.name}" if subject else f"file {path}"
@@ -190,7 +178,7 @@ def read_nifti(path: Path, subject: str | None = None, timepoint: str | None = N
 def _axial_perm(affine: np.ndarray, ndim: int) -> tuple[int, int, int]:
     if ndim == 2:
         return (0, 1, 2)
-    import nibabel as nib
+    import nibabel as nib  # heavy: on use (module docstring)
 
     codes = nib.aff2axcodes(affine)
     axial = next((i for i, c in enumerate(codes) if c in ("S", "I")), 2)
@@ -200,7 +188,7 @@ def _axial_perm(affine: np.ndarray, ndim: int) -> tuple[int, int, int]:
 # --------------------------------------------------------------------------- voxel grids across timepoints
 def read_grid(path: str | Path, timepoint: str = "") -> Grid:
     """The :class:`Grid` (spatial shape, affine) of a NIfTI file from its header (the voxels are not read)."""
-    import nibabel as nib
+    import nibabel as nib  # heavy: on use (module docstring)
 
     path = Path(path)
     try:
@@ -241,7 +229,7 @@ def grid_difference(ref: Grid, other: Grid, tolerance_mm: float = GRID_TOLERANCE
     24x20x12; axes swapped (orientation ARS vs RAS); ..."``, ``"flipped along left-right (orientation LAS
     vs RAS)"``, ``"voxel size 1x1x2 mm vs 1x1x1 mm"``, ``"rotated by 5 degrees"``, ``"affine differs by 40
     mm translation (origin moved by [40, 0, 0] mm)"``, and ``"voxel positions differ by up to X mm"``."""
-    import nibabel as nib
+    import nibabel as nib  # heavy: on use (module docstring)
 
     a, b = np.asarray(ref.affine, dtype=np.float64), np.asarray(other.affine, dtype=np.float64)
     same_shape = tuple(other.shape) == tuple(ref.shape)
