@@ -11,9 +11,6 @@ Timepoints of one subject must share a voxel grid (co-registered: same shape, sa
 ``grid_tolerance_mm``): :func:`check_subject_grid` reads the headers and reports a timepoint that is off the
 grid of the subject's first timepoint (or, with ``align="resample"``, marks it to be resampled onto that grid
 when it is loaded: linear for images, nearest for the seg, in world coordinates from the two affines).
-
-nibabel is imported by the functions that read files (it is heavy, and the training path, which reads
-preprocessed slices from the cache, imports this module for the label maths without needing it).
 """
 
 from __future__ import annotations
@@ -23,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
@@ -32,6 +30,8 @@ from tgrowth.vocab import CONTRASTS, LABEL_SETS, LEGACY_ENHANCING, VALID_LABELS,
 
 __all__ = [
     "ALIGN_MODES",
+    "axial_index",
+    "axial_perm",
     "GRID_TOLERANCE_MM",
     "LABEL_SETS",
     "VALID_LABELS",
@@ -68,7 +68,7 @@ def tumour_mask(seg, labels: str | Sequence[int] = "whole"):
     whole = ls == LABEL_SETS["whole"]
     if 3 in ls:
         ls = (*ls, LEGACY_ENHANCING)
-    if hasattr(seg, "detach"):  # torch; imported here: data-check and the config path read NIfTI without torch
+    if hasattr(seg, "detach"):  # a torch tensor, so torch is loaded; data-check imports this module without it
         import torch
 
         return seg > 0 if whole else torch.isin(seg, torch.tensor(ls, device=seg.device, dtype=seg.dtype))
@@ -105,6 +105,14 @@ def tumour_area_per_slice(seg_volume, spacing_mm: Sequence[float], labels="whole
     others = [a for a in range(m.ndim) if a != axis]
     sp = [float(spacing_mm[a]) for a in others]
     return m.sum(axis=tuple(others)) * (sp[0] * sp[1])
+
+
+def axial_index(index: int, n: int, where: str = "") -> int:
+    """Axial slice ``index`` of ``n`` (negative: from the top) as 0..n-1; outside is a DataError (``where`` starts it)."""
+    k = int(index) + n if int(index) < 0 else int(index)
+    if not 0 <= k < n:
+        raise DataError(f"{where}slice index {index} is outside the volume's {n} axial slices")
+    return k
 
 
 def largest_tumour_slice(seg_volume, labels: str | Sequence[int] = "whole", axis: int = -1) -> int | None:
@@ -155,8 +163,6 @@ class Volume:
 
 def read_nifti(path: Path, subject: str | None = None, timepoint: str | None = None):
     """``(data float32, affine, spacing)`` of a NIfTI file; ``DataError`` naming the file if unreadable."""
-    import nibabel as nib  # heavy: on use (module docstring)
-
     path = Path(path)
     where = f"subject {subject}, timepoint {timepoint}, file {path.name}" if subject else f"file {path}"
     try:
@@ -175,11 +181,9 @@ def read_nifti(path: Path, subject: str | None = None, timepoint: str | None = N
     return data, affine, spacing
 
 
-def _axial_perm(affine: np.ndarray, ndim: int) -> tuple[int, int, int]:
+def axial_perm(affine: np.ndarray, ndim: int) -> tuple[int, int, int]:
     if ndim == 2:
         return (0, 1, 2)
-    import nibabel as nib  # heavy: on use (module docstring)
-
     codes = nib.aff2axcodes(affine)
     axial = next((i for i, c in enumerate(codes) if c in ("S", "I")), 2)
     return tuple([a for a in range(3) if a != axial] + [axial])  # type: ignore[return-value]
@@ -188,8 +192,6 @@ def _axial_perm(affine: np.ndarray, ndim: int) -> tuple[int, int, int]:
 # --------------------------------------------------------------------------- voxel grids across timepoints
 def read_grid(path: str | Path, timepoint: str = "") -> Grid:
     """The :class:`Grid` (spatial shape, affine) of a NIfTI file from its header (the voxels are not read)."""
-    import nibabel as nib  # heavy: on use (module docstring)
-
     path = Path(path)
     try:
         img = nib.load(str(path))
@@ -229,8 +231,6 @@ def grid_difference(ref: Grid, other: Grid, tolerance_mm: float = GRID_TOLERANCE
     24x20x12; axes swapped (orientation ARS vs RAS); ..."``, ``"flipped along left-right (orientation LAS
     vs RAS)"``, ``"voxel size 1x1x2 mm vs 1x1x1 mm"``, ``"rotated by 5 degrees"``, ``"affine differs by 40
     mm translation (origin moved by [40, 0, 0] mm)"``, and ``"voxel positions differ by up to X mm"``."""
-    import nibabel as nib  # heavy: on use (module docstring)
-
     a, b = np.asarray(ref.affine, dtype=np.float64), np.asarray(other.affine, dtype=np.float64)
     same_shape = tuple(other.shape) == tuple(ref.shape)
     dist = float(np.linalg.norm(((b - a) @ _corners(ref.shape))[:3], axis=0).max()) if same_shape else math.inf
@@ -410,7 +410,7 @@ def inspect_timepoint(tp: Timepoint, contrasts: Sequence[str] = CONTRASTS, read_
         affine = np.asarray(grid.affine, dtype=np.float64)
         shape = tuple(grid.shape)
         spacing = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
-    perm = _axial_perm(affine, len(shape))
+    perm = axial_perm(affine, len(shape))
     images = np.stack([arrays[m] for m in contrasts])
     if images.ndim == 3:
         images = images[..., None]
