@@ -313,6 +313,77 @@ def resample_to_grid(data: np.ndarray, affine: np.ndarray, grid: Grid, order: in
     return out.reshape(tuple(grid.shape))
 
 
+class _TimepointReader:
+    """Reads the files of one timepoint, collecting problems that name the subject, timepoint and file. ``ref``:
+    the first file read well, ``(contrast, shape, affine, spacing, file name)``, that the others must agree with."""
+
+    def __init__(self, tp: Timepoint):
+        self.tp = tp
+        self.problems: list[Problem] = []
+        self.ref: tuple | None = None
+
+    def bad(self, msg: str, file: Path | str | None) -> None:
+        self.problems.append(Problem(msg, self.tp.subject, self.tp.timepoint, None if file is None else Path(file).name))
+
+    def image(self, m: str, path: Path) -> np.ndarray | None:
+        """One contrast, checked for finite voxels and against ``ref``; None (and a problem) when bad."""
+        try:
+            data, affine, spacing = read_nifti(path, self.tp.subject, self.tp.timepoint)
+        except DataError as exc:
+            self.bad(str(exc).split(": ", 1)[-1], path)
+            return None
+        nonfinite = int(data.size - np.isfinite(data).sum())
+        if nonfinite:
+            self.bad(f"{nonfinite} NaN/Inf voxel(s) in {m} ({path.name})", path)
+            return None
+        ref = self.ref
+        if ref is None:
+            self.ref = (m, data.shape, affine, spacing, path.name)
+        elif data.shape != ref[1]:
+            self.bad(f"shape {data.shape} of {m} ({path.name}) differs from shape {ref[1]} of {ref[0]} ({ref[4]})", path)
+            return None
+        elif not np.allclose(affine, ref[2], atol=AFFINE_ATOL_MM):
+            self.bad(f"affine of {m} ({path.name}) differs from the affine of {ref[0]} ({ref[4]}): "
+                     f"{np.round(affine, 3).tolist()} vs {np.round(ref[2], 3).tolist()}", path)
+            return None
+        return data
+
+    def seg(self, path: Path) -> np.ndarray | None:
+        """The segmentation: finite, on the images' grid, labels in {0,1,2,3}; None (and a problem) when bad."""
+        try:
+            sdata, saff, spacing = read_nifti(path, self.tp.subject, self.tp.timepoint)
+        except DataError as exc:
+            self.bad(str(exc).split(": ", 1)[-1], path)
+            return None
+        ref = self.ref
+        if not np.isfinite(sdata).all():
+            self.bad(f"NaN/Inf voxel(s) in the segmentation ({path.name})", path)
+        elif ref is not None and sdata.shape != ref[1]:
+            self.bad(f"segmentation shape {sdata.shape} ({path.name}) differs from image shape {ref[1]} ({ref[4]})", path)
+        elif ref is not None and not np.allclose(saff, ref[2], atol=AFFINE_ATOL_MM):
+            self.bad(f"segmentation affine ({path.name}) differs from the image affine ({ref[4]})", path)
+        else:
+            wrong = [v for v in np.unique(sdata).tolist() if v not in VALID_LABELS]
+            if wrong:
+                shown = ", ".join(f"{v:g}" for v in wrong[:8]) + (" ..." if len(wrong) > 8 else "")
+                self.bad(f"segmentation labels outside {{0,1,2,3}}: {shown} ({path.name})", path)
+                return None
+            if ref is None:
+                self.ref = ("seg", sdata.shape, saff, spacing, path.name)
+            return sdata.astype(np.int16)
+        return None
+
+    def check_not_empty(self, arrays: dict[str, np.ndarray], n_contrasts: int) -> None:
+        """An all-zero contrast is an error; all of them at once: an empty brain."""
+        zero = [m for m, a in arrays.items() if not np.any(a)]
+        if arrays and len(arrays) == n_contrasts and len(zero) == len(arrays):
+            self.bad(f"empty brain: every voxel of every contrast ({', '.join(p.name for p in self.tp.images.values())}) "
+                     "is zero", next(iter(self.tp.images.values())))
+        else:
+            for m in zero:
+                self.bad(f"contrast {m} ({self.tp.images[m].name}) is all zero: an empty or failed image", self.tp.images[m])
+
+
 def inspect_timepoint(tp: Timepoint, contrasts: Sequence[str] = CONTRASTS, read_seg: bool = True,
                       report_missing: bool = True) -> tuple[Volume | None, list[Problem]]:
     """Read and check every file of a timepoint; returns the volume (None on errors) and all problems.
@@ -323,93 +394,39 @@ def inspect_timepoint(tp: Timepoint, contrasts: Sequence[str] = CONTRASTS, read_
     and the volume carries its affine and shape.
     """
     contrasts = tuple(contrasts)
-    problems: list[Problem] = []
-
-    def bad(msg: str, file: Path | str | None) -> None:
-        problems.append(Problem(msg, tp.subject, tp.timepoint, None if file is None else Path(file).name))
-
+    r = _TimepointReader(tp)
     arrays: dict[str, np.ndarray] = {}
-    zero: list[tuple[str, Path]] = []  # contrasts whose voxels are all zero
-    ref: tuple | None = None  # (contrast, shape, affine, spacing)
     for m in contrasts:
         path = tp.images.get(m)
         if path is None:
             if report_missing:
-                bad(f"missing modality {m}", f"{tp.subject}-{tp.timepoint}-{m}.nii.gz")
+                r.bad(f"missing modality {m}", f"{tp.subject}-{tp.timepoint}-{m}.nii.gz")
             continue
-        try:
-            data, affine, spacing = read_nifti(path, tp.subject, tp.timepoint)
-        except DataError as exc:
-            bad(str(exc).split(": ", 1)[-1], path)
-            continue
-        nonfinite = int(data.size - np.isfinite(data).sum())
-        if nonfinite:
-            bad(f"{nonfinite} NaN/Inf voxel(s) in {m} ({path.name})", path)
-            continue
-        if ref is None:
-            ref = (m, data.shape, affine, spacing, path.name)
-        else:
-            if data.shape != ref[1]:
-                bad(f"shape {data.shape} of {m} ({path.name}) differs from shape {ref[1]} of {ref[0]} ({ref[4]})", path)
-                continue
-            if not np.allclose(affine, ref[2], atol=AFFINE_ATOL_MM):
-                bad(f"affine of {m} ({path.name}) differs from the affine of {ref[0]} ({ref[4]}): "
-                    f"{np.round(affine, 3).tolist()} vs {np.round(ref[2], 3).tolist()}", path)
-                continue
-        if not np.any(data):
-            zero.append((m, path))
-        arrays[m] = data
-
-    seg = None
-    if read_seg and tp.seg is not None:
-        try:
-            sdata, saff, _ = read_nifti(tp.seg, tp.subject, tp.timepoint)
-        except DataError as exc:
-            bad(str(exc).split(": ", 1)[-1], tp.seg)
-            sdata = None
-        if sdata is not None:
-            ok = True
-            if not np.isfinite(sdata).all():
-                bad(f"NaN/Inf voxel(s) in the segmentation ({tp.seg.name})", tp.seg)
-                ok = False
-            elif ref is not None and sdata.shape != ref[1]:
-                bad(f"segmentation shape {sdata.shape} ({tp.seg.name}) differs from image shape {ref[1]} ({ref[4]})", tp.seg)
-                ok = False
-            elif ref is not None and not np.allclose(saff, ref[2], atol=AFFINE_ATOL_MM):
-                bad(f"segmentation affine ({tp.seg.name}) differs from the image affine ({ref[4]})", tp.seg)
-                ok = False
-            if ok:
-                values = np.unique(sdata)
-                wrong = [v for v in values.tolist() if v not in VALID_LABELS]
-                if wrong:
-                    shown = ", ".join(f"{v:g}" for v in wrong[:8]) + (" ..." if len(wrong) > 8 else "")
-                    bad(f"segmentation labels outside {{0,1,2,3}}: {shown} ({tp.seg.name})", tp.seg)
-                else:
-                    seg = sdata.astype(np.int16)
-                    if ref is None:
-                        ref = ("seg", sdata.shape, saff, _, tp.seg.name)
-
-    if arrays and len(arrays) == len(contrasts) and len(zero) == len(arrays):
-        bad(f"empty brain: every voxel of every contrast ({', '.join(p.name for p in tp.images.values())}) is zero",
-            next(iter(tp.images.values())))
-    else:
-        for m, path in zero:
-            bad(f"contrast {m} ({path.name}) is all zero: an empty or failed image", path)
-    if any(p.severity == "error" for p in problems) or ref is None or len(arrays) != len(contrasts) or not arrays:
-        return None, problems
-    shape, affine, spacing = ref[1], ref[2], ref[3]
+        data = r.image(m, path)
+        if data is not None:
+            arrays[m] = data
+    seg = r.seg(tp.seg) if read_seg and tp.seg is not None else None
+    r.check_not_empty(arrays, len(contrasts))
+    if any(p.severity == "error" for p in r.problems) or r.ref is None or len(arrays) != len(contrasts) or not arrays:
+        return None, r.problems
+    _, shape, affine, spacing, _ = r.ref
     if tp.align_to is not None:  # off the subject's grid, align=resample: onto the first timepoint's grid
         grid = tp.align_to
         arrays = {m: resample_to_grid(a, affine, grid, order=1).astype(np.float32) for m, a in arrays.items()}
         if seg is not None:
             seg = resample_to_grid(seg.astype(np.float32), affine, grid, order=0).astype(np.int16)
         if all(not np.any(a) for a in arrays.values()):
-            bad(f"no voxel of this scan lies inside the grid of timepoint {grid.timepoint} ({grid.file}) it is "
-                "resampled onto: the two scans do not overlap in world coordinates", next(iter(tp.images.values())))
-            return None, problems
-        affine = np.asarray(grid.affine, dtype=np.float64)
-        shape = tuple(grid.shape)
+            r.bad(f"no voxel of this scan lies inside the grid of timepoint {grid.timepoint} ({grid.file}) it is "
+                  "resampled onto: the two scans do not overlap in world coordinates", next(iter(tp.images.values())))
+            return None, r.problems
+        affine, shape = np.asarray(grid.affine, dtype=np.float64), tuple(grid.shape)
         spacing = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
+    return _axial_last(tp, contrasts, arrays, seg, affine, spacing, shape), r.problems
+
+
+def _axial_last(tp: Timepoint, contrasts: tuple[str, ...], arrays: dict[str, np.ndarray], seg: np.ndarray | None,
+                affine: np.ndarray, spacing: Sequence[float], shape: tuple[int, ...]) -> Volume:
+    """The :class:`Volume` of checked arrays: contrasts stacked, the axial voxel axis moved last (2D: ``Z = 1``)."""
     perm = axial_perm(affine, len(shape))
     images = np.stack([arrays[m] for m in contrasts])
     if images.ndim == 3:
@@ -419,7 +436,7 @@ def inspect_timepoint(tp: Timepoint, contrasts: Sequence[str] = CONTRASTS, read_
     if seg is not None:
         seg = np.ascontiguousarray(np.transpose(seg, perm))
     sp = tuple(float(spacing[p]) for p in perm)
-    return Volume(tp, contrasts, images, seg, affine, sp, perm, tuple(shape)), problems  # type: ignore[arg-type]
+    return Volume(tp, contrasts, images, seg, affine, sp, perm, tuple(shape))  # type: ignore[arg-type]
 
 
 def load_volume(tp: Timepoint, contrasts: Sequence[str] = CONTRASTS, read_seg: bool = True) -> Volume:
