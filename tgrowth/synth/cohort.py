@@ -40,7 +40,7 @@ from tgrowth.synth.growth import (
     stable_steps_per_day,
 )
 from tgrowth.synth.render import render, smooth_noise
-from tgrowth.vocab import CONTRASTS
+from tgrowth.vocab import CONTRASTS, LABEL_SETS
 
 #: seed regions in (approximately) MNI mm: centre and half extent; midline ones mimic paediatric DMG
 MIDLINE_REGIONS = {
@@ -300,10 +300,13 @@ def seg_measures(seg: np.ndarray, voxel_mm: tuple[float, float, float]) -> dict[
     vv = float(np.prod(voxel_mm))
     counts = np.bincount(seg.reshape(-1), minlength=4)
     per_slice = (seg > 0).sum(axis=(0, 1))
+    def volume(labels: str) -> float:
+        return float(sum(counts[v] for v in LABEL_SETS[labels])) * vv
+
     return {
-        "whole_tumor_volume_mm3": float(counts[1:].sum()) * vv,
-        "tumor_core_volume_mm3": float(counts[1] + counts[3]) * vv,
-        "enhancing_volume_mm3": float(counts[3]) * vv,
+        "whole_tumor_volume_mm3": volume("whole"),
+        "tumor_core_volume_mm3": volume("core"),
+        "enhancing_volume_mm3": volume("enhancing"),
         "necrotic_volume_mm3": float(counts[1]) * vv,
         "oedema_volume_mm3": float(counts[2]) * vv,
         "max_axial_area_mm2": float(per_slice.max()) * voxel_mm[0] * voxel_mm[1],
