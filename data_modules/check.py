@@ -21,13 +21,16 @@ import numpy as np
 from data_modules.formats import CONTRASTS, DataSet, Problem, Timepoint, discover
 from data_modules.volumes import (
     GRID_TOLERANCE_MM,
+    axial_perm,
     check_subject_grid,
     inspect_timepoint,
     read_nifti,
     tumour_area_per_slice,
     tumour_volume_mm3,
 )
+from tgrowth.config.base import save_resolved_config
 from tgrowth.errors import DataError
+from tgrowth.io import prepare_output_dir, write_csv, write_json
 
 __all__ = ["check_dataset", "format_text", "run"]
 
@@ -58,9 +61,7 @@ def _timepoint_report(tp: Timepoint, contrasts, is2d_source: bool) -> tuple[dict
         try:  # images are broken but the seg is fine: still report the sizes
             data, affine, sp = read_nifti(tp.seg, tp.subject, tp.timepoint)
             if set(np.unique(data).tolist()) <= {0, 1, 2, 3}:
-                from data_modules.volumes import _axial_perm
-
-                perm = _axial_perm(affine, data.ndim)
+                perm = axial_perm(affine, data.ndim)
                 seg = np.transpose(data if data.ndim == 3 else data[..., None], perm)
                 spacing = tuple(float(sp[p]) for p in perm)
                 entry["shape"] = list(data.shape)
@@ -167,9 +168,6 @@ def run(cfg) -> int:
     """CLI entry point (``tgrowth data-check``): prints text or JSON; exit 1 on errors."""
     report = check_dataset(cfg.root, cfg.format, list(cfg.contrasts), float(cfg.grid_tolerance_mm), str(cfg.align))
     if cfg.output_dir:
-        from tgrowth.config.base import save_resolved_config
-        from tgrowth.io import prepare_output_dir, write_csv, write_json
-
         out = prepare_output_dir(cfg.output_dir, cfg.overwrite)
         save_resolved_config(cfg, out)
         write_json(out / "report.json", report)

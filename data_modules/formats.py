@@ -19,12 +19,15 @@ Problems are collected, never silently dropped: each names subject, timepoint an
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tgrowth.errors import DataError
+from tgrowth.vocab import CONTRASTS
 
 __all__ = [
     "CONTRASTS",
@@ -36,10 +39,11 @@ __all__ = [
     "Timepoint",
     "discover",
     "detect_format",
+    "log_problems",
     "TIMELINE_COLUMNS",
 ]
 
-CONTRASTS: tuple[str, ...] = ("t1n", "t1c", "t2w", "t2f")
+log = logging.getLogger("tgrowth.data")
 FORMATS: tuple[str, ...] = ("brats", "longitudinal", "authors2d")
 TIMELINE_COLUMNS: tuple[str, ...] = ("subject", "timepoint", "day", "rt_start_day", "rt_end_day")
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
@@ -137,6 +141,12 @@ class Problem:
 
     def error(self) -> DataError:
         return DataError(str(self))
+
+
+def log_problems(problems: Sequence[Problem]) -> None:
+    """Errors as warnings, warnings as info lines, on the ``tgrowth.data`` logger."""
+    for p in problems:
+        (log.warning if p.severity == "error" else log.info)("data %s: %s", p.severity, p)
 
 
 @dataclass
@@ -299,6 +309,17 @@ _TP_FOLDER = re.compile(r"^(?P<subject>.+)-(?P<tp>\d{3})$")
 
 def _discover_longitudinal(root: Path, contrasts, col: _Collector) -> list[Subject]:
     tl = root / "timeline.csv"
+    by_subject = _timeline_rows(tl, col)
+    seen = {(s, row["timepoint"]) for s, items in by_subject.items() for _, row in items}
+    folders = _timepoint_folders(root, tl.name, seen, col)
+    subjects = [_longitudinal_subject(s, items, folders, root, tl.name, contrasts, col) for s, items in by_subject.items()]
+    subjects.sort(key=lambda x: x.subject)
+    return subjects
+
+
+def _timeline_rows(tl: Path, col: _Collector) -> dict[str, list[tuple[int, dict]]]:
+    """The rows of ``timeline.csv`` by subject, as ``(line number, row)`` (timepoints zero-padded to 3 digits);
+    empty subjects, malformed timepoints and duplicate rows are problems and left out."""
     try:
         # utf-8-sig: a UTF-8 byte-order mark (Excel's "CSV UTF-8") is dropped; newline="" lets csv take
         # \n, \r\n and \r line ends alike
@@ -330,7 +351,12 @@ def _discover_longitudinal(root: Path, contrasts, col: _Collector) -> list[Subje
             continue
         seen.add((s, tp))
         by_subject.setdefault(s, []).append((i, {**row, "timepoint": tp}))
+    return by_subject
 
+
+def _timepoint_folders(root: Path, timeline: str, seen: set[tuple[str, str]], col: _Collector) -> dict[tuple[str, str], Path]:
+    """``{(subject, tp): folder}`` of the ``<SUBJECT>-<TP>`` folders; other folders and folders without a row in
+    the timeline (``seen``) are problems."""
     folders: dict[tuple[str, str], Path] = {}
     for p in sorted(root.iterdir()):
         if not p.is_dir() or p.name.startswith("."):
@@ -343,55 +369,52 @@ def _discover_longitudinal(root: Path, contrasts, col: _Collector) -> list[Subje
         folders[(m["subject"], m["tp"])] = p
     for (s, tp), p in folders.items():
         if (s, tp) not in seen:
-            col.add(f"folder {p.name} has no row in {tl.name} (add subject={s}, timepoint={tp})", s, tp, p.name)
+            col.add(f"folder {p.name} has no row in {timeline} (add subject={s}, timepoint={tp})", s, tp, p.name)
+    return folders
 
-    subjects = []
-    for s, items in by_subject.items():
-        subj = Subject(s)
-        first_tp = min(row["timepoint"] for _, row in items)
-        rts: set[tuple] = set()
-        for i, row in items:
-            where = f"{tl.name} row {i} (subject {s}, timepoint {row['timepoint']})"
-            try:
-                day = _float_or_none(row["day"], "day", where)
-                rt = (_float_or_none(row["rt_start_day"], "rt_start_day", where),
-                      _float_or_none(row["rt_end_day"], "rt_end_day", where))
-            except ValueError as exc:
-                col.add(str(exc), s, row["timepoint"], tl.name)
-                continue
-            if day is None:
-                col.add(f"{where}: day is empty", s, row["timepoint"], tl.name)
-                continue
-            rts.add(rt)
-            tp = row["timepoint"]
-            prefix = f"{s}-{tp}"
-            folder = folders.get((s, tp))
-            if folder is None:
-                col.add(f"{where}: folder {prefix}/ not found in {root}", s, tp, prefix)
-                images, seg = {}, None
-            else:
-                images, seg = _check_files(folder, prefix, s, tp, contrasts, col, seg_required=False,
-                                           first=tp == first_tp)
-            subj.timepoints.append(Timepoint(s, tp, day, images, seg))
-        if len(rts) > 1:
-            col.add(f"{tl.name}: rt_start_day/rt_end_day differ between rows of subject {s}: {sorted(rts, key=str)}",
-                    s, None, tl.name)
-        elif rts:
-            subj.rt_start_day, subj.rt_end_day = next(iter(rts))
-            if (subj.rt_start_day is not None and subj.rt_end_day is not None
-                    and subj.rt_end_day < subj.rt_start_day):
-                col.add(f"{tl.name}: rt_end_day {subj.rt_end_day} is before rt_start_day {subj.rt_start_day}",
-                        s, None, tl.name)
-        subj.timepoints.sort(key=lambda t: t.timepoint)
-        for a, b in zip(subj.timepoints, subj.timepoints[1:]):
-            if not b.day > a.day:
-                col.add(
-                    f"{tl.name}: days must increase with the timepoint number, but timepoint {b.timepoint} has day"
-                    f" {b.day:g} after timepoint {a.timepoint} with day {a.day:g}", s, b.timepoint, tl.name,
-                )
-        subjects.append(subj)
-    subjects.sort(key=lambda x: x.subject)
-    return subjects
+
+def _longitudinal_subject(s: str, items: list[tuple[int, dict]], folders: dict[tuple[str, str], Path], root: Path,
+                          timeline: str, contrasts, col: _Collector) -> Subject:
+    """One subject from its timeline rows and folders: days, RT days and files checked (problems to ``col``)."""
+    subj = Subject(s)
+    first_tp = min(row["timepoint"] for _, row in items)
+    rts: set[tuple] = set()
+    for i, row in items:
+        tp = row["timepoint"]
+        where = f"{timeline} row {i} (subject {s}, timepoint {tp})"
+        try:
+            day = _float_or_none(row["day"], "day", where)
+            rt = (_float_or_none(row["rt_start_day"], "rt_start_day", where),
+                  _float_or_none(row["rt_end_day"], "rt_end_day", where))
+        except ValueError as exc:
+            col.add(str(exc), s, tp, timeline)
+            continue
+        if day is None:
+            col.add(f"{where}: day is empty", s, tp, timeline)
+            continue
+        rts.add(rt)
+        prefix = f"{s}-{tp}"
+        folder = folders.get((s, tp))
+        if folder is None:
+            col.add(f"{where}: folder {prefix}/ not found in {root}", s, tp, prefix)
+            images, seg = {}, None
+        else:
+            images, seg = _check_files(folder, prefix, s, tp, contrasts, col, seg_required=False, first=tp == first_tp)
+        subj.timepoints.append(Timepoint(s, tp, day, images, seg))
+    if len(rts) > 1:
+        col.add(f"{timeline}: rt_start_day/rt_end_day differ between rows of subject {s}: {sorted(rts, key=str)}",
+                s, None, timeline)
+    elif rts:
+        subj.rt_start_day, subj.rt_end_day = next(iter(rts))
+        if subj.rt_start_day is not None and subj.rt_end_day is not None and subj.rt_end_day < subj.rt_start_day:
+            col.add(f"{timeline}: rt_end_day {subj.rt_end_day} is before rt_start_day {subj.rt_start_day}",
+                    s, None, timeline)
+    subj.timepoints.sort(key=lambda t: t.timepoint)
+    for a, b in zip(subj.timepoints, subj.timepoints[1:]):
+        if not b.day > a.day:
+            col.add(f"{timeline}: days must increase with the timepoint number, but timepoint {b.timepoint} has day"
+                    f" {b.day:g} after timepoint {a.timepoint} with day {a.day:g}", s, b.timepoint, timeline)
+    return subj
 
 
 _AUTHORS_FOLDER = re.compile(r"^(?P<pid>.+)_(?P<slice>\d+)$")

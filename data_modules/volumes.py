@@ -17,17 +17,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from data_modules.formats import CONTRASTS, Grid, Problem, Subject, Timepoint
+from data_modules.formats import Grid, Problem, Subject, Timepoint
 from tgrowth.errors import ConfigError, DataError
+from tgrowth.vocab import CONTRASTS, LABEL_SETS, LEGACY_ENHANCING, VALID_LABELS, label_set
 
 __all__ = [
     "ALIGN_MODES",
+    "axial_index",
+    "axial_perm",
     "GRID_TOLERANCE_MM",
     "LABEL_SETS",
     "VALID_LABELS",
@@ -48,8 +52,6 @@ __all__ = [
     "resample_to_grid",
 ]
 
-VALID_LABELS: tuple[int, ...] = (0, 1, 2, 3)  # BraTS 2023: 1 necrotic core, 2 oedema, 3 enhancing
-LABEL_SETS: dict[str, tuple[int, ...]] = {"whole": (1, 2, 3), "core": (1, 3), "enhancing": (3,)}
 AFFINE_ATOL_MM = 1e-3  # contrasts and seg of one timepoint: affines equal within this (elementwise)
 GRID_TOLERANCE_MM = 0.1  # timepoints of one subject: every voxel centre within this distance (config: grid_tolerance_mm)
 ALIGN_MODES: tuple[str, ...] = ("require", "resample")
@@ -58,37 +60,20 @@ _AXIS_NAME = {"L": "left-right", "R": "left-right", "A": "anterior-posterior", "
 
 
 # --------------------------------------------------------------------------- sizes
-def label_set(labels: str | int | Sequence[int] = "whole") -> tuple[int, ...]:
-    """``"whole"`` (1,2,3), ``"core"`` (1,3), ``"enhancing"`` (3,), or explicit label values."""
-    if isinstance(labels, str):
-        key = labels.strip().lower()
-        if key in LABEL_SETS:
-            return LABEL_SETS[key]
-        try:
-            return tuple(int(x) for x in key.replace("+", ",").split(",") if x.strip())
-        except ValueError:
-            raise DataError(f"unknown tumour label set {labels!r}; use whole, core, enhancing or label values like [1, 3]") from None
-    if isinstance(labels, (int, np.integer)):
-        return (int(labels),)
-    out = tuple(int(x) for x in labels)
-    if not out:
-        raise DataError("tumour label set is empty")
-    return out
-
-
 def tumour_mask(seg, labels: str | Sequence[int] = "whole"):
-    """Boolean mask of the voxels whose label is in ``labels`` (numpy or torch, any shape)."""
+    """Boolean mask of the voxels whose label is in ``labels`` (numpy or torch, any shape).
+
+    A BraTS 2021 enhancing label 4 (never in checked data: ``load_volume`` accepts 0..3) counts as 3."""
     ls = label_set(labels)
-    if hasattr(seg, "detach"):  # torch
+    whole = ls == LABEL_SETS["whole"]
+    if 3 in ls:
+        ls = (*ls, LEGACY_ENHANCING)
+    if hasattr(seg, "detach"):  # a torch tensor, so torch is loaded; data-check imports this module without it
         import torch
 
-        if ls == LABEL_SETS["whole"]:
-            return seg > 0
-        return torch.isin(seg, torch.tensor(ls, device=seg.device, dtype=seg.dtype))
+        return seg > 0 if whole else torch.isin(seg, torch.tensor(ls, device=seg.device, dtype=seg.dtype))
     seg = np.asarray(seg)
-    if ls == LABEL_SETS["whole"]:
-        return seg > 0
-    return np.isin(seg, ls)
+    return seg > 0 if whole else np.isin(seg, ls)
 
 
 def tumour_area_mm2(seg, spacing_mm: Sequence[float], labels: str | Sequence[int] = "whole"):
@@ -122,6 +107,14 @@ def tumour_area_per_slice(seg_volume, spacing_mm: Sequence[float], labels="whole
     return m.sum(axis=tuple(others)) * (sp[0] * sp[1])
 
 
+def axial_index(index: int, n: int, where: str = "") -> int:
+    """Axial slice ``index`` of ``n`` (negative: from the top) as 0..n-1; outside is a DataError (``where`` starts it)."""
+    k = int(index) + n if int(index) < 0 else int(index)
+    if not 0 <= k < n:
+        raise DataError(f"{where}slice index {index} is outside the volume's {n} axial slices")
+    return k
+
+
 def largest_tumour_slice(seg_volume, labels: str | Sequence[int] = "whole", axis: int = -1) -> int | None:
     """Index of the axial slice (along ``axis``, last by default) with the most tumour voxels.
 
@@ -146,6 +139,9 @@ class Volume:
     spacing_mm: tuple[float, float, float]  # along the (permuted) X, Y, Z axes
     perm: tuple[int, int, int]  # permuted = file3d.transpose(perm)
     file_shape: tuple[int, ...]  # the file's spatial shape (2 or 3 dims)
+    # arrays derived from this volume, kept while it lives (data_modules.preprocess: brain mask and intensity
+    # statistics per normalisation setting, so that slices of one volume share them)
+    derived: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -167,8 +163,6 @@ class Volume:
 
 def read_nifti(path: Path, subject: str | None = None, timepoint: str | None = None):
     """``(data float32, affine, spacing)`` of a NIfTI file; ``DataError`` naming the file if unreadable."""
-    import nibabel as nib
-
     path = Path(path)
     where = f"subject {subject}, timepoint {timepoint}, file {path.name}" if subject else f"file {path}"
     try:
@@ -187,11 +181,9 @@ def read_nifti(path: Path, subject: str | None = None, timepoint: str | None = N
     return data, affine, spacing
 
 
-def _axial_perm(affine: np.ndarray, ndim: int) -> tuple[int, int, int]:
+def axial_perm(affine: np.ndarray, ndim: int) -> tuple[int, int, int]:
     if ndim == 2:
         return (0, 1, 2)
-    import nibabel as nib
-
     codes = nib.aff2axcodes(affine)
     axial = next((i for i, c in enumerate(codes) if c in ("S", "I")), 2)
     return tuple([a for a in range(3) if a != axial] + [axial])  # type: ignore[return-value]
@@ -200,8 +192,6 @@ def _axial_perm(affine: np.ndarray, ndim: int) -> tuple[int, int, int]:
 # --------------------------------------------------------------------------- voxel grids across timepoints
 def read_grid(path: str | Path, timepoint: str = "") -> Grid:
     """The :class:`Grid` (spatial shape, affine) of a NIfTI file from its header (the voxels are not read)."""
-    import nibabel as nib
-
     path = Path(path)
     try:
         img = nib.load(str(path))
@@ -241,8 +231,6 @@ def grid_difference(ref: Grid, other: Grid, tolerance_mm: float = GRID_TOLERANCE
     24x20x12; axes swapped (orientation ARS vs RAS); ..."``, ``"flipped along left-right (orientation LAS
     vs RAS)"``, ``"voxel size 1x1x2 mm vs 1x1x1 mm"``, ``"rotated by 5 degrees"``, ``"affine differs by 40
     mm translation (origin moved by [40, 0, 0] mm)"``, and ``"voxel positions differ by up to X mm"``."""
-    import nibabel as nib
-
     a, b = np.asarray(ref.affine, dtype=np.float64), np.asarray(other.affine, dtype=np.float64)
     same_shape = tuple(other.shape) == tuple(ref.shape)
     dist = float(np.linalg.norm(((b - a) @ _corners(ref.shape))[:3], axis=0).max()) if same_shape else math.inf
@@ -325,6 +313,77 @@ def resample_to_grid(data: np.ndarray, affine: np.ndarray, grid: Grid, order: in
     return out.reshape(tuple(grid.shape))
 
 
+class _TimepointReader:
+    """Reads the files of one timepoint, collecting problems that name the subject, timepoint and file. ``ref``:
+    the first file read well, ``(contrast, shape, affine, spacing, file name)``, that the others must agree with."""
+
+    def __init__(self, tp: Timepoint):
+        self.tp = tp
+        self.problems: list[Problem] = []
+        self.ref: tuple | None = None
+
+    def bad(self, msg: str, file: Path | str | None) -> None:
+        self.problems.append(Problem(msg, self.tp.subject, self.tp.timepoint, None if file is None else Path(file).name))
+
+    def image(self, m: str, path: Path) -> np.ndarray | None:
+        """One contrast, checked for finite voxels and against ``ref``; None (and a problem) when bad."""
+        try:
+            data, affine, spacing = read_nifti(path, self.tp.subject, self.tp.timepoint)
+        except DataError as exc:
+            self.bad(str(exc).split(": ", 1)[-1], path)
+            return None
+        nonfinite = int(data.size - np.isfinite(data).sum())
+        if nonfinite:
+            self.bad(f"{nonfinite} NaN/Inf voxel(s) in {m} ({path.name})", path)
+            return None
+        ref = self.ref
+        if ref is None:
+            self.ref = (m, data.shape, affine, spacing, path.name)
+        elif data.shape != ref[1]:
+            self.bad(f"shape {data.shape} of {m} ({path.name}) differs from shape {ref[1]} of {ref[0]} ({ref[4]})", path)
+            return None
+        elif not np.allclose(affine, ref[2], atol=AFFINE_ATOL_MM):
+            self.bad(f"affine of {m} ({path.name}) differs from the affine of {ref[0]} ({ref[4]}): "
+                     f"{np.round(affine, 3).tolist()} vs {np.round(ref[2], 3).tolist()}", path)
+            return None
+        return data
+
+    def seg(self, path: Path) -> np.ndarray | None:
+        """The segmentation: finite, on the images' grid, labels in {0,1,2,3}; None (and a problem) when bad."""
+        try:
+            sdata, saff, spacing = read_nifti(path, self.tp.subject, self.tp.timepoint)
+        except DataError as exc:
+            self.bad(str(exc).split(": ", 1)[-1], path)
+            return None
+        ref = self.ref
+        if not np.isfinite(sdata).all():
+            self.bad(f"NaN/Inf voxel(s) in the segmentation ({path.name})", path)
+        elif ref is not None and sdata.shape != ref[1]:
+            self.bad(f"segmentation shape {sdata.shape} ({path.name}) differs from image shape {ref[1]} ({ref[4]})", path)
+        elif ref is not None and not np.allclose(saff, ref[2], atol=AFFINE_ATOL_MM):
+            self.bad(f"segmentation affine ({path.name}) differs from the image affine ({ref[4]})", path)
+        else:
+            wrong = [v for v in np.unique(sdata).tolist() if v not in VALID_LABELS]
+            if wrong:
+                shown = ", ".join(f"{v:g}" for v in wrong[:8]) + (" ..." if len(wrong) > 8 else "")
+                self.bad(f"segmentation labels outside {{0,1,2,3}}: {shown} ({path.name})", path)
+                return None
+            if ref is None:
+                self.ref = ("seg", sdata.shape, saff, spacing, path.name)
+            return sdata.astype(np.int16)
+        return None
+
+    def check_not_empty(self, arrays: dict[str, np.ndarray], n_contrasts: int) -> None:
+        """An all-zero contrast is an error; all of them at once: an empty brain."""
+        zero = [m for m, a in arrays.items() if not np.any(a)]
+        if arrays and len(arrays) == n_contrasts and len(zero) == len(arrays):
+            self.bad(f"empty brain: every voxel of every contrast ({', '.join(p.name for p in self.tp.images.values())}) "
+                     "is zero", next(iter(self.tp.images.values())))
+        else:
+            for m in zero:
+                self.bad(f"contrast {m} ({self.tp.images[m].name}) is all zero: an empty or failed image", self.tp.images[m])
+
+
 def inspect_timepoint(tp: Timepoint, contrasts: Sequence[str] = CONTRASTS, read_seg: bool = True,
                       report_missing: bool = True) -> tuple[Volume | None, list[Problem]]:
     """Read and check every file of a timepoint; returns the volume (None on errors) and all problems.
@@ -335,94 +394,40 @@ def inspect_timepoint(tp: Timepoint, contrasts: Sequence[str] = CONTRASTS, read_
     and the volume carries its affine and shape.
     """
     contrasts = tuple(contrasts)
-    problems: list[Problem] = []
-
-    def bad(msg: str, file: Path | str | None) -> None:
-        problems.append(Problem(msg, tp.subject, tp.timepoint, None if file is None else Path(file).name))
-
+    r = _TimepointReader(tp)
     arrays: dict[str, np.ndarray] = {}
-    zero: list[tuple[str, Path]] = []  # contrasts whose voxels are all zero
-    ref: tuple | None = None  # (contrast, shape, affine, spacing)
     for m in contrasts:
         path = tp.images.get(m)
         if path is None:
             if report_missing:
-                bad(f"missing modality {m}", f"{tp.subject}-{tp.timepoint}-{m}.nii.gz")
+                r.bad(f"missing modality {m}", f"{tp.subject}-{tp.timepoint}-{m}.nii.gz")
             continue
-        try:
-            data, affine, spacing = read_nifti(path, tp.subject, tp.timepoint)
-        except DataError as exc:
-            bad(str(exc).split(": ", 1)[-1], path)
-            continue
-        nonfinite = int(data.size - np.isfinite(data).sum())
-        if nonfinite:
-            bad(f"{nonfinite} NaN/Inf voxel(s) in {m} ({path.name})", path)
-            continue
-        if ref is None:
-            ref = (m, data.shape, affine, spacing, path.name)
-        else:
-            if data.shape != ref[1]:
-                bad(f"shape {data.shape} of {m} ({path.name}) differs from shape {ref[1]} of {ref[0]} ({ref[4]})", path)
-                continue
-            if not np.allclose(affine, ref[2], atol=AFFINE_ATOL_MM):
-                bad(f"affine of {m} ({path.name}) differs from the affine of {ref[0]} ({ref[4]}): "
-                    f"{np.round(affine, 3).tolist()} vs {np.round(ref[2], 3).tolist()}", path)
-                continue
-        if not np.any(data):
-            zero.append((m, path))
-        arrays[m] = data
-
-    seg = None
-    if read_seg and tp.seg is not None:
-        try:
-            sdata, saff, _ = read_nifti(tp.seg, tp.subject, tp.timepoint)
-        except DataError as exc:
-            bad(str(exc).split(": ", 1)[-1], tp.seg)
-            sdata = None
-        if sdata is not None:
-            ok = True
-            if not np.isfinite(sdata).all():
-                bad(f"NaN/Inf voxel(s) in the segmentation ({tp.seg.name})", tp.seg)
-                ok = False
-            elif ref is not None and sdata.shape != ref[1]:
-                bad(f"segmentation shape {sdata.shape} ({tp.seg.name}) differs from image shape {ref[1]} ({ref[4]})", tp.seg)
-                ok = False
-            elif ref is not None and not np.allclose(saff, ref[2], atol=AFFINE_ATOL_MM):
-                bad(f"segmentation affine ({tp.seg.name}) differs from the image affine ({ref[4]})", tp.seg)
-                ok = False
-            if ok:
-                values = np.unique(sdata)
-                wrong = [v for v in values.tolist() if v not in VALID_LABELS]
-                if wrong:
-                    shown = ", ".join(f"{v:g}" for v in wrong[:8]) + (" ..." if len(wrong) > 8 else "")
-                    bad(f"segmentation labels outside {{0,1,2,3}}: {shown} ({tp.seg.name})", tp.seg)
-                else:
-                    seg = sdata.astype(np.int16)
-                    if ref is None:
-                        ref = ("seg", sdata.shape, saff, _, tp.seg.name)
-
-    if arrays and len(arrays) == len(contrasts) and len(zero) == len(arrays):
-        bad(f"empty brain: every voxel of every contrast ({', '.join(p.name for p in tp.images.values())}) is zero",
-            next(iter(tp.images.values())))
-    else:
-        for m, path in zero:
-            bad(f"contrast {m} ({path.name}) is all zero: an empty or failed image", path)
-    if any(p.severity == "error" for p in problems) or ref is None or len(arrays) != len(contrasts) or not arrays:
-        return None, problems
-    shape, affine, spacing = ref[1], ref[2], ref[3]
+        data = r.image(m, path)
+        if data is not None:
+            arrays[m] = data
+    seg = r.seg(tp.seg) if read_seg and tp.seg is not None else None
+    r.check_not_empty(arrays, len(contrasts))
+    if any(p.severity == "error" for p in r.problems) or r.ref is None or len(arrays) != len(contrasts) or not arrays:
+        return None, r.problems
+    _, shape, affine, spacing, _ = r.ref
     if tp.align_to is not None:  # off the subject's grid, align=resample: onto the first timepoint's grid
         grid = tp.align_to
         arrays = {m: resample_to_grid(a, affine, grid, order=1).astype(np.float32) for m, a in arrays.items()}
         if seg is not None:
             seg = resample_to_grid(seg.astype(np.float32), affine, grid, order=0).astype(np.int16)
         if all(not np.any(a) for a in arrays.values()):
-            bad(f"no voxel of this scan lies inside the grid of timepoint {grid.timepoint} ({grid.file}) it is "
-                "resampled onto: the two scans do not overlap in world coordinates", next(iter(tp.images.values())))
-            return None, problems
-        affine = np.asarray(grid.affine, dtype=np.float64)
-        shape = tuple(grid.shape)
+            r.bad(f"no voxel of this scan lies inside the grid of timepoint {grid.timepoint} ({grid.file}) it is "
+                  "resampled onto: the two scans do not overlap in world coordinates", next(iter(tp.images.values())))
+            return None, r.problems
+        affine, shape = np.asarray(grid.affine, dtype=np.float64), tuple(grid.shape)
         spacing = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
-    perm = _axial_perm(affine, len(shape))
+    return _axial_last(tp, contrasts, arrays, seg, affine, spacing, shape), r.problems
+
+
+def _axial_last(tp: Timepoint, contrasts: tuple[str, ...], arrays: dict[str, np.ndarray], seg: np.ndarray | None,
+                affine: np.ndarray, spacing: Sequence[float], shape: tuple[int, ...]) -> Volume:
+    """The :class:`Volume` of checked arrays: contrasts stacked, the axial voxel axis moved last (2D: ``Z = 1``)."""
+    perm = axial_perm(affine, len(shape))
     images = np.stack([arrays[m] for m in contrasts])
     if images.ndim == 3:
         images = images[..., None]
@@ -431,7 +436,7 @@ def inspect_timepoint(tp: Timepoint, contrasts: Sequence[str] = CONTRASTS, read_
     if seg is not None:
         seg = np.ascontiguousarray(np.transpose(seg, perm))
     sp = tuple(float(spacing[p]) for p in perm)
-    return Volume(tp, contrasts, images, seg, affine, sp, perm, tuple(shape)), problems  # type: ignore[arg-type]
+    return Volume(tp, contrasts, images, seg, affine, sp, perm, tuple(shape))  # type: ignore[arg-type]
 
 
 def load_volume(tp: Timepoint, contrasts: Sequence[str] = CONTRASTS, read_seg: bool = True) -> Volume:

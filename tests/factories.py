@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-CONTRASTS = ("t1n", "t1c", "t2w", "t2f")
+from tgrowth.vocab import CONTRASTS
+
 LEVELS = {"t1n": 100.0, "t1c": 120.0, "t2w": 80.0, "t2f": 90.0}
 TUMOUR_GAIN = {"t1n": 0.8, "t1c": 1.6, "t2w": 1.5, "t2f": 1.4}
 

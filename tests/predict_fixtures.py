@@ -13,9 +13,10 @@ from pathlib import Path
 import torch
 
 from tests.factories import write_longitudinal
+from tgrowth.vocab import CONTRASTS as VOCAB_CONTRASTS
 
 SIZE = 32
-CONTRASTS = ["t1n", "t1c", "t2w", "t2f"]
+CONTRASTS = list(VOCAB_CONTRASTS)
 
 
 def make_data(root: Path) -> Path:

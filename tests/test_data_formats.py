@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from data_modules.formats import discover
-from data_modules.splits import assign_splits
+from data_modules.splits import assign_splits, ratio_split, split_sizes
 from tests.factories import write_authors2d, write_brats, write_longitudinal
 from tgrowth.errors import DataError
 
@@ -86,6 +86,26 @@ def test_hash_splits_disjoint_deterministic_and_by_ratio():
     assert c != a  # the seed matters
     small, _ = assign_splits(_subjects(3), None, (0.8, 0.1, 0.1))
     assert sorted(small.values()) == ["test", "train", "val"]
+
+
+def test_split_sizes_one_rule_for_data_and_synth():
+    from tgrowth.synth import assign_splits as synth_splits
+
+    cases = {  # (n, ratios): (train, val, test)
+        (20, (0.7, 0.15, 0.15)): (14, 3, 3), (16, (0.625, 0.125, 0.25)): (10, 2, 4), (3, (0.8, 0.1, 0.1)): (1, 1, 1),
+        (2, (0.8, 0.1, 0.1)): (1, 0, 1), (2, (0.5, 0.5, 0.0)): (2, 0, 0), (1, (0.0, 0.0, 1.0)): (1, 0, 0),
+        (4, (0.01, 0.9, 0.09)): (1, 2, 1), (5, (1.0, 0.0, 0.0)): (5, 0, 0), (0, (0.8, 0.1, 0.1)): (0, 0, 0),
+    }
+    for (n, ratios), want in cases.items():
+        assert tuple(split_sizes(n, ratios).values()) == want, (n, ratios)
+        names = [f"P{i:03d}" for i in range(n)]
+        data, _ = assign_splits(_subjects(n), None, ratios, seed=3)
+        synth = synth_splits(names, list(ratios), seed=3)
+        for got in (data, synth):
+            assert tuple(list(got.values()).count(k) for k in ("train", "val", "test")) == want, (n, ratios)
+    assert ratio_split(["c", "a", "b"], (1, 1, 1), sequence=("val", "test", "train")) == {"c": "val", "a": "test", "b": "train"}
+    with pytest.raises(DataError, match=r"split ratios must be >= 0 and not all 0, got train=-1.0, val=0.0, test=1.0"):
+        split_sizes(4, (-1, 0, 1))
 
 
 def test_splits_csv_wins_and_reports_unlisted(tmp_path):

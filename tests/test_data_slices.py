@@ -5,14 +5,12 @@ import pytest
 import torch
 
 from data_modules.formats import discover
+from data_modules.normalise import brain_mask, intensity_stats, normalise
+from data_modules.selection import select_slices
 from data_modules.slices import (
     SliceDataModule,
-    brain_mask,
-    intensity_stats,
     largest_tumour_slice,
     load_slice,
-    normalise,
-    select_slices,
     tumour_area_mm2,
     tumour_volume_mm3,
 )
@@ -255,3 +253,27 @@ def test_axial_axis_follows_the_affine(tmp_path):
     np.testing.assert_array_equal(back[s.slice_index], seg[s.slice_index])
     assert not back[s.slice_index - 1].any()
     assert s.area_mm2() == pytest.approx(counts.max() * 1.25)
+
+
+def test_augmentation_is_built_once_and_handed_to_the_train_set(tmp_path):
+    from data_modules.augment import SliceAugmentation
+
+    root = write_brats(tmp_path / "b", n_subjects=3, radius=4)
+    dm = SliceDataModule(root, image_size=24, augmentation={"enabled": True, "flip_lr": 1.0, "affine_p": 0.0},
+                         splits={"train": 1, "val": 0, "test": 0})
+    train = dm.dataset_for("train")
+    assert isinstance(train.transform, SliceAugmentation) and dm.dataset_for("val").transform is None
+    assert [type(t).__name__ for t in train.transform.spatial.transforms] == ["RandomFlip"]
+    assert train.transform.intensity_p == 0.5  # the schema default
+    off = SliceDataModule(root, image_size=24, splits={"train": 1, "val": 0, "test": 0})
+    assert off.dataset_for("train").transform is None
+
+
+def test_unknown_settings_are_clear_errors(tmp_path):
+    root = write_brats(tmp_path / "b", n_subjects=1)
+    with pytest.raises(DataError, match=r"invalid SliceDataModule settings: unknown key\(s\) image_sise \(settings: root,"):
+        SliceDataModule(root, image_sise=32)
+    with pytest.raises(DataError, match="invalid SliceSelectionConfig settings: Key 'tumor' not in 'SliceSelectionConfig'"):
+        SliceDataModule(root, slices={"tumor": "largest"})
+    with pytest.raises(DataError, match="SliceDataModule needs a data root"):
+        SliceDataModule.from_config({"image_size": 32})

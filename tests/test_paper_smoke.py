@@ -38,7 +38,7 @@ def test_tiny_paper_smoke_runs_every_stage(smoke, tmp_path, capsys):
     _, rmeta = load_regressor(tmp_path / "regressor" / "regressor.pt")
     assert rmeta["network"]["kwargs"]["attention_resolutions"] == [32, 16, 8]
     _, smeta = load_segmenter(tmp_path / "segmenter" / "segmenter.pt")
-    assert smeta["regions"] == ["wt", "tc", "et"]
+    assert smeta["regions"] == ["whole", "core", "enhancing"]
     rows = (tmp_path / "predict" / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("subject,method") and {r.split(",")[1] for r in rows[1:]} == {"tgrowth", "no-change"}
 

@@ -2,15 +2,22 @@
 
 Training commands embed :class:`SliceDataConfig` as their ``data`` section, predict/evaluation commands
 :class:`LongitudinalDataConfig`; both build their DataModule with ``SliceDataModule.from_config(cfg.data)``
-/ ``LongitudinalDataModule.from_config(cfg.data)``.
+/ ``LongitudinalDataModule.from_config(cfg.data)``. The fields of these sections are the DataModules'
+constructor arguments (with the same defaults); :func:`section_kwargs` turns a section into those arguments and
+:func:`as_section` a nested section (a dict or DictConfig) into its dataclass.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from tgrowth.config.base import RunConfig, doc
+from tgrowth.errors import DataError
+from tgrowth.vocab import CONTRASTS
 
 __all__ = [
     "AugmentationConfig",
@@ -20,9 +27,12 @@ __all__ = [
     "SliceDataConfig",
     "SliceSelectionConfig",
     "SplitConfig",
+    "as_section",
+    "reject_unknown",
+    "section_kwargs",
 ]
 
-_CONTRASTS = ["t1n", "t1c", "t2w", "t2f"]
+T = TypeVar("T")
 _GRID_TOL_HELP = ("Timepoints of a subject must share a voxel grid (co-registered): same shape, and every voxel centre"
                   " within this distance (mm) of the first timepoint's.")
 _ALIGN_HELP = ("A timepoint off its subject's grid: require (an error: the subject is not used) or resample (resampled"
@@ -82,7 +92,7 @@ class SliceDataConfig:
 
     root: str = doc("???", "Data set folder (BraTS, longitudinal or the authors' 2D layout).")
     format: str = doc("auto", "Data format: auto, brats, longitudinal, authors2d.")
-    contrasts: list[str] = doc(list(_CONTRASTS), "MRI contrasts, in channel order (any subset of t1n, t1c, t2w, t2f).")
+    contrasts: list[str] = doc(list(CONTRASTS), "MRI contrasts, in channel order (any subset of t1n, t1c, t2w, t2f).")
     image_size: int = doc(256, "Output slice size (square); 256 for real data, small for demos.")
     resize: str = doc("auto", "auto (crop_or_pad when the slice fits, else resize), crop_or_pad (centre), resize (pad to square, then resample).")
     labels: Any = doc("whole", "Tumour label set for areas: whole (1,2,3), core (1,3), enhancing (3) or a list of labels.")
@@ -102,7 +112,7 @@ class LongitudinalDataConfig:
 
     root: str = doc("???", "Data set folder (longitudinal format; BraTS gives one timepoint per subject).")
     format: str = doc("auto", "Data format: auto, longitudinal, brats.")
-    contrasts: list[str] = doc(list(_CONTRASTS), "MRI contrasts, in channel order.")
+    contrasts: list[str] = doc(list(CONTRASTS), "MRI contrasts, in channel order.")
     image_size: int = doc(256, "Slice size (square) given to the models.")
     resize: str = doc("auto", "auto, crop_or_pad or resize (see the slice data section).")
     labels: Any = doc("whole", "Tumour label set for sizes: whole, core, enhancing or a list of labels.")
@@ -112,7 +122,8 @@ class LongitudinalDataConfig:
     grid_tolerance_mm: float = doc(0.1, _GRID_TOL_HELP)
     align: str = doc("require", _ALIGN_HELP)
     splits: SplitConfig = doc(SplitConfig(), "Subject splits (for choosing evaluation subjects).")
-    split: str | None = doc(None, "Use only subjects of this split (train, val, test); None: all.")
+    split: str | None = doc(None, "Use only subjects of this split (train, val, test); None or all: every subject.")
+    subjects: list[str] = doc([], "Only these subject ids (wins over split; empty: the subjects of split).")
     cache_dir: str | None = doc(None, "Cache folder for preprocessed slices; None: no cache.")
     batch_size: int = doc(1, "Batch size of predict_dataloader.")
     num_workers: int = doc(0, "DataLoader worker processes.")
@@ -125,7 +136,50 @@ class DataCheckConfig(RunConfig):
     root: str = doc("???", "Data set folder (a bare argument sets it).")
     json: bool = doc(False, "Print machine-readable JSON instead of text (--json).")
     format: str = doc("auto", "Data format: auto, brats, longitudinal, authors2d.")
-    contrasts: list[str] = doc(list(_CONTRASTS), "Contrasts that every timepoint must have.")
+    contrasts: list[str] = doc(list(CONTRASTS), "Contrasts that every timepoint must have.")
     grid_tolerance_mm: float = doc(0.1, _GRID_TOL_HELP)
     align: str = doc("require", _ALIGN_HELP + " resample turns the error into a warning.")
     output_dir: str | None = doc(None, "If set, also write report.json and errors.csv there.")
+
+
+def _merged(value: Any, schema: type, keep: list[str] | None = None) -> DictConfig:
+    """``value`` (dict, DictConfig or dataclass instance; only its ``keep`` keys if given) over ``schema``'s defaults,
+    values converted to the field types; unknown keys and wrong types are a DataError naming them."""
+    try:
+        cfg = value if isinstance(value, DictConfig) else OmegaConf.create(value)
+        if keep is not None:
+            cfg = OmegaConf.masked_copy(cfg, [k for k in keep if k in cfg])
+        return OmegaConf.merge(OmegaConf.structured(schema), cfg)
+    except OmegaConfBaseException as exc:
+        raise DataError(f"invalid {schema.__name__} settings: {exc}") from exc
+
+
+def as_section(value: Any, schema: type[T]) -> T:
+    """A nested config section as an instance of ``schema``: None -> the defaults; an instance as it is; a dict,
+    DictConfig or other dataclass instance merged over the defaults (``{"healthy": 2}`` -> ``SliceSelectionConfig(
+    healthy=2)``)."""
+    if value is None:
+        return schema()
+    if isinstance(value, schema):
+        return value
+    return OmegaConf.to_object(_merged(value, schema))  # type: ignore[return-value]
+
+
+def section_kwargs(section: Any, schema: type) -> dict[str, Any]:
+    """A config section (DictConfig, dataclass instance or dict) -> the keyword arguments of the constructor it
+    configures: ``schema``'s fields (nested sections as their dataclasses, lists as lists). Keys that a command's
+    subclass of the section adds are left out, and so are missing values (``???``: the constructor says what is
+    missing)."""
+    if is_dataclass(section) and not isinstance(section, type):
+        section = OmegaConf.structured(section)
+    names = [f.name for f in fields(schema)]
+    merged = _merged(section, schema, keep=names)
+    present = [n for n in names if not OmegaConf.is_missing(merged, n)]
+    return OmegaConf.to_object(OmegaConf.masked_copy(merged, present))  # type: ignore[return-value]
+
+
+def reject_unknown(owner: str, unknown: dict[str, Any], schema: type) -> None:
+    """A DataError naming the keyword arguments of ``owner`` that are not settings of ``schema``."""
+    if unknown:
+        known = ", ".join(f.name for f in fields(schema))
+        raise DataError(f"invalid {owner} settings: unknown key(s) {', '.join(sorted(unknown))} (settings: {known})")

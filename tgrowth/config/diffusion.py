@@ -102,7 +102,7 @@ class SegmenterModelSettings:
     num_res_blocks: int = doc(2, "Residual blocks per level.")
     attention_resolutions: list[int] = doc([], "Resolutions (pixels) with self-attention (none by default).")
     dropout: float = doc(0.0, "Dropout in the residual blocks.")
-    regions: list[str] = doc(["wt"], "Output regions: wt (whole tumour, always first), tc (tumour core), et (enhancing).")
+    regions: list[str] = doc(["whole"], "Output regions, tumour label sets: whole (always first), core, enhancing (aliases: wt, tc, et).")
     channels_last: bool = doc(False, "Train in channels_last memory format.")
 
 

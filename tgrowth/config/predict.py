@@ -35,12 +35,11 @@ ENCODE_MODES = ("noise", "invert")
 
 @dataclass
 class PredictDataConfig(LongitudinalDataConfig):
-    """The longitudinal data section (data_modules) plus the subject and slice choice of predict.
+    """The longitudinal data section (data_modules) plus the slice choice of predict.
 
     ``contrasts`` and ``image_size`` must match the checkpoints (a mismatch is an error naming both).
     """
 
-    subjects: list[str] = doc([], "Predict only these subject ids (empty: every subject of `split`; split=null or all: every subject).")
     slice: str = doc("largest_prior", "Axial slice when slice_index is null: largest_prior (largest tumour on the prior "
                      "scan's seg: known at prediction time), largest_target (on the real follow-up's seg), or an integer.")
 

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from data_modules.slices import mix_seed
+from data_modules.volumes import tumour_mask
 from tgrowth.diffusion.schedule import NoiseSchedule
 
 __all__ = ["DenoiserModule", "RegressorModule", "SegmenterModule", "region_targets", "dice_score",
@@ -331,18 +332,10 @@ class RegressorModule(pl.LightningModule):
 
 
 # --------------------------------------------------------------------------- segmenter
-REGION_LABELS = {"wt": (1, 2, 3, 4), "tc": (1, 3, 4), "et": (3, 4)}
-"""BraTS labels per region (2021: 1 necrosis, 2 oedema, 4 enhancing; 2023: 3 enhancing)."""
-
-
 def region_targets(seg: torch.Tensor, regions: list[str] | tuple[str, ...]) -> torch.Tensor:
-    """Label map [B, H, W] -> float targets [B, R, H, W] (region membership; ``wt`` = any label > 0)."""
-    out = []
-    for r in regions:
-        if r not in REGION_LABELS:
-            raise ValueError(f"unknown tumour region '{r}'; choose from {sorted(REGION_LABELS)}")
-        out.append(seg > 0 if r == "wt" else torch.isin(seg, torch.tensor(REGION_LABELS[r], device=seg.device)))
-    return torch.stack(out, dim=1).float()
+    """Label map [B, H, W] -> float targets [B, R, H, W]: membership of each region's label set
+    (``tgrowth.vocab.LABEL_SETS``: whole, core, enhancing; aliases wt, tc, et)."""
+    return torch.stack([tumour_mask(seg, r) for r in regions], dim=1).float()
 
 
 def dice_score(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from tgrowth.config.diffusion import check_train_config
 from tgrowth.errors import ConfigError, TgrowthError
+from tgrowth.vocab import region_names
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +105,7 @@ def build_segmenter(cfg: DictConfig):
 
     meta = _common_meta(cfg, "segmenter")
     m = cfg.model
-    regions = [str(r) for r in m.regions]
-    if not regions or regions[0] != "wt" or any(r not in ("wt", "tc", "et") for r in regions):
-        raise ConfigError(f"model.regions must start with wt and use wt/tc/et, got {regions}")
+    regions = region_names(m.regions)
     kwargs = dict(
         image_size=meta["image_size"], in_channels=meta["in_channels"], model_channels=int(m.model_channels),
         channel_mult=[float(c) for c in m.channel_mult] or None, num_res_blocks=int(m.num_res_blocks),

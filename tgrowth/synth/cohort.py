@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from data_modules.splits import ratio_split
 from tgrowth.errors import ConfigError
 from tgrowth.synth import anatomy as A
 from tgrowth.synth.growth import (
@@ -38,7 +39,8 @@ from tgrowth.synth.growth import (
     simulate,
     stable_steps_per_day,
 )
-from tgrowth.synth.render import CONTRASTS, render, smooth_noise
+from tgrowth.synth.render import render, smooth_noise
+from tgrowth.vocab import CONTRASTS, LABEL_SETS
 
 #: seed regions in (approximately) MNI mm: centre and half extent; midline ones mimic paediatric DMG
 MIDLINE_REGIONS = {
@@ -286,26 +288,10 @@ def choose_seed(draw: SubjectDraw, anat: torch.Tensor, points: torch.Tensor) -> 
 
 # --------------------------------------------------------------------------- splits, tables
 def assign_splits(subjects: list[str], fractions: list[float], seed: int) -> dict[str, str]:
-    n = len(subjects)
-    total = float(sum(fractions))
-    f_train, f_val, f_test = (f / total for f in fractions)
-    n_val, n_test = int(round(n * f_val)), int(round(n * f_test))
-    if n >= 3:
-        n_val = max(n_val, 1 if f_val > 0 else 0)
-        n_test = max(n_test, 1 if f_test > 0 else 0)
-    elif n == 2:
-        n_val, n_test = 0, (1 if f_test > 0 else 0)
-    else:
-        n_val = n_test = 0
-    while n_val + n_test > n - (1 if f_train > 0 else 0) and (n_val or n_test):
-        if n_val >= n_test and n_val:
-            n_val -= 1
-        else:
-            n_test -= 1
-    order = np.random.default_rng([int(seed), 104729]).permutation(n)
-    out = {}
-    for rank, i in enumerate(order):
-        out[subjects[i]] = "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
+    """``{subject: split}`` for ``splits.csv``: the data sets' ratio cut (``data_modules.splits.ratio_split``) over a
+    seeded permutation of the subjects, val first, then test, then train."""
+    order = np.random.default_rng([int(seed), 104729]).permutation(len(subjects))
+    out = ratio_split([subjects[i] for i in order], fractions, sequence=("val", "test", "train"))
     return {s: out[s] for s in subjects}
 
 
@@ -314,10 +300,13 @@ def seg_measures(seg: np.ndarray, voxel_mm: tuple[float, float, float]) -> dict[
     vv = float(np.prod(voxel_mm))
     counts = np.bincount(seg.reshape(-1), minlength=4)
     per_slice = (seg > 0).sum(axis=(0, 1))
+    def volume(labels: str) -> float:
+        return float(sum(counts[v] for v in LABEL_SETS[labels])) * vv
+
     return {
-        "whole_tumor_volume_mm3": float(counts[1:].sum()) * vv,
-        "tumor_core_volume_mm3": float(counts[1] + counts[3]) * vv,
-        "enhancing_volume_mm3": float(counts[3]) * vv,
+        "whole_tumor_volume_mm3": volume("whole"),
+        "tumor_core_volume_mm3": volume("core"),
+        "enhancing_volume_mm3": volume("enhancing"),
         "necrotic_volume_mm3": float(counts[1]) * vv,
         "oedema_volume_mm3": float(counts[2]) * vv,
         "max_axial_area_mm2": float(per_slice.max()) * voxel_mm[0] * voxel_mm[1],

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from tgrowth.synth.growth import VISIBLE_THRESHOLD
+from tgrowth.vocab import CONTRASTS
 
-CONTRASTS = ("t1n", "t1c", "t2w", "t2f")
 DAMAGE_ENHANCEMENT = 0.25
 NECROSIS_THRESHOLD = 0.5
 

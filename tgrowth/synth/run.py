@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from tgrowth.config.base import save_resolved_config
 from tgrowth.errors import TgrowthError
 from tgrowth.io import prepare_output_dir
+from tgrowth.vocab import CONTRASTS
 
 __all__ = ["SYNTH_FILES", "prepare_synth_dir", "run"]
 
@@ -22,7 +23,7 @@ SYNTH_FILES: tuple[str, ...] = ("config.yaml", "timeline.csv", "splits.csv", "gr
                                 "summary.json")
 # keys only a synth config has: config.yaml (written first) or summary.json["config"] carrying them marks the folder
 _SIGNATURE = ("sim_box_mm", "sim_voxel_mm", "subject_prefix", "midline_fraction", "n_timepoints", "growth", "rt")
-_SCAN_KINDS = ("t1n", "t1c", "t2w", "t2f", "seg")
+_SCAN_KINDS = (*CONTRASTS, "seg")
 
 
 def _synth_config(out: Path) -> dict[str, Any] | None:
