@@ -276,3 +276,54 @@ def test_a_subjects_forecast_does_not_depend_on_the_others(tiny, tmp_path):
         got[name] = json.loads((out / "SUB03" / "info.json").read_text())
     for key in ("target_area_mm2", "ode"):
         assert got["both"][key] == got["alone"][key]
+
+
+def test_geometric_and_segmenter_baselines_have_known_answers(tiny, tmp_path):
+    """grow-to-truth holds exactly the true area (to a pixel), grow-to-target the ODE target; the segmenter rows are
+    the trained segmenter on the prior / the real follow-up; every method is scored on the same slice."""
+    from data_modules.formats import discover
+    from data_modules.slices import load_slice
+    from tgrowth.diffusion.checkpoints import load_segmenter
+    from tgrowth.probability import segmenter_from_logits
+
+    root, models = tiny
+    out = tmp_path / "base"
+    methods = "[no-change,grow-to-target,grow-to-truth,no-change-segmenter,segmenter-on-truth]"
+    assert predict(tiny, out, "data.subjects=[SUB02]", f"methods={methods}", "plots=false") == 0
+    rows = {r["method"]: r for r in read_csv(out / "metrics.csv")}
+    assert set(rows) == {"no-change", "grow-to-target", "grow-to-truth", "no-change-segmenter", "segmenter-on-truth"}
+    px = 1.0 * 1.0  # the factory's spacing
+    true_area, target = float(rows["grow-to-truth"]["true_area_mm2"]), float(rows["grow-to-target"]["target_area_mm2"])
+    assert abs(float(rows["grow-to-truth"]["map_area_mm2"]) - true_area) <= px / 2 + 1e-9
+    assert abs(float(rows["grow-to-target"]["map_area_mm2"]) - target) <= px / 2 + 1e-9
+    assert float(rows["grow-to-truth"]["area_error_vs_truth"]) <= px / 2 / true_area + 1e-9
+    info = json.loads((out / "SUB02" / "info.json").read_text())
+    sub = next(s for s in discover(root).subjects if s.subject == "SUB02")
+    k = info["slice_index"]
+    prior, truth = (load_slice(sub.timepoints[i], k, CONTRASTS, 32) for i in (1, 2))
+    seg = segmenter_from_logits(load_segmenter(models["segmenter"])[0])
+    for method, image in (("no-change-segmenter", prior.image), ("segmenter-on-truth", truth.image)):
+        assert float(rows[method]["map_area_mm2"]) == pytest.approx(float(seg(image[None])[0].sum()) * px)
+    assert float(rows["segmenter-on-truth"]["ssim"]) == pytest.approx(1.0)  # its image is the follow-up itself
+
+
+def test_anatomy_preserving_sampling_keeps_the_prior_outside_the_zone(tiny, tmp_path):
+    from data_modules.formats import discover
+    from data_modules.slices import load_slice
+
+    root, _ = tiny
+    out = tmp_path / "keep"
+    assert predict(tiny, out, "data.subjects=[SUB02]", "methods=[tgrowth,no-change]", "sampling.preserve_anatomy=true",
+                   "sampling.zone_margin_mm=2", "sampling.zone_edge_mm=0", "sampling.eta=0.5",
+                   "guidance.form=segmenter") == 0
+    info = json.loads((out / "SUB02" / "info.json").read_text())
+    k = info["slice_index"]
+    sub = next(s for s in discover(root).subjects if s.subject == "SUB02")
+    prior = load_slice(sub.timepoints[1], k, CONTRASTS, 32)
+    # 32 x 32 slices at image_size 32: the NIfTI slice is the model plane as it is
+    mean = torch.as_tensor(nib.load(str(out / "SUB02" / "pred_mean.nii.gz")).get_fdata()[:, :, k]).permute(2, 0, 1).float()
+    same = (mean - prior.image).abs().amax(0) < 1e-5
+    tumour = prior.seg > 0
+    assert same.float().mean() > 0.5 and not same[tumour].all()  # kept far away, generated at the tumour
+    rows = {r["method"]: r for r in read_csv(out / "metrics.csv")}
+    assert rows["tgrowth"]["ssim_zone"] != "" and float(rows["tgrowth"]["ssim_zone"]) <= 1

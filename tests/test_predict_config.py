@@ -17,7 +17,7 @@ BASE = ["data.root=/nowhere", "checkpoints.denoiser=a", "checkpoints.regressor=b
     ("guidance.scale=nan", "config key 'guidance.scale' must be a finite number >= 0, got nan"),
     ("guidance.scale=inf", "config key 'guidance.scale' must be a finite number >= 0, got inf"),
     ("guidance.scale=-1", "config key 'guidance.scale' must be a finite number >= 0, got -1.0"),
-    ("guidance.form=squared", "config key 'guidance.form' must be one of authors, loss, x0, got 'squared'"),
+    ("guidance.form=squared", "config key 'guidance.form' must be one of authors, loss, x0, x0_detached, segmenter, got 'squared'"),
     ("guidance.target=mean", "config key 'guidance.target' must be one of median, bootstrap, got 'mean'"),
     ("sampling.threshold=1.5", "config key 'sampling.threshold' must be strictly between 0 and 1, got 1.5"),
     ("sampling.threshold=0", "config key 'sampling.threshold' must be strictly between 0 and 1, got 0.0"),
@@ -28,7 +28,8 @@ BASE = ["data.root=/nowhere", "checkpoints.denoiser=a", "checkpoints.regressor=b
     ("sampling.num_generations=0", "config key 'sampling.num_generations' must be >= 1, got 0"),
     ("sampling.batch_size=0", "config key 'sampling.batch_size' must be >= 1, got 0"),
     ("sampling.encode=ddpm", "config key 'sampling.encode' must be one of noise, invert, got 'ddpm'"),
-    ("methods=[]", "config key 'methods' must name at least one of tgrowth, no-change, unguided, oracle-area, got []"),
+    ("methods=[]", "config key 'methods' must name at least one of tgrowth, unguided, oracle-area, no-change, "
+                   "no-change-segmenter, segmenter-on-truth, grow-to-target, grow-to-truth, got []"),
     ("methods=[tgrowth,magic]", "config key 'methods' has unknown method(s) ['magic']"),
     ("target.days=[30,-5]", "config key 'target.days' must be positive numbers of days after the prior scan"),
 ])
