@@ -1,14 +1,19 @@
-"""Slice geometry: crop/pad/resize of a slice to the model size (torchio), and :class:`SliceSample`, which
-carries a preprocessed slice with what is needed to put results back into the input file's voxel grid.
+"""Slice geometry: crop/pad/resize of a slice to the model size (torchio), native-resolution windows, and
+:class:`SliceSample`, which carries a preprocessed slice with what is needed to put results back into the input
+file's voxel grid.
 
 ``auto`` crops/pads (centred) when the slice fits in ``image_size`` and otherwise pads to a square and
 resamples (linear for images, nearest for the seg); ``crop_or_pad`` and ``resize`` force one of the two.
+``window`` keeps the scan's own pixels: the slice is padded to a square canvas (never resampled, never
+cropped), and :meth:`SliceSample.window` then cuts an ``image_size`` window at a centre (the tumour), padding
+with background where the window leaves the canvas; results are pasted back through the same bookkeeping.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -18,9 +23,48 @@ from data_modules.volumes import Volume, tumour_area_mm2
 from tgrowth.errors import DataError
 from tgrowth.vocab import CONTRASTS
 
-__all__ = ["RESIZE_MODES", "SliceSample", "fit_plane", "plane_affine"]
+__all__ = ["RESIZE_MODES", "SliceSample", "fit_plane", "plane_affine", "window_bounds", "crop_window", "centroid"]
 
-RESIZE_MODES = ("auto", "crop_or_pad", "resize")
+RESIZE_MODES = ("auto", "crop_or_pad", "resize", "window")
+
+
+def window_bounds(center: float, size: int, n: int) -> tuple[int, int]:
+    """Signed (before, after) of a ``size`` window centred at ``center`` on an axis of ``n`` pixels, in the
+    convention of :func:`_axis_bounds` (positive = pad, negative = crop): pixel i of the window is pixel
+    ``i - before`` of the axis."""
+    start = int(np.floor(float(center) - size / 2.0 + 0.5))
+    return -start, (size - n) + start
+
+
+def _overlap(b: int, n: int, size: int) -> tuple[slice, slice]:
+    """(window slice, axis slice) of the pixels a window with bounds ``b`` shares with an axis of ``n``."""
+    lo, hi = max(0, b), min(size, n + b)
+    return slice(lo, max(lo, hi)), slice(lo - b, max(lo, hi) - b)
+
+
+def crop_window(image: torch.Tensor, seg: torch.Tensor | None, center: Sequence[float], size: int,
+                image_fill: float = -1.0) -> tuple[torch.Tensor, torch.Tensor | None, list[list[int]]]:
+    """The ``size x size`` window of ``image [C,H,W]`` (and ``seg [H,W]``) centred at ``center`` (row, col);
+    outside the image: ``image_fill`` (the background, -1) and label 0. Returns (image, seg, bounds)."""
+    H, W = image.shape[-2:]
+    bounds = [list(window_bounds(center[0], size, H)), list(window_bounds(center[1], size, W))]
+    (wr, ar), (wc, ac) = _overlap(bounds[0][0], H, size), _overlap(bounds[1][0], W, size)
+    out = torch.full((image.shape[0], size, size), image_fill, dtype=image.dtype)
+    out[:, wr, wc] = image[:, ar, ac]
+    oseg = None
+    if seg is not None:
+        oseg = torch.zeros((size, size), dtype=seg.dtype)
+        oseg[wr, wc] = seg[ar, ac]
+    return out, oseg, bounds
+
+
+def centroid(mask) -> tuple[float, float] | None:
+    """(row, col) centre of mass of a 2D mask; None when empty."""
+    m = torch.as_tensor(mask).bool()
+    if not bool(m.any()):
+        return None
+    rows, cols = torch.nonzero(m, as_tuple=True)
+    return float(rows.double().mean()), float(cols.double().mean())
 
 
 def _axis_bounds(n: int, size: int) -> tuple[int, int]:
@@ -69,10 +113,19 @@ class SliceSample:
         if squeeze:
             arr = arr[None]
         g = self.geometry
+        integer = np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool
+        if "window" in g:  # back onto the canvas first
+            w = g["window"]
+            if arr.shape[-2:] != (w["size"], w["size"]):
+                raise DataError(f"to_volume: expected an array of size {w['size']}x{w['size']}, got shape {tuple(arr.shape)}")
+            canvas = np.full((arr.shape[0], g["image_size"], g["image_size"]), fill,
+                             dtype=np.float32 if not integer else arr.dtype)
+            (wr, ar), (wc, ac) = (_overlap(b[0], g["image_size"], w["size"]) for b in w["bounds"])
+            canvas[:, ar, ac] = arr[:, wr, wc]
+            arr = canvas
         S = int(g["image_size"])
         if arr.shape[-2:] != (S, S):
             raise DataError(f"to_volume: expected an array of size {S}x{S}, got shape {tuple(arr.shape)}")
-        integer = np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool
         interp = interpolation if interpolation != "auto" else ("nearest" if integer else "linear")
         H, W = g["plane_shape"]
         if g["mode"] == "resize":
@@ -118,6 +171,15 @@ class SliceSample:
         vol = vol.reshape(tuple(self.volume_shape) + (vol.shape[-1],))
         return vol if chan else vol[..., 0]
 
+    def window(self, center: Sequence[float], size: int) -> SliceSample:
+        """This slice's ``size x size`` window centred at ``center`` (row, col; pixels of this sample), at the same
+        pixel spacing; ``to_plane``/``to_volume`` of the window paste results back where it was cut."""
+        if "window" in self.geometry:
+            raise DataError(f"subject {self.subject}, timepoint {self.timepoint}: the slice is already a window")
+        image, seg, bounds = crop_window(self.image, self.seg, center, int(size))
+        return replace(self, image=image, seg=seg,
+                       geometry={**self.geometry, "window": {"size": int(size), "bounds": bounds}})
+
     # -- cache (plain tensors / lists only: loads with weights_only=True)
     def to_state(self) -> dict:
         meta = {
@@ -154,6 +216,8 @@ def fit_plane(image: np.ndarray, seg: np.ndarray | None, plane_affine: np.ndarra
     mode = resize
     if mode == "auto":
         mode = "crop_or_pad" if max(H, W) <= S else "resize"
+    if mode == "window":  # the native canvas: pad to a square, never crop or resample (windows are cut later)
+        mode, S = "crop_or_pad", max(H, W)
     img = tio.ScalarImage(tensor=torch.from_numpy(image[..., None]), affine=plane_affine)
     lab = None if seg is None else tio.LabelMap(tensor=torch.from_numpy(seg.astype(np.int16)[None, ..., None]), affine=plane_affine)
     if mode == "crop_or_pad":

@@ -45,11 +45,13 @@ from data_modules.volumes import (
     tumour_mask,
     tumour_volume_mm3,
 )
+from data_modules.window import Compose, TumourWindow
 from tgrowth.config.data import (
     AugmentationConfig,
     SliceDataConfig,
     SliceSelectionConfig,
     SplitConfig,
+    WindowConfig,
     as_section,
     reject_unknown,
     section_kwargs,
@@ -163,7 +165,8 @@ class SliceDataModule(LoaderDataModule):
                  contrasts: Sequence[str] = tuple(_S.contrasts), image_size: int = _S.image_size,
                  resize: str = _S.resize, labels: Any = _S.labels, slices: SliceSelectionConfig | dict | None = None,
                  normalisation: Any = None, augmentation: AugmentationConfig | dict | None = None,
-                 splits: SplitConfig | dict | None = None, cache_dir: str | Path | None = _S.cache_dir,
+                 splits: SplitConfig | dict | None = None, window: WindowConfig | dict | None = None,
+                 cache_dir: str | Path | None = _S.cache_dir,
                  batch_size: int = _S.batch_size, num_workers: int = _S.num_workers,
                  include_timepoints: str = _S.include_timepoints, strict: bool = False, seed: int = 0,
                  **unknown: Any):
@@ -174,6 +177,7 @@ class SliceDataModule(LoaderDataModule):
         self.slices = as_section(slices, SliceSelectionConfig)
         self.splits = as_section(splits, SplitConfig)
         self.augmentation = as_section(augmentation, AugmentationConfig)
+        self.window = as_section(window, WindowConfig)
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self.strict, self.seed = strict, int(seed)
         self.loader = SliceLoader(Preprocessing.of(contrasts, image_size, resize, normalisation), labels,
@@ -216,12 +220,22 @@ class SliceDataModule(LoaderDataModule):
                 self.items[self.split_of[subj.subject]].extend(self._subject_items(subj))
         self.dataset = ds
         log_problems(self.problems)
-        augment = SliceAugmentation.from_config(self.augmentation)
         for name in SPLITS:
-            self._datasets[name] = SliceDataset(self.items[name], self.loader, augment if name == "train" else None)
+            self._datasets[name] = SliceDataset(self.items[name], self.loader, self._transform(name == "train"))
         n_bad = len({p.subject for p in self.problems if p.severity == "error" and p.subject})
         log.info("slice data %s (%s): %s slices train / %s val / %s test; %d subject(s) left out with errors",
                  self.root, ds.format, *(len(self.items[n]) for n in SPLITS), n_bad)
+
+    def _transform(self, train: bool):
+        """The dataset transform, built once: the tumour window (``resize=window``), then augmentation (train)."""
+        window = None
+        if self.prep.resize == "window":
+            w = self.window
+            window = TumourWindow(self.prep.image_size, self.labels, w.jitter_mm if train else 0.0,
+                                  w.healthy_fraction if train else 0.0, random=train)
+        augment = SliceAugmentation.from_config(self.augmentation) if train else None
+        parts = [t for t in (window, augment) if t is not None]
+        return None if not parts else parts[0] if len(parts) == 1 else Compose(parts)
 
     def _subject_items(self, subj: Subject) -> list[tuple[Timepoint, int]]:
         """The ``(timepoint, slice)`` items of a subject; none (and a problem) when a volume is bad."""

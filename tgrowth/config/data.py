@@ -76,6 +76,15 @@ class AugmentationConfig:
 
 
 @dataclass
+class WindowConfig:
+    """Training windows of ``resize: window`` (native-resolution ``image_size`` windows centred on the tumour)."""
+
+    jitter_mm: float = doc(8.0, "Training windows: the centre moves uniformly by up to this much (mm) per axis.")
+    healthy_fraction: float = doc(0.2, "Training windows centred on a random brain pixel instead of the tumour "
+                                  "(slices without tumour always are), so the models also see healthy tissue.")
+
+
+@dataclass
 class SplitConfig:
     """Subject-level splits. ROOT/splits.csv (columns subject,split) wins where present; else these ratios."""
 
@@ -94,11 +103,12 @@ class SliceDataConfig:
     format: str = doc("auto", "Data format: auto, brats, longitudinal, authors2d.")
     contrasts: list[str] = doc(list(CONTRASTS), "MRI contrasts, in channel order (any subset of t1n, t1c, t2w, t2f).")
     image_size: int = doc(256, "Output slice size (square); 256 for real data, small for demos.")
-    resize: str = doc("auto", "auto (crop_or_pad when the slice fits, else resize), crop_or_pad (centre), resize (pad to square, then resample).")
+    resize: str = doc("auto", "auto (crop_or_pad when the slice fits, else resize), crop_or_pad (centre), resize (pad to square, then resample), window (native resolution: image_size windows centred on the tumour, see window.*; never resampled).")
     labels: Any = doc("whole", "Tumour label set for areas: whole (1,2,3), core (1,3), enhancing (3) or a list of labels.")
     slices: SliceSelectionConfig = doc(SliceSelectionConfig(), "Slice selection.")
     normalisation: NormalisationConfig = doc(NormalisationConfig(), "Intensity normalisation.")
     augmentation: AugmentationConfig = doc(AugmentationConfig(), "Training augmentation.")
+    window: WindowConfig = doc(WindowConfig(), "Tumour windows (resize=window).")
     splits: SplitConfig = doc(SplitConfig(), "Subject splits.")
     cache_dir: str | None = doc(None, "Folder for preprocessed slices (torch tensors), keyed by input files + preprocessing config; None: no cache.")
     batch_size: int = doc(8, "Batch size.")
@@ -114,7 +124,7 @@ class LongitudinalDataConfig:
     format: str = doc("auto", "Data format: auto, longitudinal, brats.")
     contrasts: list[str] = doc(list(CONTRASTS), "MRI contrasts, in channel order.")
     image_size: int = doc(256, "Slice size (square) given to the models.")
-    resize: str = doc("auto", "auto, crop_or_pad or resize (see the slice data section).")
+    resize: str = doc("auto", "auto, crop_or_pad, resize or window (see the slice data section; window: the prior's tumour centres the window of both scans).")
     labels: Any = doc("whole", "Tumour label set for sizes: whole, core, enhancing or a list of labels.")
     size: str = doc("reference", "Tumour size for the ODE table: reference (area at one slice per subject: the largest-tumour slice of its last segmented timepoint), largest (largest axial area of each timepoint), volume (3D volume, mm^3).")
     slice_index: int | None = doc(None, "Fixed axial slice for size=reference and for predictions (None: per subject, as above).")

@@ -15,10 +15,12 @@ import torch
 from omegaconf import DictConfig
 
 from data_modules.formats import Subject, Timepoint
+from data_modules.geometry import centroid
 from data_modules.longitudinal import LongitudinalDataModule
 from data_modules.slices import SliceSample
 from data_modules.volumes import tumour_mask
 from tgrowth.errors import DataError, TgrowthError
+from tgrowth.metrics import foreground
 
 __all__ = ["Plan", "SubjectSlices", "plan_subjects", "plan_subject", "load_slices", "subject_seed"]
 
@@ -159,6 +161,15 @@ def plan_subject(cfg: DictConfig, dm: LongitudinalDataModule, subj: Subject) -> 
 
 
 def load_slices(dm: LongitudinalDataModule, plan: Plan, labels: Any) -> SubjectSlices:
-    """The prior and (when there is one) the real follow-up slice at the plan's slice index."""
+    """The prior and (when there is one) the real follow-up slice at the plan's slice index; with
+    ``data.resize=window`` both are the window centred on the PRIOR's tumour (known at prediction time; the
+    brain's centre without one), at the scan's own pixel spacing."""
+    prior = dm.load_slice(plan.prior, plan.slice_index)
     truth = dm.load_slice(plan.target, plan.slice_index) if plan.target is not None else None
-    return SubjectSlices(dm.load_slice(plan.prior, plan.slice_index), truth, labels)
+    if dm.prep.resize == "window":
+        mask = tumour_mask(prior.seg, labels) if prior.seg is not None else None
+        center = (centroid(mask) if mask is not None else None) or centroid(foreground(prior.image))
+        size = dm.prep.image_size
+        prior = prior.window(center, size)
+        truth = truth.window(center, size) if truth is not None else None
+    return SubjectSlices(prior, truth, labels)
