@@ -99,7 +99,11 @@ def predict_run(cfg: DictConfig, dist: Dist, arms: list[Arm] | None = None, *, c
     check_models(cfg, models)
     dm = LongitudinalDataModule.from_config(cfg.data, strict=False)  # strict: plan_subjects stops at a bad subject
     subjects, plans, skipped = plan_subjects(cfg, dm)
+    t0 = time.time()
     fit, ok = _fit(cfg, plans, skipped)
+    if console and dist.is_main and plans:
+        print(f"predict: growth ODE ({cfg.ode.model}) fitted to {len(plans)} subject(s) in {time.time() - t0:.1f} s"
+              f"{f'; {len(plans) - len(ok)} failed' if len(ok) < len(plans) else ''}", flush=True)
     if dist.is_main:
         for s, msg in skipped.items():
             state.record_error(out, s, "plan", msg)
