@@ -9,12 +9,12 @@ import torch
 from tgrowth.config.base import load_config
 from tgrowth.config.diffusion import TrainDenoiserConfig, TrainRegressorConfig, TrainSegmenterConfig
 from tgrowth.diffusion.checkpoints import load_denoiser, load_regressor, load_segmenter
-from tgrowth.diffusion.modules import DenoiserModule, dice_score, region_targets, segmentation_hd95
-from tgrowth.diffusion.sampler import eps_from_x0
+from tgrowth.diffusion.modules import DenoiserModule, region_targets
 from tgrowth.diffusion.schedule import make_schedule
 from tgrowth.diffusion.toydata import make_blobs
 from tgrowth.diffusion.unet import UNet
 from tgrowth.errors import TgrowthError
+from tgrowth.metrics import dice_per_sample, mean_hd95
 
 COMMON = [
     "toy_data.enabled=true", "toy_data.n_train=64", "toy_data.n_val=16", "data.image_size=32",
@@ -76,7 +76,7 @@ class _Oracle(torch.nn.Module):
         self.schedule, self.x0 = schedule, x0
 
     def forward(self, x, t, y=None):
-        return eps_from_x0(x, self.x0, self.schedule.abar(t).view(-1, 1, 1, 1).to(x.dtype))
+        return self.schedule.eps_from_x0(x, self.x0, t)
 
 
 def test_validation_reconstruction_known_answers():
@@ -99,7 +99,7 @@ def test_validation_reconstruction_known_answers():
     assert torch.allclose(mod.reconstruct(x0, noise), xl50 / sched.abar(torch.tensor(49)).sqrt(), atol=1e-5)
 
 
-def test_segmentation_hd95_spacing_and_empty_masks():
+def test_mean_hd95_spacing_and_empty_masks():
     yy, xx = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
     disc_a = (yy - 12) ** 2 + (xx - 12) ** 2 <= 25
     disc_b = (yy - 15) ** 2 + (xx - 12) ** 2 <= 25  # the same disc 3 rows lower
@@ -107,16 +107,16 @@ def test_segmentation_hd95_spacing_and_empty_masks():
     pred = torch.stack([disc_a, empty, disc_a, empty])
     gt = torch.stack([disc_b, empty, empty, disc_b])
     spacing = torch.tensor([[2.0, 1.0]] * 4)
-    hd, one = segmentation_hd95(pred, gt, spacing)
+    hd, one = mean_hd95(pred, gt, spacing)
     diag = math.hypot(32 * 2.0, 32 * 1.0)
     # row 0: a 3-row shift at 2 mm per row = 6 mm (within a pixel); row 1: both empty = 0; rows 2-3: diagonal
     assert math.isclose(float(one), 0.5)
     per_row0 = float(hd) * 4 - 2 * diag
     assert abs(per_row0 - 6.0) <= 2.0
-    hd1, one1 = segmentation_hd95(pred[:2], gt[:2])  # no spacing: 1 mm pixels, 3 px shift
+    hd1, one1 = mean_hd95(pred[:2], gt[:2])  # no spacing: 1 mm pixels, 3 px shift
     assert abs(float(hd1) * 2 - 3.0) <= 1.0 and float(one1) == 0.0
     with pytest.raises(ValueError, match="spacing has 1 rows for 4 masks"):
-        segmentation_hd95(pred, gt, spacing[:1])
+        mean_hd95(pred, gt, spacing[:1])
 
 
 def test_checkpoint_round_trip_identical_outputs(denoiser_run, tmp_path):
@@ -211,8 +211,8 @@ def test_segmenter_beats_all_background(tmp_path, one_thread):
     assert meta["regions"] == ["wt", "tc"]
     data = make_blobs(32, 32, 2, seed=321)
     gt = data["seg"] > 0
-    dice = dice_score(net.segment(data["image"]), gt).mean()
-    trivial = dice_score(torch.zeros_like(gt), gt).mean()  # = share of tumour-free slices
+    dice = dice_per_sample(net.segment(data["image"]), gt).mean()
+    trivial = dice_per_sample(torch.zeros_like(gt), gt).mean()  # = share of tumour-free slices
     assert dice > trivial + 0.3 and dice > 0.75
     metrics = json.loads((tmp_path / "seg" / "metrics.json").read_text())
     assert metrics["val/dice"] > metrics["val/dice_all_background"]
@@ -252,8 +252,8 @@ def test_region_targets_brats_labels():
     seg = torch.tensor([[[0, 1, 2, 3, 4]]])
     r = region_targets(seg, ["wt", "tc", "et"])
     assert r[0, :, 0].tolist() == [[0, 1, 1, 1, 1], [0, 1, 0, 1, 1], [0, 0, 0, 1, 1]]
-    assert math.isclose(dice_score(torch.tensor([[1, 1, 0]]).bool(), torch.tensor([[1, 0, 0]]).bool()).item(), 2 / 3, rel_tol=1e-6)
-    assert dice_score(torch.zeros(1, 3).bool(), torch.zeros(1, 3).bool()).item() == 1.0
+    assert math.isclose(dice_per_sample(torch.tensor([[1, 1, 0]]).bool(), torch.tensor([[1, 0, 0]]).bool()).item(), 2 / 3, rel_tol=1e-6)
+    assert dice_per_sample(torch.zeros(1, 3).bool(), torch.zeros(1, 3).bool()).item() == 1.0
 
 
 def test_bf16_mixed_precision_training(tmp_path, one_thread):

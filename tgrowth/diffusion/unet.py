@@ -39,6 +39,7 @@ __all__ = [
     "UNet",
     "EncoderRegressor",
     "Segmenter",
+    "masks_from_logits",
 ]
 
 
@@ -438,4 +439,13 @@ class Segmenter(nn.Module):
     @torch.no_grad()
     def segment(self, x: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
         """Whole-tumour mask [B, H, W] (bool): sigmoid(logit of channel 0) > threshold."""
-        return torch.sigmoid(self.forward(x)[:, 0].float()) > threshold
+        return masks_from_logits(self.forward(x)[:, :1], threshold)[:, 0]
+
+
+def masks_from_logits(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Region masks [B, R, H, W] (bool) from segmenter logits [B, R, H, W]: ``sigmoid(logit) > threshold``.
+
+    The one definition of a segmented pixel (the segmenter's validation, :meth:`Segmenter.segment` and
+    :func:`tgrowth.probability.segmenter_from_logits` use it); channel 0 is the whole tumour.
+    """
+    return torch.sigmoid(logits.float()) > threshold
