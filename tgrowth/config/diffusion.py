@@ -16,7 +16,7 @@ value and names the valid ones. Importing this module imports torch (the network
 
 import inspect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, make_dataclass
 from enum import Enum
 from typing import Any, Optional
 
@@ -80,65 +80,49 @@ def net_default(cls: type, name: str) -> Any:
     return list(default) if isinstance(default, tuple) else default
 
 
-# The ``model`` sections hold exactly the network constructor's arguments (defaults: the constructor's) except
-# those the data fix: image_size (data.image_size), in_channels (len(data.contrasts)) and, for the UNet,
-# out_channels (= in_channels: eps has the image's channels) and, for the segmenter, num_regions
-# (len(regions)). ``build_*`` in tgrowth.diffusion.train calls ``Network(**constructor_kwargs(cfg.model, ...))``.
-@dataclass
-class DenoiserModelSettings:
-    """``tgrowth.diffusion.unet.UNet`` arguments (the authors' sizes; class conditioning and learned sigma off
-    unless set, as experiments/models/denoiser_paper.yaml does)."""
-
-    model_channels: int = doc(net_default(UNet, "model_channels"), "Base width.")
-    channel_mult: Optional[list[float]] = doc(  # noqa: UP045 (OmegaConf structured configs)
-        net_default(UNet, "channel_mult"), "Width multipliers per level; null = ADM's table for the image size.")
-    num_res_blocks: int = doc(net_default(UNet, "num_res_blocks"), "Residual blocks per level.")
-    attention_resolutions: list[int] = doc(net_default(UNet, "attention_resolutions"),
-                                           "Resolutions (pixels) with self-attention, e.g. [16] = at 16x16.")
-    num_heads: int = doc(net_default(UNet, "num_heads"), "Attention heads.")
-    num_head_channels: int = doc(net_default(UNet, "num_head_channels"), "Channels per head (overrides num_heads when > 0).")
-    dropout: float = doc(net_default(UNet, "dropout"), "Dropout in the residual blocks.")
-    num_classes: Optional[int] = doc(  # noqa: UP045
-        net_default(UNet, "num_classes"), "null: unconditional; 2: conditioned on the slice label (0 healthy, 1 diseased).")
-    class_dropout: float = doc(net_default(UNet, "class_dropout"),
-                               "Probability of dropping the label in training (allows y=None at sampling).")
-    learn_sigma: bool = doc(net_default(UNet, "learn_sigma"),
-                            "Also learn the variances (improved-DDPM hybrid loss: MSE + VLB).")
-    use_scale_shift_norm: bool = doc(net_default(UNet, "use_scale_shift_norm"),
-                                     "Timestep embedding scales and shifts the GroupNorm (ADM).")
-    time_conditional: bool = doc(net_default(UNet, "time_conditional"),
-                                 "Feed the timestep embedding (false: an ablation that ignores t).")
+# Type and meaning of every network constructor argument a ``model`` section holds (one entry per argument
+# name; a network argument missing here fails at import, so a new one gets documented).
+_NET_ARGS: dict[str, tuple[Any, str]] = {
+    "model_channels": (int, "Base width (the regressor's 'width')."),
+    "channel_mult": (Optional[list[float]], "Width multipliers per level; null = ADM's table for the image size."),  # noqa: UP045
+    "num_res_blocks": (int, "Residual blocks per level (the regressor's 'depth')."),
+    "attention_resolutions": (list[int], "Resolutions (pixels) with self-attention, e.g. [16] = at 16x16."),
+    "num_heads": (int, "Attention heads (when num_head_channels <= 0)."),
+    "num_head_channels": (int, "Channels per attention head (> 0: overrides num_heads)."),
+    "dropout": (float, "Dropout in the residual blocks."),
+    "num_classes": (Optional[int], "null: unconditional; 2: conditioned on the slice label (0 healthy, 1 diseased)."),  # noqa: UP045
+    "class_dropout": (float, "Probability of dropping the label in training (allows y=None at sampling)."),
+    "learn_sigma": (bool, "Also learn the variances (improved-DDPM hybrid loss: MSE + VLB)."),
+    "use_scale_shift_norm": (bool, "Timestep embedding scales and shifts the GroupNorm (ADM)."),
+    "time_conditional": (bool, "Feed the timestep embedding (false: an ablation that ignores t)."),
+}
 
 
-@dataclass
-class RegressorModelSettings:
-    """``tgrowth.diffusion.unet.EncoderRegressor`` arguments (the authors': depth 4, width 32, attention at
-    32, 16, 8)."""
-
-    model_channels: int = doc(net_default(EncoderRegressor, "model_channels"), "Base width ('width').")
-    channel_mult: Optional[list[float]] = doc(  # noqa: UP045
-        net_default(EncoderRegressor, "channel_mult"), "Width multipliers per level; null = ADM's table for the image size.")
-    num_res_blocks: int = doc(net_default(EncoderRegressor, "num_res_blocks"), "Residual blocks per level ('depth').")
-    attention_resolutions: list[int] = doc(net_default(EncoderRegressor, "attention_resolutions"),
-                                           "Resolutions (pixels) with self-attention.")
-    num_heads: int = doc(net_default(EncoderRegressor, "num_heads"), "Attention heads (when num_head_channels <= 0).")
-    num_head_channels: int = doc(net_default(EncoderRegressor, "num_head_channels"), "Channels per attention head.")
-    dropout: float = doc(net_default(EncoderRegressor, "dropout"), "Dropout in the residual blocks.")
-    use_scale_shift_norm: bool = doc(net_default(EncoderRegressor, "use_scale_shift_norm"),
-                                     "Timestep embedding scales and shifts the GroupNorm (ADM).")
+def _mirror(name: str, net: type, derived: set[str], about: str) -> type:
+    """A ``model`` section schema: a field for each argument of ``net``'s constructor except ``derived`` (those
+    the data fix), typed and described by ``_NET_ARGS``, defaulting to the constructor's default."""
+    args = [a for a in inspect.signature(net).parameters if a not in derived]
+    fields = [(a, _NET_ARGS[a][0], doc(net_default(net, a), _NET_ARGS[a][1])) for a in args]
+    cls = make_dataclass(name, fields)
+    cls.__doc__, cls.__module__ = about, __name__
+    return cls
 
 
-@dataclass
-class SegmenterModelSettings:
-    """``tgrowth.diffusion.unet.Segmenter`` arguments: a small 2D UNet without timestep embedding."""
-
-    model_channels: int = doc(net_default(Segmenter, "model_channels"), "Base width.")
-    channel_mult: Optional[list[float]] = doc(  # noqa: UP045
-        net_default(Segmenter, "channel_mult"), "Width multipliers per level; null = ADM's table for the image size.")
-    num_res_blocks: int = doc(net_default(Segmenter, "num_res_blocks"), "Residual blocks per level.")
-    attention_resolutions: list[int] = doc(net_default(Segmenter, "attention_resolutions"),
-                                           "Resolutions (pixels) with self-attention (none by default).")
-    dropout: float = doc(net_default(Segmenter, "dropout"), "Dropout in the residual blocks.")
+# The ``model`` sections: exactly the network constructor's arguments except image_size (data.image_size),
+# in_channels (len(data.contrasts)), the UNet's out_channels (= in_channels: eps has the image's channels)
+# and the segmenter's num_regions (len(regions)). ``build_*`` in tgrowth.diffusion.train calls
+# ``Network(**constructor_kwargs(cfg.model, image_size=..., in_channels=...))``.
+DenoiserModelSettings = _mirror(
+    "DenoiserModelSettings", UNet, {"image_size", "in_channels", "out_channels"},
+    "``tgrowth.diffusion.unet.UNet`` arguments (the authors' sizes; class conditioning and learned sigma off "
+    "unless set, as experiments/models/denoiser_paper.yaml does).")
+RegressorModelSettings = _mirror(
+    "RegressorModelSettings", EncoderRegressor, {"image_size", "in_channels"},
+    "``tgrowth.diffusion.unet.EncoderRegressor`` arguments (the authors': depth 4, width 32, attention at 32, "
+    "16, 8).")
+SegmenterModelSettings = _mirror(
+    "SegmenterModelSettings", Segmenter, {"image_size", "in_channels", "num_regions"},
+    "``tgrowth.diffusion.unet.Segmenter`` arguments: a small 2D UNet without timestep embedding.")
 
 
 class RegressorTarget(str, Enum):
