@@ -12,7 +12,12 @@
 - :class:`SegmenterModule`: Dice + binary cross-entropy per tumour region; reports validation Dice of the
   whole tumour (and the all-background baseline's Dice on the same images) and ``val/hd95`` in mm (the
   batch's pixel spacing; both masks empty = 0 mm, exactly one empty = the image diagonal in mm, as in
-  ``tgrowth predict``), with ``val/hd95_one_empty`` the fraction of slices where that penalty applied.
+  ``tgrowth predict``), with ``val/hd95_one_empty`` the fraction of slices where that penalty applied
+  (:func:`tgrowth.metrics.dice_per_sample`, :func:`tgrowth.metrics.mean_hd95`; a pixel is tumour where
+  :func:`~tgrowth.diffusion.unet.masks_from_logits` says so).
+
+The step maths (x0 from eps, the DDPM posterior of the variational bound) is the schedule's
+(:class:`~tgrowth.diffusion.schedule.NoiseSchedule`).
 
 All three: AdamW with linear warm-up, ``train/loss`` and ``train/lr`` logged; before each training batch torch's
 generators are seeded from ``(seed, rank, global step, batch index)`` (:func:`seed_training_batch`), so the

@@ -20,6 +20,10 @@ Contracts (``docs/architecture.md``):
 ``t`` may be an integer/float tensor of shape [B] or a scalar (broadcast); ``y`` a long tensor [B] or an int.
 All networks are resolution-agnostic convolutions except where ``image_size`` fixes the attention
 placement and the regressor's pooling grid; channels_last inputs work (no ``.view`` on strided tensors).
+
+The constructors' defaults are the authors' sizes (the denoiser's class conditioning and learned sigma off
+unless asked for); the training configs' ``model`` sections take their defaults from these signatures
+(:mod:`tgrowth.config.diffusion`), so each hyper-parameter's default lives here only.
 """
 
 from __future__ import annotations
