@@ -68,12 +68,12 @@ def main() -> None:
         prior = phantom_slice(size)
     sched = make_schedule("linear")
     t = torch.tensor([args.t])
-    a = sched.abar(t).float().view(-1, 1, 1, 1)
     x = sched.q_sample(prior, t, torch.randn(prior.shape, generator=torch.Generator().manual_seed(0)))
+    a = sched.abar(t, like=x)
     eps = torch.randn(prior.shape, generator=torch.Generator().manual_seed(1))
 
     def step():
-        return DiffusionStep(x, t, t - 1, a, a, eps, (x - (1 - a).sqrt() * eps) / a.sqrt(), 0, 1,
+        return DiffusionStep(x, t, t - 1, a, a, eps, sched.predict_x0(x, eps, t), 0, 1,
                              torch.tensor([0]), prior, None, {})
 
     with torch.no_grad():

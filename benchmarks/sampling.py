@@ -83,7 +83,7 @@ def model_sizes(size: str) -> dict:
                   attention_resolutions=(16,), num_classes=2),
         regressor=dict(image_size=64, in_channels=4, model_channels=16, channel_mult=(1, 2, 2), num_res_blocks=1,
                        attention_resolutions=(16,), num_head_channels=16),
-        segmenter=dict(image_size=64, in_channels=4, model_channels=16, channel_mult=(1, 2, 2)),
+        segmenter=dict(image_size=64, in_channels=4, model_channels=16, channel_mult=(1, 2, 2), num_res_blocks=1),
     )
 
 

@@ -17,12 +17,13 @@ from tgrowth.diffusion.checkpoints import (
     file_digest,
     load_denoiser,
     load_regressor,
+    load_segmenter,
 )
 from tgrowth.diffusion.train import build_denoiser
 from tgrowth.errors import DataError, TgrowthError
 
 TINY = ["data.image_size=16", "data.contrasts=[t1c]", "model.model_channels=8", "model.channel_mult=[1,2]",
-        "model.num_res_blocks=1", "model.attention_resolutions=[]", "model.learn_sigma=false"]
+        "model.num_res_blocks=1", "model.attention_resolutions=[]", "model.learn_sigma=false", "model.num_classes=2"]
 
 
 @pytest.fixture
@@ -95,6 +96,40 @@ def test_version_1_model_file_without_checksum_still_loads(tiny_denoiser, tmp_pa
                 "state_dict": state}, old)
     with pytest.raises(DataError, match=r"old\.pt is corrupted: no checksum stored"):
         load_denoiser(old)
+
+
+# the network arguments as build_* stored them before the model sections mirrored the constructors (no
+# num_heads / use_scale_shift_norm for the regressor, no time_conditional for the UNet, [] as ADM's table)
+_OLD_KWARGS = {
+    "denoiser": dict(image_size=16, in_channels=1, model_channels=8, channel_mult=[1.0, 2.0], num_res_blocks=1,
+                     attention_resolutions=[], num_heads=1, num_head_channels=-1, dropout=0.0, num_classes=2,
+                     class_dropout=0.0, learn_sigma=False, use_scale_shift_norm=True),
+    "regressor": dict(image_size=16, in_channels=1, model_channels=8, channel_mult=[1.0, 2.0], num_res_blocks=1,
+                      attention_resolutions=[], num_head_channels=8, dropout=0.0),
+    "segmenter": dict(image_size=16, in_channels=1, model_channels=8, channel_mult=None, num_res_blocks=1,
+                      attention_resolutions=[], num_regions=1, dropout=0.0),
+}
+
+
+@pytest.mark.parametrize("kind", ["denoiser", "regressor", "segmenter"])
+def test_model_files_of_earlier_versions_load_into_the_network_the_config_builds(kind, tmp_path):
+    from tgrowth.config.diffusion import TrainRegressorConfig, TrainSegmenterConfig
+    from tgrowth.diffusion import train
+
+    schema = {"denoiser": TrainDenoiserConfig, "regressor": TrainRegressorConfig, "segmenter": TrainSegmenterConfig}[kind]
+    overrides = ["data.image_size=16", "data.contrasts=[t1c]", "model.model_channels=8", "model.num_res_blocks=1",
+                 "model.attention_resolutions=[]",
+                 {"denoiser": "model.channel_mult=[1,2]", "regressor": "model.channel_mult=[1,2]",
+                  "segmenter": "model.channel_mult=null"}[kind],
+                 *{"denoiser": ["model.num_classes=2"], "regressor": ["model.num_head_channels=8"], "segmenter": []}[kind]]
+    torch.manual_seed(0)
+    net, meta = getattr(train, f"build_{kind}")(load_config(schema, [], overrides))
+    old_meta = dict(meta, network={"class": meta["network"]["class"], "kwargs": _OLD_KWARGS[kind]})
+    f = export_model(tmp_path / f"{kind}.pt", kind, net, old_meta)
+    loaded = {"denoiser": lambda p: load_denoiser(p)[0], "regressor": lambda p: load_regressor(p)[0],
+              "segmenter": lambda p: load_segmenter(p)[0]}[kind](f)
+    assert type(loaded) is type(net) and loaded.state_dict().keys() == net.state_dict().keys()
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in loaded.state_dict().items())
 
 
 def test_broken_model_files_give_one_line(tiny_denoiser, tmp_path):

@@ -108,12 +108,12 @@ def test_regressor_scale_makes_the_correction_independent_of_output_units(setup,
     model, prior = setup
     x = SCHED.q_sample(prior, torch.tensor([199]), torch.randn(prior.shape, generator=torch.Generator().manual_seed(0)))
     t = torch.tensor([199])
-    a = SCHED.abar(t).float().view(-1, 1, 1, 1)
+    a = SCHED.abar(t, like=x)
     f = _EpsModel(model, None, None, False)
     eps = f(x, t)
 
     def step():
-        return DiffusionStep(x, t, t - 1, a, a, eps, (x - (1 - a).sqrt() * eps) / a.sqrt(), 0, 1, torch.tensor([0]),
+        return DiffusionStep(x, t, t - 1, a, a, eps, SCHED.predict_x0(x, eps, t), 0, 1, torch.tensor([0]),
                              prior, f, {})
 
     target = float(area_proxy(prior)) * 1.2

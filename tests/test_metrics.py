@@ -6,7 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from tgrowth.metrics import area_error, dice, foreground, hd95, mae, mse, probability_map_scores, psnr, ssim
+from tgrowth.metrics import (
+    area_error,
+    dice,
+    dice_per_sample,
+    foreground,
+    hd95,
+    mae,
+    mse,
+    probability_map_scores,
+    psnr,
+    ssim,
+)
 
 
 def disc(shape, center_mm, radius_mm, spacing=(1.0, 1.0)):
@@ -127,3 +138,19 @@ def test_foreground_is_any_contrast_above_background():
     assert m.shape == (4, 4) and m.sum() == 2 and m[1, 1] and m[2, 3] and not m[0, 0]
     mb = foreground(img[None].expand(3, -1, -1, -1), keepdim=True)
     assert mb.shape == (3, 1, 4, 4) and torch.equal(mb[2, 0], m)
+
+
+def test_dice_per_sample_is_dice_for_each_pair():
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(64, 9, 11, generator=g) < torch.rand(64, 1, 1, generator=g)
+    b = torch.rand(64, 9, 11, generator=g) < torch.rand(64, 1, 1, generator=g)
+    a[0], b[0], b[1] = False, False, False  # both empty; one empty
+    d = dice_per_sample(a, b)
+    assert d.dtype == torch.float64 and d[0] == 1.0 and d[1] == 0.0
+    assert d.tolist() == [dice(x, y) for x, y in zip(a, b)]
+    # exact counts: its float32 cast is what float32 arithmetic gives (the segmenter's logged val/dice)
+    p, q = a.flatten(1).float(), b.flatten(1).float()
+    inter, total = (p * q).sum(1), p.sum(1) + q.sum(1)
+    assert torch.equal(d.float(), torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total)))
+    with pytest.raises(ValueError, match="dice: shapes differ"):
+        dice_per_sample(a, b[:, :5])

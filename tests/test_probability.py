@@ -7,6 +7,7 @@ from tgrowth.diffusion.analytic import GaussianDenoiser
 from tgrowth.diffusion.guidance import AreaGuidance
 from tgrowth.diffusion.sampler import sample_known_image
 from tgrowth.diffusion.schedule import make_schedule
+from tgrowth.diffusion.unet import Segmenter, masks_from_logits
 from tgrowth.probability import probability_map, segmenter_from_logits
 
 SCHED = make_schedule("linear")
@@ -82,6 +83,17 @@ def test_segmenter_from_logits_and_errors(setup):
     assert torch.equal(regions, x[:, 0] > 0)
     multi = segmenter_from_logits(lambda z: torch.cat([torch.zeros_like(z), z], 1), mode="argmax")(x)
     assert torch.equal(multi, x[:, 0] > 0)
+    # one threshold for a segmented pixel: the Segmenter's own masks, its validation's and the map's agree
+    seg = Segmenter(image_size=16, in_channels=1, model_channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                    num_regions=2).eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(seg.net.out[-1].weight, std=0.3)
+    img = torch.randn(3, 1, 16, 16)
+    mask = seg.segment(img)
+    assert 0 < int(mask.sum()) < mask.numel()
+    assert torch.equal(segmenter_from_logits(seg)(img), mask)
+    assert torch.equal(masks_from_logits(seg(img).detach())[:, 0], mask)
+    assert torch.equal(segmenter_from_logits(seg, threshold=0.9)(img), seg.segment(img, threshold=0.9))
     with pytest.raises(ValueError, match="segmenter must return"):
         probability_map(model, SCHED, prior, lambda z: z.flatten(), num_generations=2, num_steps=2)
     with pytest.raises(ValueError, match="one slice"):

@@ -171,3 +171,40 @@ def test_keep_mask_preserves_the_prior_exactly_outside_the_change_zone(encode, e
     assert float((out[:, 0, 3:9, 3:9] - prior[0, 0, 3:9, 3:9]).abs().mean()) > 0.05
     with pytest.raises(ValueError, match=r"keep_mask values must be in \[0, 1\]"):
         sample_known_image(model, sched, prior, 200, 5, keep_mask=keep * 2)
+
+
+_BLOCK_HEAVY = """
+import sys
+from importlib.abc import MetaPathFinder
+
+class Block(MetaPathFinder):  # the GPU machine's environment: torch, numpy, scipy, none of these
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"omegaconf", "pytorch_lightning", "lightning", "torchio", "wandb", "nibabel",
+                                  "matplotlib", "torchmetrics"}:
+            raise ImportError(f"blocked: {name}")
+
+sys.meta_path.insert(0, Block())
+"""
+
+
+@pytest.mark.parametrize("first", ["tgrowth.probability", "tgrowth.diffusion"])
+def test_public_api_imports_with_torch_numpy_scipy_alone(first):
+    """``tgrowth.diffusion`` (its public names), its pure-torch modules, ``tgrowth.probability`` and
+    ``tgrowth.metrics`` import without omegaconf, Lightning, torchio, wandb, nibabel, matplotlib, in either order."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = _BLOCK_HEAVY + f"""
+import {first}
+import tgrowth.diffusion.schedule, tgrowth.diffusion.unet, tgrowth.diffusion.sampler, tgrowth.diffusion.guidance
+import tgrowth.diffusion.checkpoints, tgrowth.probability, tgrowth.metrics
+from tgrowth.diffusion import *
+import tgrowth.diffusion as d
+assert probability_map is tgrowth.probability.probability_map and len(d.__all__) == 14
+print(sorted(d.__all__))
+"""
+    repo = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split() and "UNet" in res.stdout and "load_segmenter" in res.stdout

@@ -5,16 +5,18 @@ import math
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from tgrowth.config.base import load_config
 from tgrowth.config.diffusion import TrainDenoiserConfig, TrainRegressorConfig, TrainSegmenterConfig
+from tgrowth.diffusion import train
 from tgrowth.diffusion.checkpoints import load_denoiser, load_regressor, load_segmenter
-from tgrowth.diffusion.modules import DenoiserModule, dice_score, region_targets, segmentation_hd95
-from tgrowth.diffusion.sampler import eps_from_x0
+from tgrowth.diffusion.modules import DenoiserModule, region_targets
 from tgrowth.diffusion.schedule import make_schedule
 from tgrowth.diffusion.toydata import make_blobs
-from tgrowth.diffusion.unet import UNet
+from tgrowth.diffusion.unet import EncoderRegressor, Segmenter, UNet
 from tgrowth.errors import TgrowthError
+from tgrowth.metrics import dice_per_sample, mean_hd95
 
 COMMON = [
     "toy_data.enabled=true", "toy_data.n_train=64", "toy_data.n_val=16", "data.image_size=32",
@@ -42,7 +44,7 @@ def denoiser_run(tmp_path_factory, one_thread):
 
     out = tmp_path_factory.mktemp("den")
     cfg = _cfg(TrainDenoiserConfig, out, "model.model_channels=8", "model.channel_mult=[1,2]", "model.num_res_blocks=1",
-               "model.attention_resolutions=[16]", "model.learn_sigma=true", "model.class_conditional=true",
+               "model.attention_resolutions=[16]", "model.learn_sigma=true", "model.num_classes=2",
                "optim.lr=3e-3", "optim.ema_decay=0.9", "trainer.max_steps=40", "trainer.val_check_interval=20")
     assert train_denoiser(cfg) == 0
     return out, cfg
@@ -76,7 +78,7 @@ class _Oracle(torch.nn.Module):
         self.schedule, self.x0 = schedule, x0
 
     def forward(self, x, t, y=None):
-        return eps_from_x0(x, self.x0, self.schedule.abar(t).view(-1, 1, 1, 1).to(x.dtype))
+        return self.schedule.eps_from_x0(x, self.x0, t)
 
 
 def test_validation_reconstruction_known_answers():
@@ -99,7 +101,7 @@ def test_validation_reconstruction_known_answers():
     assert torch.allclose(mod.reconstruct(x0, noise), xl50 / sched.abar(torch.tensor(49)).sqrt(), atol=1e-5)
 
 
-def test_segmentation_hd95_spacing_and_empty_masks():
+def test_mean_hd95_spacing_and_empty_masks():
     yy, xx = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
     disc_a = (yy - 12) ** 2 + (xx - 12) ** 2 <= 25
     disc_b = (yy - 15) ** 2 + (xx - 12) ** 2 <= 25  # the same disc 3 rows lower
@@ -107,16 +109,16 @@ def test_segmentation_hd95_spacing_and_empty_masks():
     pred = torch.stack([disc_a, empty, disc_a, empty])
     gt = torch.stack([disc_b, empty, empty, disc_b])
     spacing = torch.tensor([[2.0, 1.0]] * 4)
-    hd, one = segmentation_hd95(pred, gt, spacing)
+    hd, one = mean_hd95(pred, gt, spacing)
     diag = math.hypot(32 * 2.0, 32 * 1.0)
     # row 0: a 3-row shift at 2 mm per row = 6 mm (within a pixel); row 1: both empty = 0; rows 2-3: diagonal
     assert math.isclose(float(one), 0.5)
     per_row0 = float(hd) * 4 - 2 * diag
     assert abs(per_row0 - 6.0) <= 2.0
-    hd1, one1 = segmentation_hd95(pred[:2], gt[:2])  # no spacing: 1 mm pixels, 3 px shift
+    hd1, one1 = mean_hd95(pred[:2], gt[:2])  # no spacing: 1 mm pixels, 3 px shift
     assert abs(float(hd1) * 2 - 3.0) <= 1.0 and float(one1) == 0.0
     with pytest.raises(ValueError, match="spacing has 1 rows for 4 masks"):
-        segmentation_hd95(pred, gt, spacing[:1])
+        mean_hd95(pred, gt, spacing[:1])
 
 
 def test_checkpoint_round_trip_identical_outputs(denoiser_run, tmp_path):
@@ -138,8 +140,6 @@ def test_checkpoint_round_trip_identical_outputs(denoiser_run, tmp_path):
 
 def test_resume_from_last_continues_step_count(denoiser_run):
     out, cfg = denoiser_run
-    from omegaconf import OmegaConf
-
     from tgrowth.diffusion.train import train_denoiser
 
     before = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
@@ -204,15 +204,15 @@ def test_segmenter_beats_all_background(tmp_path, one_thread):
     from tgrowth.diffusion.train import train_segmenter
 
     cfg = _cfg(TrainSegmenterConfig, tmp_path / "seg", "model.model_channels=8", "model.channel_mult=[1,2]",
-               "model.num_res_blocks=1", "model.regions=[wt,tc]", "optim.lr=5e-3", "trainer.max_steps=50",
+               "model.num_res_blocks=1", "regions=[wt,tc]", "optim.lr=5e-3", "trainer.max_steps=50",
                "trainer.val_check_interval=25")
     assert train_segmenter(cfg) == 0
     net, meta = load_segmenter(tmp_path / "seg" / "segmenter.pt", expect_image_size=32)
     assert meta["regions"] == ["whole", "core"]  # aliases: one vocabulary
     data = make_blobs(32, 32, 2, seed=321)
     gt = data["seg"] > 0
-    dice = dice_score(net.segment(data["image"]), gt).mean()
-    trivial = dice_score(torch.zeros_like(gt), gt).mean()  # = share of tumour-free slices
+    dice = dice_per_sample(net.segment(data["image"]), gt).mean()
+    trivial = dice_per_sample(torch.zeros_like(gt), gt).mean()  # = share of tumour-free slices
     assert dice > trivial + 0.3 and dice > 0.75
     metrics = json.loads((tmp_path / "seg" / "metrics.json").read_text())
     assert metrics["val/dice"] > metrics["val/dice_all_background"]
@@ -252,8 +252,8 @@ def test_region_targets_brats_labels():
     seg = torch.tensor([[[0, 1, 2, 3, 4]]])
     r = region_targets(seg, ["wt", "tc", "et"])
     assert r[0, :, 0].tolist() == [[0, 1, 1, 1, 1], [0, 1, 0, 1, 1], [0, 0, 0, 1, 1]]
-    assert math.isclose(dice_score(torch.tensor([[1, 1, 0]]).bool(), torch.tensor([[1, 0, 0]]).bool()).item(), 2 / 3, rel_tol=1e-6)
-    assert dice_score(torch.zeros(1, 3).bool(), torch.zeros(1, 3).bool()).item() == 1.0
+    assert math.isclose(dice_per_sample(torch.tensor([[1, 1, 0]]).bool(), torch.tensor([[1, 0, 0]]).bool()).item(), 2 / 3, rel_tol=1e-6)
+    assert dice_per_sample(torch.zeros(1, 3).bool(), torch.zeros(1, 3).bool()).item() == 1.0
 
 
 def test_bf16_mixed_precision_training(tmp_path, one_thread):
@@ -265,8 +265,8 @@ def test_bf16_mixed_precision_training(tmp_path, one_thread):
         lambda m, i, o: seen.append(o.dtype) if isinstance(m, torch.nn.Conv2d) and isinstance(o, torch.Tensor) else None)
     try:
         cfg = _cfg(TrainDenoiserConfig, tmp_path / "bf16", "model.model_channels=8", "model.channel_mult=[1,2]",
-                   "model.num_res_blocks=1", "model.attention_resolutions=[]", "model.learn_sigma=false",
-                   "trainer.precision=bf16-mixed", "trainer.max_steps=4", "trainer.val_check_interval=4",
+                   "model.num_res_blocks=1", "model.attention_resolutions=[]", "model.num_classes=2",
+                   "model.learn_sigma=false", "trainer.precision=bf16-mixed", "trainer.max_steps=4", "trainer.val_check_interval=4",
                    "val_reconstruction.num_steps=2")
         assert train_denoiser(cfg) == 0
     finally:
@@ -283,7 +283,7 @@ def test_single_contrast_run_is_a_config_change(tmp_path, one_thread):
 
     cfg = _cfg(TrainDenoiserConfig, tmp_path / "one", "data.contrasts=[t2f]", "model.model_channels=8",
                "model.channel_mult=[1,2]", "model.num_res_blocks=1", "model.attention_resolutions=[]",
-               "model.learn_sigma=false", "trainer.max_steps=2", "trainer.val_check_interval=2",
+               "model.num_classes=2", "model.learn_sigma=false", "trainer.max_steps=2", "trainer.val_check_interval=2",
                "val_reconstruction.num_steps=2")
     assert train_denoiser(cfg) == 0
     net, _, meta = load_denoiser(tmp_path / "one" / "denoiser.pt", expect_contrasts=["t2f"])
@@ -412,7 +412,7 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, one_thread, monkey
             "data.contrasts=[t1c]", "data.batch_size=4", "wandb.enabled=false", "trainer.accelerator=cpu",
             "trainer.enable_progress_bar=false", "num_threads=1", "val_images=0", "model.model_channels=8",
             "model.channel_mult=[1,2]", "model.num_res_blocks=1", "model.attention_resolutions=[]",
-            "model.learn_sigma=true", "model.class_dropout=0.2", "model.dropout=0.1", "optim.warmup_steps=3",
+            "model.num_classes=2", "model.learn_sigma=true", "model.class_dropout=0.2", "model.dropout=0.1", "optim.warmup_steps=3",
             "optim.ema_decay=0.9", "trainer.max_steps=12", "trainer.val_check_interval=4",
             "trainer.check_val_every_n_epoch=null", "val_reconstruction.num_steps=2", f"output_dir={out}", *extra])
 
@@ -470,10 +470,26 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, one_thread, monkey
     ("train-segmenter", "optim.warmup_steps=-1", "optim.warmup_steps must be >= 0, got -1"),
     ("train-denoiser", "model.class_dropout=1.0", "model.class_dropout must be in [0, 1), got 1.0"),
     ("train-regressor", "val_t_bins=0", "val_t_bins must be >= 1, got 0"),
-    ("train-regressor", "model.target_scale=0", "model.target_scale must be > 0, got 0.0"),
+    ("train-regressor", "target_scale=0", "target_scale must be > 0, got 0.0"),
     ("train-denoiser", "trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches must be >= 1, got 0"),
     ("train-denoiser", "toy_data.n_train=0", "toy_data.n_train must be >= 1, got 0"),
     ("train-denoiser", "seed=-1", "seed must be in [0, 2^32), got -1"),
+    ("train-denoiser", "model.num_classes=3",
+     "model.num_classes must be null (unconditional) or 2 (the slice labels: 0 healthy, 1 diseased), got 3"),
+    ("train-segmenter", "regions=[tc,wt]", "regions must be a list starting with wt, got ['tc', 'wt']"),
+    # closed choices are enum fields: OmegaConf names the valid values
+    ("train-regressor", "target=area", "command line: invalid value for config key 'target': Invalid value 'area', "
+                                       "expected one of [area_frac, area_mm2]"),
+    ("train-denoiser", "diffusion.schedule=quadratic", "command line: invalid value for config key "
+                                                       "'diffusion.schedule': Invalid value 'quadratic', expected one of [linear, cosine]"),
+    ("train-segmenter", "regions=[wt,xx]", "command line: invalid value for config key 'regions[1]': Invalid value "
+                                           "'xx', expected one of [wt, tc, et]"),
+    # keys of earlier versions say where the setting went
+    ("train-denoiser", "model.class_conditional=true", "command line: config key 'model.class_conditional' is no "
+                                                       "longer valid: use model.num_classes: 2 (conditioned on the slice label, was class_conditional=true) or "
+                                                       "null (false)"),
+    ("train-regressor", "model.channels_last=true", "command line: config key 'model.channels_last' is no longer "
+                                                    "valid: channels_last is a top-level key now (a training setting, not a network argument)"),
 ])
 def test_bad_training_values_are_refused_naming_the_key(tmp_path, capsys, command, override, message):
     from tgrowth.cli import main
@@ -488,6 +504,39 @@ def test_bad_training_values_are_refused_naming_the_key(tmp_path, capsys, comman
     assert main([command, *tiny, "wandb.enabled=false", f"output_dir={out}", override]) == 2
     assert capsys.readouterr().err.strip() == f"tgrowth {command}: error: {message}"
     assert not out.exists()  # before any work
+
+
+@pytest.mark.parametrize(("schema", "network", "derived"), [
+    (TrainDenoiserConfig, UNet, {"image_size", "in_channels", "out_channels"}),
+    (TrainRegressorConfig, EncoderRegressor, {"image_size", "in_channels"}),
+    (TrainSegmenterConfig, Segmenter, {"image_size", "in_channels", "num_regions"}),
+])
+def test_model_section_is_the_network_constructor(schema, network, derived):
+    """``model`` holds exactly the constructor's arguments but those the data fix, with the constructor's
+    defaults (one place for each hyper-parameter), and the network is built from it unchanged."""
+    import inspect
+
+    from tgrowth.config.base import constructor_kwargs
+
+    params = inspect.signature(network).parameters
+    cfg = load_config(schema, [], [])
+    kwargs = constructor_kwargs(cfg.model)
+    assert set(kwargs) == set(params) - derived
+    for name, value in kwargs.items():
+        default = params[name].default
+        assert value == (list(default) if isinstance(default, tuple) else default), name
+    for key in ("channels_last", "target", "target_scale", "regions"):  # the training module's own settings
+        assert key not in cfg.model
+    # presets: every key under model is passed to the network as it is
+    kind = {UNet: "denoiser", EncoderRegressor: "regressor", Segmenter: "segmenter"}[network]
+    from pathlib import Path
+
+    cfg = load_config(schema, [str(Path(__file__).resolve().parents[1] / "experiments" / "models" / f"{kind}_tiny.yaml")], [])
+    net, meta = getattr(train, f"build_{kind}")(cfg)
+    assert meta["network"] == {"class": network.__name__, "kwargs": {
+        **OmegaConf.to_container(cfg.model), "image_size": 64, "in_channels": 4,
+        **({"num_regions": 1} if kind == "segmenter" else {})}}
+    assert sum(p.numel() for p in net.parameters()) == {"denoiser": 300932, "regressor": 356193, "segmenter": 607401}[kind]
 
 
 def test_output_dir_inside_the_data_is_refused(tmp_path, capsys):
@@ -563,7 +612,7 @@ def test_training_console_is_one_progress_line(tmp_path):
     cmd = [sys.executable, "-m", "tgrowth", "train-denoiser", "toy_data.enabled=true", "toy_data.n_train=8",
            "toy_data.n_val=2", "data.image_size=16", "data.contrasts=[t1c]", "data.batch_size=4", "wandb.enabled=false",
            "trainer.accelerator=cpu", "num_threads=1", "model.model_channels=8", "model.channel_mult=[1,2]",
-           "model.num_res_blocks=1", "model.attention_resolutions=[]", "model.learn_sigma=false",
+           "model.num_res_blocks=1", "model.attention_resolutions=[]", "model.num_classes=2", "model.learn_sigma=false",
            "trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.check_val_every_n_epoch=null",
            "trainer.log_every_n_steps=1", "val_reconstruction.num_steps=1", f"output_dir={out}"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(repo), PYTHONWARNINGS="default")
@@ -595,7 +644,7 @@ def test_two_process_training_prepares_output_dir_once(tmp_path):
            "toy_data.n_val=4", "data.image_size=16", "data.contrasts=[t1c]", "data.batch_size=4", "wandb.enabled=false",
            "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", "num_threads=1",
            "model.model_channels=8", "model.channel_mult=[1,2]", "model.num_res_blocks=1",
-           "model.attention_resolutions=[]", "model.learn_sigma=false", "trainer.max_steps=3",
+           "model.attention_resolutions=[]", "model.num_classes=2", "model.learn_sigma=false", "trainer.max_steps=3",
            "trainer.val_check_interval=3", "trainer.check_val_every_n_epoch=null", "val_reconstruction.num_steps=1",
            f"output_dir={out}"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(repo))

@@ -110,7 +110,7 @@ def test_regressor_shape_and_gradient_wrt_x():
 
 
 def test_segmenter_shapes_and_mask():
-    s = Segmenter(image_size=32, in_channels=2, model_channels=8, channel_mult=(1, 2), num_regions=3)
+    s = Segmenter(image_size=32, in_channels=2, model_channels=8, channel_mult=(1, 2), num_res_blocks=1, num_regions=3)
     x = torch.randn(2, 2, 32, 32)
     logits = s(x)
     assert logits.shape == (2, 3, 32, 32)

@@ -10,12 +10,15 @@ pixel size (row, col) in mm.
 * :func:`psnr`, :func:`mae`, :func:`mse`: optionally restricted to a mask.
 * :func:`dice`: ``2|A n B| / (|A| + |B|)``; both masks empty -> 1.0 (perfect agreement on "no tumour"),
   one empty -> 0.0. Own code: a two-line formula whose empty-mask convention we want explicit.
+  :func:`dice_per_sample` is the same for a batch of torch masks (the one implementation; the segmenter's
+  validation uses it).
 * :func:`hd95`: symmetric 95th-percentile Hausdorff distance in mm between the mask boundaries, as MONAI
   defines it: ``max(P95 d(dA -> dB), P95 d(dB -> dA))`` over boundary pixels (pixels of the mask with a
   4-neighbour outside it), distances from scipy's exact Euclidean distance transform with ``sampling =
   spacing``. Both empty -> 0.0; exactly one empty -> ``inf`` (undefined; pass ``one_empty=`` to report a
   finite penalty instead, e.g. ``one_empty="diagonal"``: the image diagonal in mm). Own code because torchmetrics' ``hausdorff_distance``
-  has no percentile and MONAI is not a dependency.
+  has no percentile and MONAI is not a dependency. :func:`mean_hd95`: the mean over a batch of masks with
+  the finite ``"diagonal"`` penalty, and the share of pairs it applied to (the segmenter's validation).
 * :func:`probability_map_scores`: Dice and HD95 of a probability map thresholded at each level
   (``p >= level``) against the real follow-up tumour.
 * :func:`area_error`: signed and absolute relative error of generated vs target areas.
@@ -38,7 +41,9 @@ __all__ = [
     "mae",
     "mse",
     "dice",
+    "dice_per_sample",
     "hd95",
+    "mean_hd95",
     "surface_distances",
     "probability_map_scores",
     "area_error",
@@ -66,6 +71,7 @@ def _mask4d(mask, like: torch.Tensor) -> torch.Tensor:
 
 def ssim_map(pred, target, data_range: float = 2.0, sigma: float = 1.5) -> torch.Tensor:
     """Per-pixel SSIM ``[B, C, H, W]`` (torchmetrics, Gaussian window, reflect-padded borders)."""
+    # torchmetrics on use only: tgrowth.metrics imports with torch + numpy + scipy (the GPU benchmarks' set)
     from torchmetrics.functional.image import structural_similarity_index_measure as tm_ssim
 
     p, t = _as4d(pred), _as4d(target)
@@ -133,15 +139,23 @@ def _np_mask(m) -> np.ndarray:
     return m.astype(bool) if m.dtype == bool or np.issubdtype(m.dtype, np.integer) else m > 0.5
 
 
+def dice_per_sample(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """Dice of each pair of masks ``[B, ...]`` (bool or 0/1 tensors) as float64 ``[B]``; both empty -> 1.0,
+    one empty -> 0.0 (the counts are exact in float64, so a float32 cast equals float32 arithmetic)."""
+    if pred.shape != gt.shape:
+        raise ValueError(f"dice: shapes differ {tuple(pred.shape)} vs {tuple(gt.shape)}")
+    p, g = pred.flatten(1).double(), gt.flatten(1).double()
+    inter, total = (p * g).sum(1), p.sum(1) + g.sum(1)
+    return torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
+
+
 def dice(pred, gt) -> float:
-    """Dice of two binary masks; both empty -> 1.0, one empty -> 0.0."""
+    """Dice of two binary masks (numpy or torch; probabilities count above 0.5); both empty -> 1.0, one
+    empty -> 0.0."""
     a, b = _np_mask(pred), _np_mask(gt)
     if a.shape != b.shape:
         raise ValueError(f"dice: shapes differ {a.shape} vs {b.shape}")
-    s = a.sum() + b.sum()
-    if s == 0:
-        return 1.0
-    return float(2.0 * np.logical_and(a, b).sum() / s)
+    return float(dice_per_sample(*(torch.from_numpy(np.ascontiguousarray(m))[None] for m in (a, b)))[0])
 
 
 def _boundary(m: np.ndarray) -> np.ndarray:
@@ -180,6 +194,24 @@ def hd95(pred, gt, spacing: Sequence[float] | None = None, percentile: float = 9
         return float(one_empty)
     d_ab, d_ba = surface_distances(a, b, spacing)
     return float(max(np.percentile(d_ab, percentile), np.percentile(d_ba, percentile)))
+
+
+def mean_hd95(pred: torch.Tensor, gt: torch.Tensor, spacing: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean HD95 (mm) of masks ``pred`` vs ``gt`` [B, H, W] and the fraction of pairs with exactly one empty.
+
+    ``spacing`` is ``[B, 2]`` (row, col) mm (None: 1 mm pixels). Both masks empty count 0 mm; exactly one
+    empty counts the image diagonal in mm (:func:`hd95` with ``one_empty="diagonal"``, as ``tgrowth
+    predict``). Both results are float32 scalars.
+    """
+    b = gt.shape[0]
+    sp = torch.ones(b, 2, dtype=torch.float64) if spacing is None else spacing.detach().cpu().double().view(-1, 2)
+    if sp.shape[0] != b:
+        raise ValueError(f"spacing has {sp.shape[0]} rows for {b} masks")
+    p, g = pred.detach().cpu().bool().numpy(), gt.detach().cpu().bool().numpy()
+    vals = [hd95(p[i], g[i], (float(sp[i, 0]), float(sp[i, 1])), one_empty="diagonal") for i in range(b)]
+    one = sum(int(p[i].any() != g[i].any()) for i in range(b))
+    return torch.tensor(sum(vals) / b, dtype=torch.float32), torch.tensor(one / b, dtype=torch.float32)
 
 
 def probability_map_scores(prob, gt, spacing: Sequence[float] | None = None,

@@ -26,6 +26,7 @@ import torch
 
 from tgrowth.diffusion.sampler import RowNoise, encode_prior, key_seed, sample_known_image
 from tgrowth.diffusion.schedule import NoiseSchedule
+from tgrowth.diffusion.unet import masks_from_logits
 
 __all__ = ["ProbabilityMap", "probability_map", "segmenter_from_logits"]
 
@@ -49,7 +50,8 @@ def segmenter_from_logits(net: Callable[[torch.Tensor], torch.Tensor], threshold
     """Wrap a segmentation network into an ``images -> [B, H, W] bool`` whole-tumour segmenter.
 
     ``mode="sigmoid"`` (the convention of :class:`tgrowth.diffusion.unet.Segmenter`: channel 0 is the whole
-    tumour logit, further channels optional sub-regions): ``sigmoid(logits[:, 0]) > threshold``.
+    tumour logit, further channels optional sub-regions): ``sigmoid(logits[:, 0]) > threshold``
+    (:func:`~tgrowth.diffusion.unet.masks_from_logits`, as :meth:`Segmenter.segment`).
     ``mode="argmax"`` (softmax over background + K classes): ``argmax > 0``.
     """
     if mode not in ("sigmoid", "argmax"):
@@ -67,7 +69,7 @@ def segmenter_from_logits(net: Callable[[torch.Tensor], torch.Tensor], threshold
             out = out[:, None]
         if mode == "argmax":
             return out.argmax(1) > 0
-        return out[:, 0].sigmoid() > threshold
+        return masks_from_logits(out[:, :1], threshold)[:, 0]
 
     return seg
 

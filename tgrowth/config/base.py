@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
@@ -23,6 +24,7 @@ from tgrowth.errors import ConfigError
 __all__ = [
     "ConfigError",
     "RunConfig",
+    "constructor_kwargs",
     "TrainerConfig",
     "WandbConfig",
     "doc",
@@ -136,13 +138,16 @@ def _open_mappings(node: DictConfig) -> None:
                 _open_mappings(child)
 
 
-def _check_keys(schema_node: DictConfig, data: Any, source: str, prefix: str = "") -> None:
+def _check_keys(schema_node: DictConfig, data: Any, source: str, prefix: str = "",
+                renamed: dict[str, str] | None = None) -> None:
     if not isinstance(data, DictConfig) or _is_open_mapping(schema_node):
         return
     valid = [str(k) for k in schema_node.keys()]
     for key in data.keys():
         key = str(key)
         full = f"{prefix}{key}"
+        if key not in valid and renamed and full in renamed:
+            raise ConfigError(f"{source}: config key '{full}' is no longer valid: {renamed[full]}")
         if key not in valid:
             close = difflib.get_close_matches(key, valid, n=1)
             hint = f" Did you mean '{prefix}{close[0]}'?" if close else ""
@@ -157,11 +162,11 @@ def _check_keys(schema_node: DictConfig, data: Any, source: str, prefix: str = "
                 keys = ", ".join(str(k) for k in child.keys())
                 raise ConfigError(f"{source}: config key '{full}' is a section of keys ({keys}), not a single value; "
                                   f"got {data[key]!r}. Set its keys instead, e.g. {full}.<key>=...")
-            _check_keys(child, value, source, f"{full}.")
+            _check_keys(child, value, source, f"{full}.", renamed)
 
 
-def _merge(cfg: DictConfig, data: DictConfig, source: str) -> DictConfig:
-    _check_keys(cfg, data, source)
+def _merge(cfg: DictConfig, data: DictConfig, source: str, renamed: dict[str, str] | None = None) -> DictConfig:
+    _check_keys(cfg, data, source, renamed=renamed)
     try:
         return OmegaConf.merge(cfg, data)
     except OmegaConfBaseException as exc:
@@ -172,12 +177,17 @@ def _merge(cfg: DictConfig, data: DictConfig, source: str) -> DictConfig:
 
 
 def load_config(schema: type, files: list[str] | tuple[str, ...] = (), overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """Schema defaults, then each YAML file (with its ``extends:`` bases), then ``key=value`` overrides."""
+    """Schema defaults, then each YAML file (with its ``extends:`` bases), then ``key=value`` overrides.
+
+    A schema may list keys it no longer has in a class attribute ``RENAMED = {"old.key": "what to write
+    instead"}``: such a key is refused with that advice instead of a guess among the valid keys.
+    """
+    renamed = getattr(schema, "RENAMED", None)
     cfg = OmegaConf.structured(schema)
     OmegaConf.set_struct(cfg, True)
     _open_mappings(cfg)
     for f in files:
-        cfg = _merge(cfg, _read_yaml(Path(f)), source=str(f))
+        cfg = _merge(cfg, _read_yaml(Path(f)), source=str(f), renamed=renamed)
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError(f"overrides must look like key=value, got: {' '.join(bad)}")
@@ -185,11 +195,19 @@ def load_config(schema: type, files: list[str] | tuple[str, ...] = (), overrides
         dot = OmegaConf.from_dotlist(list(overrides))
     except OmegaConfBaseException as exc:
         raise ConfigError(f"cannot parse overrides {list(overrides)}: {exc}") from exc
-    cfg = _merge(cfg, dot, source="command line")
+    cfg = _merge(cfg, dot, source="command line", renamed=renamed)
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"required config keys have no value: {', '.join(missing)} (set them in the YAML or as key=value)")
     return cfg
+
+
+def constructor_kwargs(section: DictConfig, **derived: Any) -> dict[str, Any]:
+    """A config section that mirrors a constructor, as its keyword arguments: plain Python values (lists,
+    dicts, enums as their values), plus the ``derived`` arguments the section leaves to other sections
+    (e.g. ``image_size=cfg.data.image_size``). The one way a config becomes arguments:
+    ``UNet(**constructor_kwargs(cfg.model, image_size=..., in_channels=...))``."""
+    return {**OmegaConf.to_container(section, resolve=True, enum_to_str=True), **derived}
 
 
 # --------------------------------------------------------------------------- output
@@ -232,6 +250,8 @@ def _type_name(tp: Any) -> str:
         return "dict"
     if tp is Any:
         return "any"
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        return "|".join(m.name for m in tp)
     return getattr(tp, "__name__", str(tp))
 
 
@@ -256,6 +276,10 @@ def describe_schema(schema: type, prefix: str = "") -> list[str]:
             default = f.default_factory()  # type: ignore[misc]
         else:
             default = "required"
+        if isinstance(default, list):
+            default = [v.name if isinstance(v, Enum) else v for v in default]
+        elif isinstance(default, Enum):
+            default = default.name
         lines.append(f"{prefix}{f.name} ({_type_name(tp)}, default {default!r}): {f.metadata.get('help', '')}")
     return lines
 

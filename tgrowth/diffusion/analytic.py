@@ -36,6 +36,6 @@ class GaussianDenoiser(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, y=None) -> torch.Tensor:
         self.calls += 1
         self.batches.append(x.shape[0])
-        a = self.schedule.abar(t).view(-1, 1, 1, 1).to(x.dtype)
+        a = self.schedule.abar(t, like=x)
         mu, sd = self.mu.to(x), self.sd.to(x)
         return (1 - a).sqrt() * (x - a.sqrt() * mu) / (a * sd**2 + 1 - a)

@@ -41,6 +41,7 @@ from torch import nn
 from tgrowth.diffusion import unet as unet_mod
 from tgrowth.diffusion.schedule import NoiseSchedule, make_schedule
 from tgrowth.errors import DataError, TgrowthError
+from tgrowth.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ _LIGHTNING_PREFIX = {"denoiser": "ema_model.", "regressor": "model.", "segmenter
 # --------------------------------------------------------------------------- Lightning side
 def checkpoint_callbacks(output_dir: str | Path, monitor: str, mode: str):
     """ModelCheckpoint keeping the best (by ``monitor``) and the last checkpoint in ``output_dir/checkpoints``."""
+    # Lightning only here: the loaders (and ``import tgrowth.diffusion``) must work with torch alone
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     return [ModelCheckpoint(
@@ -100,8 +102,6 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | No
 # --------------------------------------------------------------------------- export
 def export_model(path: str | Path, kind: str, net: nn.Module, meta: dict[str, Any]) -> Path:
     """Write a self-describing model file (atomically)."""
-    from tgrowth.io import atomic_path
-
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     meta = dict(meta, kind=kind)
     blob = {"format": FORMAT, "version": VERSION, "kind": kind, "meta": meta, "state_dict": state,

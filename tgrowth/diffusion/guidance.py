@@ -53,6 +53,8 @@ from collections.abc import Callable
 
 import torch
 
+from tgrowth.diffusion.schedule import broadcast_batch, eps_from_x0, x0_from_eps
+
 __all__ = ["AreaGuidance", "AnatomyGuidance", "SoftArea", "SCALE_SCHEDULES", "per_row"]
 
 
@@ -90,6 +92,11 @@ def per_row(v, rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     if int(rows.max()) >= v.shape[0]:
         raise ValueError(f"per-sample values have length {v.shape[0]} but the run has row {int(rows.max())}")
     return v[rows.to(v.device)]
+
+
+def _abar_rows(step) -> torch.Tensor:
+    """The step's abar_t (a scalar or one per sample) as a ``[B]`` tensor."""
+    return step.abar_t.reshape(-1).expand(step.x_t.shape[0])
 
 
 def _schedule_fn(scale_schedule):
@@ -154,25 +161,21 @@ class AreaGuidance:
     def __call__(self, step) -> torch.Tensor:
         x_t, eps = step.x_t, step.eps
         scale = per_row(self.scale, step.rows, x_t)
-        abar = step.abar_t.reshape(-1).expand(x_t.shape[0]) if step.abar_t.numel() > 1 else \
-            step.abar_t.reshape(()).expand(x_t.shape[0])
+        abar = _abar_rows(step)
         scale = scale * self.schedule(step.t, abar).to(x_t.dtype)
         if isinstance(self.scale, (int, float)) and self.scale == 0:
             return eps  # (a zero tensor scale also leaves eps exactly unchanged: eps - 0 * grad)
         target = self.effective_target(step.t, step.rows, x_t)
-        view = (-1,) + (1,) * (x_t.ndim - 1)
         with torch.enable_grad():
             x = x_t.detach().float().requires_grad_(True)
             if self.form in ("x0", "x0_detached"):
-                a = abar.float().view(view)
                 e = step.eps_fn(x, step.t).float() if self.form == "x0" else eps.detach().float()
-                x0 = (x - (1 - a).sqrt() * e) / a.sqrt()
-                pred = self._regress(x0, torch.zeros_like(step.t))
+                pred = self._regress(x0_from_eps(x, e, broadcast_batch(abar, x)), torch.zeros_like(step.t))
             else:
                 pred = self._regress(x, step.t)
             if self.form == "authors":
                 (grad,) = torch.autograd.grad(pred.sum(), x)
-                grad = (target.float() - pred.detach()).view(view) * grad  # = -grad_x 0.5 (target - pred)^2
+                grad = broadcast_batch(target.float() - pred.detach(), x) * grad  # = -grad_x 0.5 (target - pred)^2
             else:
                 loss = 0.5 * (target.float() - pred) ** 2
                 (grad,) = torch.autograd.grad(loss.sum(), x)
@@ -180,10 +183,10 @@ class AreaGuidance:
         step.state["last_pred"] = pred.detach()
         if self.record:
             step.state.setdefault("pred", []).append(pred.detach())
-        weight = scale.view(view)
+        weight = scale
         if self.form in ("authors", "x0", "x0_detached"):
-            weight = weight * (1 - abar).sqrt().view(view)
-        return eps - weight * grad.to(eps.dtype)
+            weight = weight * (1 - abar).sqrt()
+        return eps - broadcast_batch(weight, eps) * grad.to(eps.dtype)
 
 
 class AnatomyGuidance:
@@ -207,13 +210,11 @@ class AnatomyGuidance:
         keep = self.keep_mask.to(device=x_t.device, dtype=x_t.dtype)
         while keep.ndim < x_t.ndim:
             keep = keep.unsqueeze(0)
-        abar = step.abar_t.reshape(-1).expand(x_t.shape[0]) if step.abar_t.numel() > 1 else \
-            step.abar_t.reshape(()).expand(x_t.shape[0])
+        abar = _abar_rows(step)
         w = per_row(self.weight, step.rows, x_t) * self.schedule(step.t, abar).to(x_t.dtype)
-        w = w.clamp(0, 1).view(-1, *([1] * (x_t.ndim - 1)))
+        w = broadcast_batch(w.clamp(0, 1), x_t)
         x0_new = x0 - w * keep * (x0 - prior.to(x0.dtype))
-        a = step.abar_t
-        return (x_t - a.sqrt() * x0_new) / (1 - a).sqrt()
+        return eps_from_x0(x_t, x0_new, step.abar_t)
 
 
 class SoftArea(torch.nn.Module):

@@ -12,7 +12,12 @@
 - :class:`SegmenterModule`: Dice + binary cross-entropy per tumour region; reports validation Dice of the
   whole tumour (and the all-background baseline's Dice on the same images) and ``val/hd95`` in mm (the
   batch's pixel spacing; both masks empty = 0 mm, exactly one empty = the image diagonal in mm, as in
-  ``tgrowth predict``), with ``val/hd95_one_empty`` the fraction of slices where that penalty applied.
+  ``tgrowth predict``), with ``val/hd95_one_empty`` the fraction of slices where that penalty applied
+  (:func:`tgrowth.metrics.dice_per_sample`, :func:`tgrowth.metrics.mean_hd95`; a pixel is tumour where
+  :func:`~tgrowth.diffusion.unet.masks_from_logits` says so).
+
+The step maths (x0 from eps, the DDPM posterior of the variational bound) is the schedule's
+(:class:`~tgrowth.diffusion.schedule.NoiseSchedule`).
 
 All three: AdamW with linear warm-up, ``train/loss`` and ``train/lr`` logged; before each training batch torch's
 generators are seeded from ``(seed, rank, global step, batch index)`` (:func:`seed_training_batch`), so the
@@ -35,10 +40,12 @@ from torch import nn
 
 from data_modules.slices import mix_seed
 from data_modules.volumes import tumour_mask
+from tgrowth import metrics
+from tgrowth.diffusion.sampler import sample_known_image
 from tgrowth.diffusion.schedule import NoiseSchedule
+from tgrowth.diffusion.unet import masks_from_logits
 
-__all__ = ["DenoiserModule", "RegressorModule", "SegmenterModule", "region_targets", "dice_score",
-           "segmentation_hd95", "seed_training_batch"]
+__all__ = ["DenoiserModule", "RegressorModule", "SegmenterModule", "region_targets", "seed_training_batch"]
 
 
 # --------------------------------------------------------------------------- shared pieces
@@ -127,17 +134,7 @@ class DenoiserModule(pl.LightningModule):
             self.model.to(memory_format=torch.channels_last)
             self.ema_model.to(memory_format=torch.channels_last)
         self._ema_step = -1
-        T = schedule.num_train_steps
-        b = schedule.betas
-        ac = schedule.alphas_cumprod
-        ac_prev = torch.cat([torch.ones(1, dtype=ac.dtype), ac[:-1]])
-        post_var = b * (1 - ac_prev) / (1 - ac)
-        # improved-DDPM buffers (float64 masters, not saved: rebuilt from the schedule)
-        self.register_buffer("_log_post_var", torch.log(torch.cat([post_var[1:2], post_var[1:]])), persistent=False)
-        self.register_buffer("_log_beta", torch.log(b), persistent=False)
-        self.register_buffer("_coef1", b * ac_prev.sqrt() / (1 - ac), persistent=False)
-        self.register_buffer("_coef2", (1 - ac_prev) * (1 - b).sqrt() / (1 - ac), persistent=False)
-        self.T = T
+        self.T = T = schedule.num_train_steps
         self.t_max = min(int(t_max), T) if t_max else T  # t is drawn from [0, t_max)
 
     # ---- pieces
@@ -152,17 +149,12 @@ class DenoiserModule(pl.LightningModule):
             y = torch.where(drop, torch.full_like(y, m.num_classes), y)
         return y
 
-    def _gather(self, buf: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return buf[t].to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
-
     def vlb_terms(self, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Per-sample variational-bound term in bits/dim with the predicted mean frozen (improved DDPM)."""
         x0, xt, eps, v = x0.float(), xt.float(), eps.detach().float(), v.float()
-        abar = self.schedule.abar(t, like=xt).view(-1, 1, 1, 1)
-        x0_hat = (xt - (1 - abar).sqrt() * eps) / abar.sqrt()
-        c1, c2 = self._gather(self._coef1, t, xt), self._gather(self._coef2, t, xt)
-        true_mean, model_mean = c1 * x0 + c2 * xt, c1 * x0_hat + c2 * xt
-        min_log, max_log = self._gather(self._log_post_var, t, xt), self._gather(self._log_beta, t, xt)
+        s = self.schedule
+        true_mean, model_mean = s.posterior_mean(x0, xt, t), s.posterior_mean(s.predict_x0(xt, eps, t), xt, t)
+        min_log, max_log = s.posterior_log_variance(t, xt), s.log_beta(t, xt)
         frac = (v.clamp(-1, 1) + 1) / 2
         model_logvar = frac * max_log + (1 - frac) * min_log
         kl = _normal_kl(true_mean, min_log, model_mean, model_logvar).flatten(1).mean(1) / math.log(2.0)
@@ -227,17 +219,13 @@ class DenoiserModule(pl.LightningModule):
             tt = torch.full((n,), self.t_max // 4, device=x0.device, dtype=torch.long)
             xt = self.schedule.q_sample(x0[:n], tt, noise[:n])
             y = self._labels({"label": batch["label"][:n]}, train=False) if "label" in batch else None
-            eps = self.ema_model(xt, tt, y)
-            abar = self.schedule.abar(tt, like=xt).view(-1, 1, 1, 1)
-            x0_hat = ((xt - (1 - abar).sqrt() * eps) / abar.sqrt()).clamp(-1, 1)
+            x0_hat = self.schedule.predict_x0(xt, self.ema_model(xt, tt, y), tt).clamp(-1, 1)
             _log_images(self, "val/denoise", [x0[:n, 0], xt[:n, 0], x0_hat[:, 0]],
                         [f"clean / x_t at t={self.t_max // 4} / EMA prediction of x0 (channel 0)"])
 
     def reconstruct(self, x0: torch.Tensor, noise: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """x0 q-sampled to noise level L (``recon_noise_level``, capped at ``t_max``), then ``recon_steps``
         deterministic DDIM steps back with the EMA weights: what known-image sampling does, unguided."""
-        from tgrowth.diffusion.sampler import sample_known_image
-
         level = max(1, min(int(self.hparams.recon_noise_level), self.t_max))
         t = torch.full((x0.shape[0],), level - 1, device=x0.device, dtype=torch.long)
         xl = self.schedule.q_sample(x0, t, noise)
@@ -245,8 +233,6 @@ class DenoiserModule(pl.LightningModule):
                                   x_start=xl, channels_last=self.channels_last)
 
     def _validate_reconstruction(self, batch: dict, noise: torch.Tensor) -> None:
-        from tgrowth import metrics
-
         x0 = batch["image"].float()
         y = self._labels(batch, train=False) if "label" in batch else None
         rec = self.reconstruct(x0, noise.float(), y).clamp(-1, 1)
@@ -338,38 +324,10 @@ def region_targets(seg: torch.Tensor, regions: list[str] | tuple[str, ...]) -> t
     return torch.stack([tumour_mask(seg, r) for r in regions], dim=1).float()
 
 
-def dice_score(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """Hard Dice per image ([B, ...] bool); both empty counts as 1."""
-    pred, gt = pred.flatten(1).float(), gt.flatten(1).float()
-    inter, total = (pred * gt).sum(1), pred.sum(1) + gt.sum(1)
-    return torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
-
-
 def _batch_spacing(batch: dict) -> torch.Tensor | None:
     meta = batch.get("meta")
     sp = meta.get("spacing_mm") if isinstance(meta, dict) else None
     return sp if isinstance(sp, torch.Tensor) else None
-
-
-def segmentation_hd95(pred: torch.Tensor, gt: torch.Tensor, spacing: torch.Tensor | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean HD95 (mm) of masks ``pred`` vs ``gt`` [B, H, W] and the fraction of slices with exactly one empty.
-
-    ``spacing`` is ``[B, 2]`` (row, col) mm (None: 1 mm pixels). Both masks empty count 0 mm; exactly one
-    empty counts the image diagonal in mm (a finite penalty, the convention of ``tgrowth predict``).
-    """
-    from tgrowth import metrics
-
-    b = gt.shape[0]
-    sp = torch.ones(b, 2, dtype=torch.float64) if spacing is None else spacing.detach().cpu().double().view(-1, 2)
-    if sp.shape[0] != b:
-        raise ValueError(f"spacing has {sp.shape[0]} rows for {b} masks")
-    p, g = pred.detach().cpu().bool().numpy(), gt.detach().cpu().bool().numpy()
-    vals, one = [], 0
-    for i in range(b):
-        one += int(p[i].any() != g[i].any())
-        vals.append(metrics.hd95(p[i], g[i], (float(sp[i, 0]), float(sp[i, 1])), one_empty="diagonal"))
-    return torch.tensor(sum(vals) / b, dtype=torch.float32), torch.tensor(one / b, dtype=torch.float32)
 
 
 class SegmenterModule(pl.LightningModule):
@@ -414,15 +372,19 @@ class SegmenterModule(pl.LightningModule):
         logits = self.model(x)
         target = region_targets(batch["seg"], self.regions)
         bce, dice_loss = self.loss_terms(logits, target)
-        pred = logits.float() > 0
+        pred = masks_from_logits(logits)
         gt = target > 0.5
         b = x.shape[0]
+
+        def dice(p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:  # mean over the batch, float32
+            return metrics.dice_per_sample(p, g).float().mean()
+
         self.log("val/loss", bce + dice_loss, sync_dist=True, batch_size=b)
-        self.log("val/dice", dice_score(pred[:, 0], gt[:, 0]).mean(), prog_bar=True, sync_dist=True, batch_size=b)
-        self.log("val/dice_all_background", dice_score(torch.zeros_like(gt[:, 0]), gt[:, 0]).mean(), sync_dist=True, batch_size=b)
+        self.log("val/dice", dice(pred[:, 0], gt[:, 0]), prog_bar=True, sync_dist=True, batch_size=b)
+        self.log("val/dice_all_background", dice(torch.zeros_like(gt[:, 0]), gt[:, 0]), sync_dist=True, batch_size=b)
         for i, r in enumerate(self.regions[1:], start=1):
-            self.log(f"val/dice_{r}", dice_score(pred[:, i], gt[:, i]).mean(), sync_dist=True, batch_size=b)
-        hd, one_empty = segmentation_hd95(pred[:, 0], gt[:, 0], _batch_spacing(batch))
+            self.log(f"val/dice_{r}", dice(pred[:, i], gt[:, i]), sync_dist=True, batch_size=b)
+        hd, one_empty = metrics.mean_hd95(pred[:, 0], gt[:, 0], _batch_spacing(batch))
         self.log("val/hd95", hd, sync_dist=True, batch_size=b)
         self.log("val/hd95_one_empty", one_empty, sync_dist=True, batch_size=b)
         if batch_idx == 0 and self.hparams.val_images > 0 and self.logger is not None:

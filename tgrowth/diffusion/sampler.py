@@ -42,12 +42,10 @@ from typing import Any
 
 import torch
 
-from tgrowth.diffusion.schedule import NoiseSchedule
+from tgrowth.diffusion.schedule import NoiseSchedule, broadcast_batch
 
 __all__ = [
     "DiffusionStep",
-    "predict_x0",
-    "eps_from_x0",
     "ddim_sigma",
     "ddim_step",
     "ddim_invert",
@@ -110,31 +108,6 @@ def _randn(shape: Sequence[int], generator, rows: torch.Tensor | None, device, d
     return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
 
 
-def _bcast(v: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
-    """A scalar or per-sample ``[B]`` value as a tensor broadcastable against ``like`` ([B, ...])."""
-    v = torch.as_tensor(v, device=like.device, dtype=like.dtype)
-    if v.ndim == 0:
-        return v
-    if v.ndim != 1 or v.shape[0] != like.shape[0]:
-        raise ValueError(f"per-sample value has shape {tuple(v.shape)}, expected [{like.shape[0]}]")
-    return v.view(-1, *([1] * (like.ndim - 1)))
-
-
-def _abar(schedule: NoiseSchedule, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
-    t = torch.as_tensor(t, device=schedule.alphas_cumprod.device)
-    return _bcast(schedule.abar(t).to(device=like.device, dtype=like.dtype), like)
-
-
-def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, abar_t: torch.Tensor) -> torch.Tensor:
-    """x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) (``abar_t`` broadcastable)."""
-    return (x_t - (1 - abar_t).sqrt() * eps) / abar_t.sqrt()
-
-
-def eps_from_x0(x_t: torch.Tensor, x0: torch.Tensor, abar_t: torch.Tensor) -> torch.Tensor:
-    """The eps for which :func:`predict_x0` gives ``x0``."""
-    return (x_t - abar_t.sqrt() * x0) / (1 - abar_t).sqrt()
-
-
 def ddim_sigma(abar_t: torch.Tensor, abar_s: torch.Tensor, eta: torch.Tensor | float) -> torch.Tensor:
     """DDIM's sigma_{t->s}(eta); eta = 1 is the DDPM posterior std, eta = 0 deterministic."""
     return eta * ((1 - abar_s) / (1 - abar_t) * (1 - abar_t / abar_s)).clamp(min=0).sqrt()
@@ -156,12 +129,12 @@ def ddim_step(
     ``noise`` (or a draw from ``generator``) is used only where ``eta > 0``. ``clip_denoised`` clamps the
     x0 prediction to ``[-c, c]`` and recomputes eps from it (as guided-diffusion does); None leaves it.
     """
-    abar_t, abar_s = _abar(schedule, t, x_t), _abar(schedule, t_prev, x_t)
-    x0 = predict_x0(x_t, eps, abar_t)
+    abar_t, abar_s = schedule.abar(t, like=x_t), schedule.abar(t_prev, like=x_t)
+    x0 = schedule.predict_x0(x_t, eps, t)
     if clip_denoised is not None:
         x0 = x0.clamp(-clip_denoised, clip_denoised)
-        eps = eps_from_x0(x_t, x0, abar_t)
-    eta_t = _bcast(eta, x_t)
+        eps = schedule.eps_from_x0(x_t, x0, t)
+    eta_t = broadcast_batch(eta, x_t)
     sigma = ddim_sigma(abar_t, abar_s, eta_t)
     out = abar_s.sqrt() * x0 + (1 - abar_s - sigma**2).clamp(min=0).sqrt() * eps
     if noise is None and not (isinstance(eta, (int, float)) and eta == 0) and bool((eta_t != 0).any()):
@@ -276,17 +249,17 @@ def ddim_invert(
     with torch.no_grad():
         for s, t in zip(steps[:-1].tolist(), steps[1:].tolist()):
             ts, tt = torch.full((b,), s, dtype=torch.long), torch.full((b,), t, dtype=torch.long)
-            abar_s, abar_t = _abar(schedule, s, x), _abar(schedule, t, x)
+            abar_s, abar_t = schedule.abar(s, like=x), schedule.abar(t, like=x)
             eps = eps_s = f(x, ts)
             if order == 2 and s >= 0:
                 lam_s, lam_t = _half_log_snr(abar_s.double()), _half_log_snr(abar_t.double())
                 if prev is not None:
                     eps = eps_s + (eps_s - prev[0]) * ((lam_t - lam_s) / (lam_s - prev[1])).to(x.dtype)
                 prev = (eps_s, lam_s)
-            xt = abar_t.sqrt() * predict_x0(x, eps, abar_s) + (1 - abar_t).sqrt() * eps
+            xt = schedule.q_sample(schedule.predict_x0(x, eps, s), t, eps)
             for _ in range(refine_iters):
                 eps = f(xt, tt)
-                xt = abar_t.sqrt() * predict_x0(x, eps, abar_s) + (1 - abar_t).sqrt() * eps
+                xt = schedule.q_sample(schedule.predict_x0(x, eps, s), t, eps)
             x = xt
     return x
 
@@ -332,27 +305,28 @@ def encode_prior(
     raise ValueError(f"encode must be 'invert' or 'qsample', got {encode!r}")
 
 
+def _known_region(keep_mask: torch.Tensor | None, schedule: NoiseSchedule, x_l: torch.Tensor, prior: torch.Tensor,
+                  start: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``(keep, z)`` for anatomy-preserving sampling (None, None without a mask): the mask in ``x_l``'s dtype
+    with leading singleton dimensions, and the noise of each sample's encoding ``x_l`` of the prior at step
+    ``start``."""
+    if keep_mask is None:
+        return None, None
+    keep = torch.as_tensor(keep_mask, device=x_l.device, dtype=x_l.dtype)
+    while keep.ndim < x_l.ndim:
+        keep = keep.unsqueeze(0)
+    if bool(((keep < 0) | (keep > 1)).any()):
+        raise ValueError("keep_mask values must be in [0, 1]")
+    return keep, schedule.eps_from_x0(x_l, prior, start)
+
+
 def sample_known_image(
-    model,
-    schedule: NoiseSchedule,
-    x_prior: torch.Tensor,
-    noise_level: int = 200,
-    num_steps: int = 200,
-    eta: torch.Tensor | float = 0.0,
-    encode: str = "invert",
-    callbacks: Sequence = (),
-    generator: torch.Generator | None = None,
-    y=None,
-    num_samples: int | None = None,
-    invert_steps: int | None = None,
-    refine_iters: int = 0,
-    clip_denoised: float | None = None,
-    autocast_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
-    rows: torch.Tensor | None = None,
-    x_start: torch.Tensor | None = None,
-    invert_order: int = 2,
-    keep_mask: torch.Tensor | None = None,
+    model, schedule: NoiseSchedule, x_prior: torch.Tensor, noise_level: int = 200, num_steps: int = 200,
+    eta: torch.Tensor | float = 0.0, encode: str = "invert", callbacks: Sequence = (),
+    generator: torch.Generator | None = None, y=None, num_samples: int | None = None,
+    invert_steps: int | None = None, refine_iters: int = 0, clip_denoised: float | None = None,
+    autocast_dtype: torch.dtype | None = None, channels_last: bool = False, rows: torch.Tensor | None = None,
+    x_start: torch.Tensor | None = None, invert_order: int = 2, keep_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The authors' inference: encode ``x_prior`` to noise level ``noise_level``, then guided DDIM to 0.
 
@@ -403,37 +377,25 @@ def sample_known_image(
     f = _EpsModel(model, y, autocast_dtype, channels_last)
     rows = torch.arange(b, device=x.device) if rows is None else rows.to(x.device)
     steps = sampling_steps(schedule, noise_level, num_steps).tolist()
-    keep = z_known = None
-    if keep_mask is not None:
-        keep = torch.as_tensor(keep_mask, device=x.device, dtype=x.dtype)
-        while keep.ndim < x.ndim:
-            keep = keep.unsqueeze(0)
-        if bool(((keep < 0) | (keep > 1)).any()):
-            raise ValueError("keep_mask values must be in [0, 1]")
-        a_l = _abar(schedule, steps[0], x)
-        z_known = (x - a_l.sqrt() * prior) / (1 - a_l).sqrt()
+    keep, z_known = _known_region(keep_mask, schedule, x, prior, steps[0])
     states: list[dict] = [{} for _ in callbacks]
-    eta_t = _bcast(eta, x)
+    eta_t = broadcast_batch(eta, x)
     stochastic = bool((eta_t != 0).any())  # one host sync per run, not per step
     eta_arg = eta_t.flatten() if eta_t.ndim else float(eta_t)
     with torch.no_grad():
         for i, (t, s) in enumerate(zip(steps[:-1], steps[1:])):
             tt = torch.full((b,), t, dtype=torch.long, device=x.device)
             ss = torch.full((b,), s, dtype=torch.long, device=x.device)
-            abar_t, abar_s = _abar(schedule, t, x), _abar(schedule, s, x)
+            abar_t, abar_s = schedule.abar(t, like=x), schedule.abar(s, like=x)
             eps = f(x, tt)
-            x0 = predict_x0(x, eps, abar_t)
+            x0 = schedule.predict_x0(x, eps, t)
             for cb, st in zip(callbacks, states):
-                step = DiffusionStep(x, tt, ss, abar_t, abar_s, eps, x0, i, len(steps) - 1, rows, prior, f, st)
-                new = cb(step)
+                new = cb(DiffusionStep(x, tt, ss, abar_t, abar_s, eps, x0, i, len(steps) - 1, rows, prior, f, st))
                 if new is not None:
                     eps = new.to(x.dtype)
-                    x0 = predict_x0(x, eps, abar_t)
-            noise = None
-            if stochastic:
-                noise = _randn(x.shape, generator, rows, x.device, x.dtype)
-            x = ddim_step(schedule, x, eps, t, s, eta_arg, noise=noise,
-                          clip_denoised=clip_denoised)
+                    x0 = schedule.predict_x0(x, eps, t)
+            noise = _randn(x.shape, generator, rows, x.device, x.dtype) if stochastic else None
+            x = ddim_step(schedule, x, eps, t, s, eta_arg, noise=noise, clip_denoised=clip_denoised)
             if keep is not None:
-                x = keep * (abar_s.sqrt() * prior + (1 - abar_s).sqrt() * z_known) + (1 - keep) * x
+                x = keep * schedule.q_sample(prior, s, z_known) + (1 - keep) * x
     return x

@@ -9,8 +9,11 @@ Generated at once (batched over images) from a seed.
 
 from __future__ import annotations
 
+import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from data_modules.slices import ResumableLoader
 
 __all__ = ["make_blobs", "BlobDataset", "BlobDataModule"]
 
@@ -60,13 +63,7 @@ class BlobDataset(Dataset):
         return item
 
 
-def _datamodule_base():
-    import pytorch_lightning as pl
-
-    return pl.LightningDataModule
-
-
-class BlobDataModule(_datamodule_base()):
+class BlobDataModule(pl.LightningDataModule):
     """Lightning data module over :class:`BlobDataset` (train and val from different seeds)."""
 
     def __init__(self, n_train: int = 256, n_val: int = 32, image_size: int = 32, channels: int = 2,
@@ -80,9 +77,7 @@ class BlobDataModule(_datamodule_base()):
             self.train_set = BlobDataset(self.n_train, self.image_size, self.channels, self.seed)
             self.val_set = BlobDataset(self.n_val, self.image_size, self.channels, self.seed + 10_000)
 
-    def train_dataloader(self) -> DataLoader:
-        from data_modules.slices import ResumableLoader  # the same resumable training order as the real data
-
+    def train_dataloader(self) -> DataLoader:  # the same resumable training order as the real data
         return ResumableLoader.for_trainer(self.trainer, self.train_set, self.batch_size, self.seed,
                                            drop_last=len(self.train_set) >= self.batch_size)
 

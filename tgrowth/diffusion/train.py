@@ -26,12 +26,27 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
+from torch import nn
 
+from data_modules.slices import SliceDataModule
+from tgrowth.config.base import constructor_kwargs, save_resolved_config
 from tgrowth.config.diffusion import check_train_config
+from tgrowth.diffusion.checkpoints import (
+    check_resume_checkpoint,
+    checkpoint_callbacks,
+    export_from_lightning,
+    resolve_ckpt_path,
+)
+from tgrowth.diffusion.modules import DenoiserModule, RegressorModule, SegmenterModule
+from tgrowth.diffusion.schedule import NoiseSchedule, make_schedule
+from tgrowth.diffusion.toydata import BlobDataModule
+from tgrowth.diffusion.unet import EncoderRegressor, Segmenter, UNet
 from tgrowth.errors import ConfigError, TgrowthError
+from tgrowth.io import make_writable_dir, prepare_output_dir, write_json
+from tgrowth.tracking import RUN_ID_FILE, ensure_run_id, make_wandb_logger, trainer_kwargs
 from tgrowth.vocab import region_names
 
 log = logging.getLogger(__name__)
@@ -42,111 +57,71 @@ __all__ = ["train_denoiser", "train_regressor", "train_segmenter", "build_denois
 LOG_FILE = "train.log"
 
 
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
-
-
 def _common_meta(cfg: DictConfig, kind: str) -> dict[str, Any]:
-    contrasts = [str(c) for c in _plain(cfg.data.contrasts)]
+    contrasts = list(cfg.data.contrasts)
     if not contrasts:
         raise ConfigError("data.contrasts is empty: name at least one contrast, e.g. data.contrasts=[t1c]")
-    labels = _plain(cfg.data.labels)
-    return {"kind": kind, "image_size": int(cfg.data.image_size), "contrasts": contrasts, "in_channels": len(contrasts),
-            "labels": labels if isinstance(labels, str) else [int(v) for v in labels], "experiment": str(cfg.experiment)}
+    labels = cfg.data.labels
+    return {"kind": kind, "image_size": cfg.data.image_size, "contrasts": contrasts, "in_channels": len(contrasts),
+            "labels": labels if isinstance(labels, str) else [int(v) for v in labels], "experiment": cfg.experiment}
 
 
 # --------------------------------------------------------------------------- networks from config
-def build_denoiser(cfg: DictConfig):
-    """(UNet, meta) from a TrainDenoiserConfig."""
-    from tgrowth.diffusion.unet import UNet
-
-    meta = _common_meta(cfg, "denoiser")
-    m = cfg.model
-    kwargs = dict(
-        image_size=meta["image_size"], in_channels=meta["in_channels"], model_channels=int(m.model_channels),
-        channel_mult=[float(c) for c in m.channel_mult] or None, num_res_blocks=int(m.num_res_blocks),
-        attention_resolutions=[int(r) for r in m.attention_resolutions], num_heads=int(m.num_heads),
-        num_head_channels=int(m.num_head_channels), dropout=float(m.dropout),
-        num_classes=2 if m.class_conditional else None, class_dropout=float(m.class_dropout),
-        learn_sigma=bool(m.learn_sigma), use_scale_shift_norm=bool(m.use_scale_shift_norm),
-    )
-    net = _make(UNet, kwargs)
-    meta.update(network={"class": "UNet", "kwargs": kwargs},
-                schedule={"kind": str(cfg.diffusion.schedule), "num_steps": int(cfg.diffusion.num_steps)},
-                class_labels={"healthy": 0, "diseased": 1} if m.class_conditional else None,
-                learn_sigma=bool(m.learn_sigma),
-                train_t_max=int(cfg.diffusion.train_t_max) or int(cfg.diffusion.num_steps))
-    return net, meta
-
-
-def build_regressor(cfg: DictConfig):
-    from tgrowth.diffusion.unet import EncoderRegressor
-
-    meta = _common_meta(cfg, "regressor")
-    m = cfg.model
-    if m.target not in ("area_frac", "area_mm2"):
-        raise ConfigError(f"model.target must be area_frac or area_mm2, got '{m.target}'")
-    kwargs = dict(
-        image_size=meta["image_size"], in_channels=meta["in_channels"], model_channels=int(m.model_channels),
-        channel_mult=[float(c) for c in m.channel_mult] or None, num_res_blocks=int(m.num_res_blocks),
-        attention_resolutions=[int(r) for r in m.attention_resolutions], num_head_channels=int(m.num_head_channels),
-        dropout=float(m.dropout),
-    )
-    net = _make(EncoderRegressor, kwargs)
-    meta.update(network={"class": "EncoderRegressor", "kwargs": kwargs},
-                schedule={"kind": str(cfg.diffusion.schedule), "num_steps": int(cfg.diffusion.num_steps)},
-                area={"key": str(m.target), "scale": float(m.target_scale)},
-                train_t_max=int(cfg.diffusion.train_t_max) or int(cfg.diffusion.num_steps))
-    return net, meta
-
-
-def build_segmenter(cfg: DictConfig):
-    from tgrowth.diffusion.unet import Segmenter
-
-    meta = _common_meta(cfg, "segmenter")
-    m = cfg.model
-    regions = region_names(m.regions)
-    kwargs = dict(
-        image_size=meta["image_size"], in_channels=meta["in_channels"], model_channels=int(m.model_channels),
-        channel_mult=[float(c) for c in m.channel_mult] or None, num_res_blocks=int(m.num_res_blocks),
-        attention_resolutions=[int(r) for r in m.attention_resolutions], num_regions=len(regions),
-        dropout=float(m.dropout),
-    )
-    net = _make(Segmenter, kwargs)
-    meta.update(network={"class": "Segmenter", "kwargs": kwargs}, regions=regions)
-    return net, meta
-
-
-def _make(cls, kwargs):
+def _network(cls: type, cfg: DictConfig, meta: dict[str, Any], **derived: Any) -> nn.Module:
+    """``cls(**cfg.model)`` with the arguments the data fix; records class and arguments in ``meta``."""
+    kwargs = constructor_kwargs(cfg.model, image_size=meta["image_size"], in_channels=meta["in_channels"], **derived)
     try:
-        return cls(**kwargs)
+        net = cls(**kwargs)
     except ValueError as exc:
         raise ConfigError(f"model: {exc}") from exc
+    meta["network"] = {"class": cls.__name__, "kwargs": kwargs}
+    return net
 
 
-def _schedule(cfg: DictConfig):
-    from tgrowth.diffusion.schedule import make_schedule
+def _schedule_meta(cfg: DictConfig) -> dict[str, Any]:
+    d = cfg.diffusion
+    return {"schedule": {"kind": d.schedule.value, "num_steps": d.num_steps}, "train_t_max": d.train_t_max or d.num_steps}
 
-    try:
-        return make_schedule(str(cfg.diffusion.schedule), int(cfg.diffusion.num_steps))
-    except ValueError as exc:
-        raise ConfigError(f"diffusion.schedule: {exc}") from exc
+
+def build_denoiser(cfg: DictConfig) -> tuple[UNet, dict[str, Any]]:
+    """(UNet, meta) from a TrainDenoiserConfig."""
+    meta = _common_meta(cfg, "denoiser")
+    net = _network(UNet, cfg, meta)
+    meta.update(_schedule_meta(cfg), class_labels={"healthy": 0, "diseased": 1} if net.num_classes else None,
+                learn_sigma=net.learn_sigma)
+    return net, meta
+
+
+def build_regressor(cfg: DictConfig) -> tuple[EncoderRegressor, dict[str, Any]]:
+    """(EncoderRegressor, meta) from a TrainRegressorConfig; meta["area"] says what the output means."""
+    meta = _common_meta(cfg, "regressor")
+    net = _network(EncoderRegressor, cfg, meta)
+    meta.update(_schedule_meta(cfg), area={"key": cfg.target.value, "scale": cfg.target_scale})
+    return net, meta
+
+
+def build_segmenter(cfg: DictConfig) -> tuple[Segmenter, dict[str, Any]]:
+    """(Segmenter, meta) from a TrainSegmenterConfig; one output channel per entry of ``regions``."""
+    meta = _common_meta(cfg, "segmenter")
+    regions = region_names(list(cfg.regions), key="regions")  # canonical names, whole first
+    net = _network(Segmenter, cfg, meta, num_regions=len(regions))
+    meta.update(regions=regions)
+    return net, meta
+
+
+def _schedule(cfg: DictConfig) -> NoiseSchedule:
+    return make_schedule(cfg.diffusion.schedule, cfg.diffusion.num_steps)
 
 
 # --------------------------------------------------------------------------- data
-def make_datamodule(cfg: DictConfig):
+def make_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
     d = cfg.data
     if cfg.toy_data.enabled:
-        from tgrowth.diffusion.toydata import BlobDataModule
-
-        return BlobDataModule(n_train=int(cfg.toy_data.n_train), n_val=int(cfg.toy_data.n_val),
-                              image_size=int(d.image_size), channels=len(d.contrasts),
-                              batch_size=int(d.batch_size), seed=int(cfg.seed))
-    if not str(d.root):
+        return BlobDataModule(n_train=cfg.toy_data.n_train, n_val=cfg.toy_data.n_val, image_size=d.image_size,
+                              channels=len(d.contrasts), batch_size=d.batch_size, seed=cfg.seed)
+    if not d.root:
         raise ConfigError("data.root is empty: set it to a data set folder (or toy_data.enabled=true for a smoke test)")
-    from data_modules.slices import SliceDataModule
-
-    return SliceDataModule.from_config(d, strict=bool(cfg.strict), seed=int(cfg.seed))
+    return SliceDataModule.from_config(d, strict=cfg.strict, seed=cfg.seed)
 
 
 # --------------------------------------------------------------------------- console
@@ -282,15 +257,13 @@ def _lightning_to_log_file(path: Path):
 # --------------------------------------------------------------------------- the run
 def _seed(cfg: DictConfig) -> None:
     """Seed before the networks are built, so the same seed gives the same initial weights."""
-    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    if int(cfg.num_threads) > 0:
-        torch.set_num_threads(int(cfg.num_threads))
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
 
 
 def _writable_output_dir(cfg: DictConfig) -> Path:
     """Create output_dir (refusing a non-empty one unless overwrite / ckpt_path) and check that it is writable."""
-    from tgrowth.io import make_writable_dir, prepare_output_dir
-
     out = Path(cfg.output_dir)
     try:
         out = prepare_output_dir(out, cfg.overwrite, resume=bool(cfg.ckpt_path),
@@ -300,17 +273,7 @@ def _writable_output_dir(cfg: DictConfig) -> Path:
     return make_writable_dir(out)
 
 
-def _fit(cfg: DictConfig, kind: str, module, monitor: str, mode: str) -> int:
-    from tgrowth.config.base import save_resolved_config
-    from tgrowth.diffusion.checkpoints import (
-        check_resume_checkpoint,
-        checkpoint_callbacks,
-        export_from_lightning,
-        resolve_ckpt_path,
-    )
-    from tgrowth.io import write_json
-    from tgrowth.tracking import RUN_ID_FILE, ensure_run_id, make_wandb_logger, trainer_kwargs
-
+def _fit(cfg: DictConfig, kind: str, module: pl.LightningModule, monitor: str, mode: str) -> int:
     resume = resolve_ckpt_path(cfg.ckpt_path, Path(cfg.output_dir))
     if resume is not None:
         check_resume_checkpoint(resume, kind)
@@ -357,49 +320,43 @@ def _fit(cfg: DictConfig, kind: str, module, monitor: str, mode: str) -> int:
             path = export_from_lightning(ckpt, out / f"{kind}.pt")
             log.info("%s: model file %s (from %s)", kind, path, Path(ckpt).name)
     if logger is not None:
-        import wandb
+        import wandb  # optional heavy package: imported only when a wandb run was opened
 
         wandb.finish()
     return 0
 
 
-def train_denoiser(cfg: DictConfig) -> int:
-    from tgrowth.diffusion.modules import DenoiserModule
+def _optim(cfg: DictConfig) -> dict[str, Any]:
+    o = cfg.optim
+    return {"lr": o.lr, "weight_decay": o.weight_decay, "warmup_steps": o.warmup_steps}
 
+
+def train_denoiser(cfg: DictConfig) -> int:
     check_train_config(cfg)
     _seed(cfg)
     net, meta = build_denoiser(cfg)
-    module = DenoiserModule(net, _schedule(cfg), lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay),
-                            warmup_steps=int(cfg.optim.warmup_steps), ema_decay=float(cfg.optim.ema_decay),
-                            channels_last=bool(cfg.model.channels_last), val_images=int(cfg.val_images),
-                            t_max=int(cfg.diffusion.train_t_max) or None, meta=meta,
-                            recon_noise_level=int(cfg.val_reconstruction.noise_level),
-                            recon_steps=int(cfg.val_reconstruction.num_steps),
-                            recon_batches=int(cfg.val_reconstruction.batches), seed=int(cfg.seed))
+    rec = cfg.val_reconstruction
+    module = DenoiserModule(net, _schedule(cfg), **_optim(cfg), ema_decay=cfg.optim.ema_decay,
+                            channels_last=cfg.channels_last, val_images=cfg.val_images,
+                            t_max=cfg.diffusion.train_t_max or None, meta=meta, recon_noise_level=rec.noise_level,
+                            recon_steps=rec.num_steps, recon_batches=rec.batches, seed=cfg.seed)
     return _fit(cfg, "denoiser", module, monitor="val/loss", mode="min")
 
 
 def train_regressor(cfg: DictConfig) -> int:
-    from tgrowth.diffusion.modules import RegressorModule
-
     check_train_config(cfg)
     _seed(cfg)
     net, meta = build_regressor(cfg)
-    module = RegressorModule(net, _schedule(cfg), target=str(cfg.model.target), target_scale=float(cfg.model.target_scale),
-                             lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay),
-                             warmup_steps=int(cfg.optim.warmup_steps), val_t_bins=int(cfg.val_t_bins),
-                             t_max=int(cfg.diffusion.train_t_max) or None,
-                             channels_last=bool(cfg.model.channels_last), meta=meta, seed=int(cfg.seed))
+    module = RegressorModule(net, _schedule(cfg), target=cfg.target.value, target_scale=cfg.target_scale,
+                             **_optim(cfg), val_t_bins=cfg.val_t_bins, t_max=cfg.diffusion.train_t_max or None,
+                             channels_last=cfg.channels_last, meta=meta, seed=cfg.seed)
     return _fit(cfg, "regressor", module, monitor="val/loss", mode="min")
 
 
 def train_segmenter(cfg: DictConfig) -> int:
-    from tgrowth.diffusion.modules import SegmenterModule
-
     check_train_config(cfg)
     _seed(cfg)
     net, meta = build_segmenter(cfg)
-    module = SegmenterModule(net, regions=meta["regions"], lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay),
-                             warmup_steps=int(cfg.optim.warmup_steps), channels_last=bool(cfg.model.channels_last),
-                             val_images=int(cfg.val_images), meta=meta, seed=int(cfg.seed))
+    module = SegmenterModule(net, regions=meta["regions"], **_optim(cfg), channels_last=cfg.channels_last,
+                             val_images=cfg.val_images, meta=meta, seed=cfg.seed)
     return _fit(cfg, "segmenter", module, monitor="val/dice", mode="max")

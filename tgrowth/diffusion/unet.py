@@ -20,6 +20,10 @@ Contracts (``docs/architecture.md``):
 ``t`` may be an integer/float tensor of shape [B] or a scalar (broadcast); ``y`` a long tensor [B] or an int.
 All networks are resolution-agnostic convolutions except where ``image_size`` fixes the attention
 placement and the regressor's pooling grid; channels_last inputs work (no ``.view`` on strided tensors).
+
+The constructors' defaults are the authors' sizes (the denoiser's class conditioning and learned sigma off
+unless asked for); the training configs' ``model`` sections take their defaults from these signatures
+(:mod:`tgrowth.config.diffusion`), so each hyper-parameter's default lives here only.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ __all__ = [
     "UNet",
     "EncoderRegressor",
     "Segmenter",
+    "masks_from_logits",
 ]
 
 
@@ -259,7 +264,7 @@ class UNet(nn.Module):
         self,
         image_size: int = 64,
         in_channels: int = 4,
-        model_channels: int = 64,
+        model_channels: int = 128,
         out_channels: int | None = None,
         channel_mult: Sequence[float] | None = None,
         num_res_blocks: int = 2,
@@ -380,7 +385,7 @@ class EncoderRegressor(nn.Module):
         in_channels: int = 4,
         model_channels: int = 32,
         channel_mult: Sequence[float] | None = None,
-        num_res_blocks: int = 2,
+        num_res_blocks: int = 4,
         attention_resolutions: Sequence[int] = (32, 16, 8),
         num_heads: int = 1,
         num_head_channels: int = 64,
@@ -416,8 +421,8 @@ class Segmenter(nn.Module):
         image_size: int = 64,
         in_channels: int = 4,
         model_channels: int = 32,
-        channel_mult: Sequence[float] | None = None,
-        num_res_blocks: int = 1,
+        channel_mult: Sequence[float] | None = (1, 2, 4, 8),
+        num_res_blocks: int = 2,
         attention_resolutions: Sequence[int] = (),
         num_regions: int = 1,
         dropout: float = 0.0,
@@ -438,4 +443,13 @@ class Segmenter(nn.Module):
     @torch.no_grad()
     def segment(self, x: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
         """Whole-tumour mask [B, H, W] (bool): sigmoid(logit of channel 0) > threshold."""
-        return torch.sigmoid(self.forward(x)[:, 0].float()) > threshold
+        return masks_from_logits(self.forward(x)[:, :1], threshold)[:, 0]
+
+
+def masks_from_logits(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Region masks [B, R, H, W] (bool) from segmenter logits [B, R, H, W]: ``sigmoid(logit) > threshold``.
+
+    The one definition of a segmented pixel (the segmenter's validation, :meth:`Segmenter.segment` and
+    :func:`tgrowth.probability.segmenter_from_logits` use it); channel 0 is the whole tumour.
+    """
+    return torch.sigmoid(logits.float()) > threshold
