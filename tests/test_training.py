@@ -476,14 +476,15 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, one_thread, monkey
     ("train-denoiser", "seed=-1", "seed must be in [0, 2^32), got -1"),
     ("train-denoiser", "model.num_classes=3",
      "model.num_classes must be null (unconditional) or 2 (the slice labels: 0 healthy, 1 diseased), got 3"),
-    ("train-segmenter", "regions=[tc,wt]", "regions must be a list starting with wt, got ['tc', 'wt']"),
+    ("train-segmenter", "regions=[tc,wt]", "regions must start with whole and use the label sets whole, core, enhancing "
+                                           "(or their aliases wt, tc, et), got ['tc', 'wt']"),
     # closed choices are enum fields: OmegaConf names the valid values
     ("train-regressor", "target=area", "command line: invalid value for config key 'target': Invalid value 'area', "
                                        "expected one of [area_frac, area_mm2]"),
     ("train-denoiser", "diffusion.schedule=quadratic", "command line: invalid value for config key "
                                                        "'diffusion.schedule': Invalid value 'quadratic', expected one of [linear, cosine]"),
-    ("train-segmenter", "regions=[wt,xx]", "command line: invalid value for config key 'regions[1]': Invalid value "
-                                           "'xx', expected one of [wt, tc, et]"),
+    ("train-segmenter", "regions=[wt,xx]", "regions must start with whole and use the label sets whole, core, enhancing "
+                                           "(or their aliases wt, tc, et), got ['wt', 'xx']"),
     # keys of earlier versions say where the setting went
     ("train-denoiser", "model.class_conditional=true", "command line: config key 'model.class_conditional' is no "
                                                        "longer valid: use model.num_classes: 2 (conditioned on the slice label, was class_conditional=true) or "
