@@ -30,14 +30,9 @@ import numpy as np
 import torch
 
 from tgrowth.errors import ConfigError
+from tgrowth.growth.fk import gaussian_blur, pregrowth_days_per_step, stable_steps_per_day
 from tgrowth.synth import anatomy as A
-from tgrowth.synth.growth import (
-    Schedule,
-    gaussian_blur,
-    pregrowth_days_per_step,
-    simulate,
-    stable_steps_per_day,
-)
+from tgrowth.synth.growth import Schedule, simulate
 from tgrowth.synth.render import CONTRASTS, render, smooth_noise
 
 #: seed regions in (approximately) MNI mm: centre and half extent; midline ones mimic paediatric DMG

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tgrowth.synth.growth import VISIBLE_THRESHOLD
+from tgrowth.growth.fk import VISIBLE_THRESHOLD
 
 CONTRASTS = ("t1n", "t1c", "t2w", "t2f")
 DAMAGE_ENHANCEMENT = 0.25

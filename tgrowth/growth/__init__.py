@@ -1,0 +1,1 @@
+"""Fisher-Kolmogorov tumour growth: the shared solver (``tgrowth.growth.fk``). Pure torch (+numpy/scipy)."""
