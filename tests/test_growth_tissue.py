@@ -15,6 +15,15 @@ from tgrowth.synth.render import CONTRASTS, render
 VOXEL = 4.0
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small per-step tensors: one thread is fastest, above all on a shared CPU (as ``tgrowth synth threads=1``)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def phantom():
     """Two warped MNI anatomies at 4 mm with a rendered tumour (cells + oedema), rendered like the phantom."""
