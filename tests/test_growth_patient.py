@@ -224,6 +224,14 @@ def test_calibration_recovers_known_parameters():
         assert float(cal.score[b]) > 0.9
     assert float(p.d_white[2]) == pytest.approx(DEFAULT_D_WHITE) and float(p.rho[2]) == pytest.approx(DEFAULT_RHO)
     assert torch.allclose(p.grey_white_ratio, torch.full((3,), 0.2))
+    # a subject alone gets exactly what it gets in the batch (per-subject crops, inert padding)
+    alone = calibrate(segs[1:2], torch.tensor([days + [90.0]]), tissue.select([1]), 1.0, lambdas=(1.0, 8.0, 7), refine=5)
+    assert float(alone.params.d_white[0]) == float(p.d_white[1]) and float(alone.params.rho[0]) == float(p.rho[1])
+    # the whole grid (no crop) agrees closely: the 30 mm margin holds the growth
+    whole = calibrate(segs[:1], torch.tensor([days + [90.0]]), tissue.select([0]), 1.0, lambdas=(1.0, 8.0, 7), refine=5,
+                      crop_margin_mm=None)
+    assert float(whole.params.lam[0]) == pytest.approx(float(p.lam[0]), rel=0.02)
+    assert float(whole.params.rho[0]) == pytest.approx(float(p.rho[0]), rel=0.02)
 
 
 def test_calibration_bad_input_is_named():

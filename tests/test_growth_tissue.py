@@ -114,3 +114,19 @@ def test_bad_input_is_named():
         estimate_tissue(img[:, :1], brain, None, ["t1c"])
     with pytest.raises(TgrowthError, match="case-7 has only 0 brain voxels"):
         estimate_tissue(img, brain, brain, ["t1n", "t2w"], subjects=["case-7"])
+
+
+@pytest.mark.parametrize("shape, spacing", [((2, 17, 13), (1.0, 1.7)), ((2, 9, 8, 7), (1.0, 0.8, 2.5))])
+def test_distance_transform_is_exact_on_both_backends(shape, spacing):
+    from tgrowth.growth.geometry import _distance_minplus, _distance_scipy
+
+    g = torch.Generator().manual_seed(0)
+    mask = torch.rand(shape, generator=g) > 0.95
+    mask[1] = False  # an empty mask: inf everywhere
+    coords = torch.stack(torch.meshgrid(*[torch.arange(n) * h for n, h in zip(shape[1:], spacing)], indexing="ij"), -1)
+    pts = coords.reshape(-1, len(spacing))
+    brute = torch.cdist(pts, pts[mask[0].flatten()], compute_mode="donot_use_mm_for_euclid_dist").amin(1).reshape(shape[1:])
+    for fn in (_distance_scipy, _distance_minplus, distance_to):
+        d = fn(mask, spacing)
+        assert torch.allclose(d[0], brute, atol=1e-4), fn.__name__
+        assert bool(d[1].isinf().all())
