@@ -190,8 +190,14 @@ def test_forecast_in_3d_and_an_unreachable_target():
     state = initial_density(seg, (1.0, 1.0, 2.0), params.lam, tissue)
     fc = forecast_density(state, tissue, params, 800.0, (1.0, 1.0, 2.0))
     assert bool(fc.reached.all()) and abs(float(fc.size[0]) - 800.0) <= 2.0  # to a voxel (2 mm^3)
-    full = forecast_density(state, tissue, params, 10 * n * n * 10 * 2.0, (1.0, 1.0, 2.0), max_tau=20.0)
-    assert not bool(full.reached.any()) and float(full.tau[0]) >= 20.0
+    short = forecast_density(state, tissue, params, 10 * n * n * 10 * 2.0, (1.0, 1.0, 2.0), max_tau=2.0)
+    assert not bool(short.reached.any()) and 2.0 <= float(short.tau[0]) < 2.1
+    # the grid fills up and growth stalls: stopped STALL_TAU (10) later, well before max_tau (60)
+    stalled = forecast_density(state, tissue, params, 10 * n * n * 10 * 2.0, (1.0, 1.0, 2.0))
+    assert not bool(stalled.reached.any()) and float(stalled.size[0]) == n * n * 10 * 2.0
+    assert 10.0 < float(stalled.tau[0]) < 20.0
+    nothing = forecast_density(torch.zeros_like(state), tissue, params, 100.0, (1.0, 1.0, 2.0))
+    assert not bool(nothing.reached.any()) and float(nothing.density.abs().max()) == 0.0
 
 
 # --------------------------------------------------------------------------- calibration

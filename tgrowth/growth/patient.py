@@ -57,6 +57,8 @@ DEFAULT_GREY_WHITE_RATIO = 0.2
 #: calibration grids: infiltration length lambda (mm, log-spaced) and proliferation rho (1/day, log-spaced)
 DEFAULT_LAMBDAS = (1.0, 16.0, 9)
 DEFAULT_RHOS = (0.002, 0.2, 241)
+#: a forecast stops as unreachable after this much scaled time without visible growth (e^10-fold growth time)
+STALL_TAU = 10.0
 #: largest scaled step (rho dt): explicit Euler then under-estimates the growth rate by < 2.5 %
 MAX_TAU_STEP = 0.05
 
@@ -222,7 +224,8 @@ def _count(mask: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- forecast
 @dataclass
 class Forecast:
-    """``density [B, ...]``; ``size`` [B] (mm^3 or mm^2) of its visible region (``density > 0.2``);
+    """``density [B, ...]``; ``size`` [B] (mm^3 or mm^2) of its visible region (``density > 0.2``: the target to
+    a voxel where reached, the current size where shrinking);
     ``tau`` [B] scaled time run (``rho t``); ``days`` [B] = ``tau / rho``, the FK model's own time to the target
     (for comparison with the size clock); ``reached`` [B]; ``shrink`` [B] (target below the current size:
     no simulation, the density is the input)."""
@@ -247,8 +250,9 @@ def forecast_density(state: torch.Tensor, tissue: TissueMaps, params: FKParams,
     volume, rounded): the visible size of the result is the target to a voxel.
     Shrinking (target <= current size): no simulation; the returned density is ``state`` and
     :func:`fk_mask` then keeps its densest voxels, i.e. the tumour recedes along the FK density ordering
-    (infiltrated margin first, core last). A target not reached within ``max_tau`` (e.g. larger than the
-    reachable parenchyma) returns the last density with ``reached = False``.
+    (infiltrated margin first, core last). A target not reached within ``max_tau``, or with no visible
+    growth for ``STALL_TAU`` (e.g. larger than the reachable parenchyma), returns the last density with
+    ``reached = False``; so does an empty ``state`` (nothing to grow from).
     """
     nd = spatial_ndim(state, "state")
     h = as_spacing(spacing, nd)
@@ -268,10 +272,12 @@ def forecast_density(state: torch.Tensor, tissue: TissueMaps, params: FKParams,
     tau = torch.zeros(bsz, device=dev)
     reached = shrink.clone()
     size = size0.clone()
-    grow = torch.nonzero(~shrink).flatten()
+    empty = u0.flatten(1).amax(1) <= 0  # no tumour: nothing can grow
+    grow = torch.nonzero(~shrink & ~empty).flatten()
     if grow.numel():
         rows = _Rows(u0[grow], mob[grow], params.lam.to(dev)[grow], h, safety)
-        rows.extra = {"target": target[grow], "size": size0[grow], "tau": torch.zeros(grow.numel(), device=dev)}
+        zero = torch.zeros(grow.numel(), device=dev)
+        rows.extra = {"target": target[grow], "size": size0[grow], "tau": zero, "grew_at": zero.clone()}
         while rows.ids.numel():
             prev = rows.u
             cur = rows.step()
@@ -279,8 +285,10 @@ def forecast_density(state: torch.Tensor, tissue: TissueMaps, params: FKParams,
             s_cur = _count(cur > VISIBLE_THRESHOLD).to(torch.float32) * vv
             tau_prev = rows.extra["tau"]
             tau_cur = tau_prev + rows.dt
+            rows.extra["grew_at"] = torch.where(s_cur > s_prev, tau_cur, rows.extra["grew_at"])
             hit = s_cur >= rows.extra["target"]
-            over = ~hit & (tau_cur >= max_tau)
+            # unreachable: past max_tau, or no visible growth for STALL_TAU (the reachable tissue is full)
+            over = ~hit & ((tau_cur >= max_tau) | (tau_cur - rows.extra["grew_at"] >= STALL_TAU))
             done = hit | over
             if bool(done.any()):
                 idx = torch.nonzero(done).flatten()
