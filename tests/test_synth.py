@@ -18,7 +18,7 @@ from tgrowth.cli import main
 from tgrowth.errors import ConfigError
 from tgrowth.synth import assign_splits, generate_cohort
 from tgrowth.synth.growth import Schedule, simulate
-from tgrowth.synth.render import CONTRASTS
+from tgrowth.vocab import CONTRASTS
 
 TINY = ["n_subjects=2", "n_timepoints=3", "voxel_mm=4", "sim_voxel_mm=4", "sim_box_mm=96",
         "montage=false", "schedule.pre_rt_scans=2"]
@@ -296,7 +296,7 @@ def test_untreated_subject_has_empty_rt_dates_and_keeps_growing(tmp_path: Path):
 
 @pytest.mark.parametrize("h", [1.0, 2.0, 2.5, 3.0, 4.0])
 def test_time_steps_respect_the_explicit_stability_bound(h):
-    from tgrowth.synth.growth import pregrowth_days_per_step, stable_steps_per_day
+    from tgrowth.growth.fk import pregrowth_days_per_step, stable_steps_per_day
 
     d_max, rho_max = 0.6, 0.08
     spd = stable_steps_per_day(d_max, h, rho_max=rho_max)
@@ -308,7 +308,7 @@ def test_time_steps_respect_the_explicit_stability_bound(h):
 
 def test_rough_diffusivity_at_the_stable_step_matches_a_fine_step():
     """Checkerboard D at the maximum: the chosen step agrees with an 8x finer one (a too-large step does not)."""
-    from tgrowth.synth.growth import stable_steps_per_day
+    from tgrowth.growth.fk import stable_steps_per_day
 
     n, h = 16, 1.0
     idx = torch.arange(n)

@@ -31,14 +31,9 @@ import torch
 
 from data_modules.splits import ratio_split
 from tgrowth.errors import ConfigError
+from tgrowth.growth.fk import gaussian_blur, pregrowth_days_per_step, stable_steps_per_day
 from tgrowth.synth import anatomy as A
-from tgrowth.synth.growth import (
-    Schedule,
-    gaussian_blur,
-    pregrowth_days_per_step,
-    simulate,
-    stable_steps_per_day,
-)
+from tgrowth.synth.growth import Schedule, simulate
 from tgrowth.synth.render import render, smooth_noise
 from tgrowth.vocab import CONTRASTS, LABEL_SETS
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tgrowth.synth.growth import VISIBLE_THRESHOLD
+from tgrowth.growth.fk import VISIBLE_THRESHOLD
 from tgrowth.vocab import CONTRASTS
 
 DAMAGE_ENHANCEMENT = 0.25
