@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tgrowth.geometry import grow_to_area, signed_distance
+from tgrowth.growth.geometry import grow_to_area, signed_distance
 
 
 def disc(shape, center, r):
@@ -60,7 +60,7 @@ def test_three_dimensions_and_bad_input():
 
 
 def test_change_zone_and_radial_growth():
-    from tgrowth.geometry import change_zone, radial_growth_mm
+    from tgrowth.growth.geometry import change_zone, radial_growth_mm
 
     assert radial_growth_mm(np.pi * 4, np.pi * 25) == pytest.approx(3.0)  # radius 2 -> 5 mm
     assert radial_growth_mm(100.0, 50.0) == 0.0

@@ -39,7 +39,7 @@ from tgrowth.growth.fk import (
     fk_step,
     spatial_ndim,
 )
-from tgrowth.growth.geometry import distance_to
+from tgrowth.growth.geometry import distance_to, size_mask
 from tgrowth.growth.tissue import TissueMaps
 
 #: density above which the tumour core (necrotic + enhancing) shows
@@ -325,27 +325,10 @@ def fk_mask(density: torch.Tensor, target_size: torch.Tensor | float | Sequence[
             allowed: torch.Tensor | None = None) -> torch.Tensor:
     """The ``n = round(target_size / voxel volume)`` densest voxels of each subject: a bool mask of exactly that size.
 
-    ``density [B, ...]``; ``target_size`` [B] in mm^3 (3D) or mm^2 (2D). Voxels are ranked by density
-    (ties by voxel index); ``allowed`` (optional bool ``[B, ...]``) restricts the choice, and ``n`` is
-    capped at the number of allowed voxels.
+    ``density [B, ...]``; ``target_size`` [B] in mm^3 (3D) or mm^2 (2D). :func:`tgrowth.growth.geometry.size_mask`
+    ranked by density (ties by voxel index); ``allowed`` (optional bool ``[B, ...]``) restricts the choice.
     """
-    nd = spatial_ndim(density, "density")
-    h = as_spacing(spacing, nd)
-    bsz = density.shape[0]
-    vv = float(math.prod(h))
-    target = torch.as_tensor(target_size, dtype=torch.float64, device=density.device).reshape(-1).expand(bsz)
-    if not bool(torch.isfinite(target).all()) or bool((target < 0).any()):
-        raise TgrowthError(f"fk_mask: target sizes must be finite and >= 0, got {target.tolist()}")
-    n = torch.round(target / vv).long()
-    score = density.flatten(1).to(torch.float32)
-    if allowed is not None:
-        ok = allowed.flatten(1).bool()
-        score = torch.where(ok, score, torch.full_like(score, -math.inf))
-        n = torch.minimum(n, _count(ok))
-    order = torch.sort(score, dim=1, descending=True, stable=True).indices
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand(bsz, -1).contiguous())
-    return (rank < n[:, None]).reshape(density.shape)
+    return size_mask(density, target_size, spacing, allowed, name="fk_mask")
 
 
 # --------------------------------------------------------------------------- calibration

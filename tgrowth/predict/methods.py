@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig
 
 from tgrowth.config.predict import METHODS
-from tgrowth.geometry import grow_to_area
+from tgrowth.growth.geometry import grow_to_area
 from tgrowth.metrics import foreground
 from tgrowth.predict.models import Models
 from tgrowth.predict.plan import Plan, SubjectSlices

@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig
 
 from tgrowth.errors import DataError
-from tgrowth.geometry import change_zone, radial_growth_mm
+from tgrowth.growth.geometry import change_zone, radial_growth_mm
 from tgrowth.metrics import foreground
 from tgrowth.ode import fit_cohort
 from tgrowth.predict.plan import Plan, SubjectSlices
