@@ -32,6 +32,8 @@ BASE = ["data.root=/nowhere", "checkpoints.denoiser=a", "checkpoints.regressor=b
                    "no-change-segmenter, segmenter-on-truth, grow-to-target, grow-to-truth, got []"),
     ("methods=[tgrowth,magic]", "config key 'methods' has unknown method(s) ['magic']"),
     ("target.days=[30,-5]", "config key 'target.days' must be positive numbers of days after the prior scan"),
+    ("checkpoints.regressor=null", "config key 'checkpoints.regressor' is needed by guidance.form=authors (only "
+                                   "form=segmenter works without one), got None"),
 ])
 def test_each_bad_value_is_named(override, message):
     problems = predict_config_problems(load_config(PredictConfig, [], BASE + [override]))
@@ -40,6 +42,8 @@ def test_each_bad_value_is_named(override, message):
 
 def test_defaults_are_valid_and_all_problems_come_in_one_message(tmp_path, capsys):
     assert predict_config_problems(load_config(PredictConfig, [], BASE)) == []
+    no_regressor = [b for b in BASE if "regressor" not in b] + ["guidance.form=segmenter"]
+    assert predict_config_problems(load_config(PredictConfig, [], no_regressor)) == []
     out = tmp_path / "run"
     rc = main(["predict", *BASE, f"output_dir={out}", "guidance.scale=nan", "sampling.noise_level=0"])
     err = capsys.readouterr().err

@@ -49,7 +49,8 @@ class CheckpointsConfig:
     """Trained models (written by tgrowth train-denoiser|train-regressor|train-segmenter)."""
 
     denoiser: str = doc("???", "Denoiser checkpoint (.ckpt).")
-    regressor: str = doc("???", "Noisy tumour-area regressor checkpoint (.ckpt).")
+    regressor: Optional[str] = doc(None, "Noisy tumour-area regressor model file (.pt); needed by every guidance.form "
+                                   "except segmenter (which measures the tumour with the segmenter instead).")
     segmenter: str = doc("???", "Tumour segmenter checkpoint (.ckpt).")
 
 
@@ -233,6 +234,9 @@ def predict_config_problems(cfg: DictConfig) -> list[str]:
         bad("guidance.scale", "must be a finite number >= 0", g.scale)
     if str(g.form) not in GUIDANCE_FORMS:
         bad("guidance.form", f"must be one of {', '.join(GUIDANCE_FORMS)}", g.form)
+    if str(g.form) in GUIDANCE_FORMS and str(g.form) != "segmenter" and not cfg.checkpoints.regressor:
+        bad("checkpoints.regressor", f"is needed by guidance.form={g.form} (only form=segmenter works without one)",
+            cfg.checkpoints.regressor)
     if str(g.target) not in GUIDANCE_TARGETS:
         bad("guidance.target", f"must be one of {', '.join(GUIDANCE_TARGETS)}", g.target)
     if not _finite(g.segmenter_temperature) or float(g.segmenter_temperature) <= 0:

@@ -25,7 +25,7 @@ __all__ = ["Models", "load_models", "check_models", "guidance_units", "autocast_
 class Models:
     denoiser: torch.nn.Module
     schedule: Any
-    regressor: torch.nn.Module
+    regressor: torch.nn.Module | None  # None: guidance.form=segmenter without a regressor file
     segmenter: torch.nn.Module
     image_size: int
     contrasts: list[str]
@@ -36,9 +36,13 @@ class Models:
 
 
 def load_models(cfg: DictConfig, device: torch.device) -> Models:
-    """Load the three model files, checking paths, kinds, image sizes and contrasts against each other."""
+    """Load the model files, checking paths, kinds, image sizes and contrasts against each other.
+
+    The regressor is optional with ``guidance.form=segmenter`` (``checkpoints.regressor`` null)."""
     for key in ("denoiser", "regressor", "segmenter"):
         p = cfg.checkpoints[key]
+        if key == "regressor" and not p and str(cfg.guidance.form) == "segmenter":
+            continue
         if not p or not Path(str(p)).is_file():
             raise TgrowthError(f"checkpoints.{key}: file not found: {p} (train it with `tgrowth train-{key}` "
                                f"and pass checkpoints.{key}=<output_dir>/{key}.pt)")
@@ -46,10 +50,15 @@ def load_models(cfg: DictConfig, device: torch.device) -> Models:
     want_contrasts = list(cfg.data.contrasts) if cfg.data.contrasts else None
     den, schedule, dmeta = load_denoiser(cfg.checkpoints.denoiser, want_size, want_contrasts, map_location=device)
     size, contrasts = int(dmeta["image_size"]), list(dmeta.get("contrasts") or want_contrasts or [])
-    reg, rmeta = load_regressor(cfg.checkpoints.regressor, size, contrasts, map_location=device)
     seg, smeta = load_segmenter(cfg.checkpoints.segmenter, size, contrasts, map_location=device)
-    for net in (den, reg, seg):
+    for net in (den, seg):
         net.eval().requires_grad_(False)
+    label = 1 if getattr(den, "num_classes", None) else None
+    if not cfg.checkpoints.regressor:
+        return Models(den, schedule, None, seg, size, contrasts, "area_frac", 1.0, label,
+                      {"denoiser": dmeta, "regressor": {}, "segmenter": smeta})
+    reg, rmeta = load_regressor(cfg.checkpoints.regressor, size, contrasts, map_location=device)
+    reg.eval().requires_grad_(False)
     area = rmeta.get("area")
     if not isinstance(area, dict) or "key" not in area or "scale" not in area:
         raise TgrowthError(f"{cfg.checkpoints.regressor}: the regressor's model file does not say what it outputs "
@@ -59,7 +68,6 @@ def load_models(cfg: DictConfig, device: torch.device) -> Models:
     if key not in ("area_frac", "area_mm2") or not area_scale > 0:
         raise TgrowthError(f"{cfg.checkpoints.regressor}: regressor output {key!r} x {area_scale} is not an area "
                            "(area_frac or area_mm2 times a positive scale)")
-    label = 1 if getattr(den, "num_classes", None) else None
     return Models(den, schedule, reg, seg, size, contrasts, key, area_scale, label,
                   {"denoiser": dmeta, "regressor": rmeta, "segmenter": smeta})
 
