@@ -1,0 +1,94 @@
+"""Every method of one or more ``tgrowth predict`` runs on the same subjects: mean, median and n, the seed-to-seed
+spread, and paired verdicts against no-change (and the geometric baselines), as a markdown table.
+
+    python benchmarks/cohort_table.py RUN_DIR [RUN_DIR ...] [--against no-change grow-to-target]
+
+Each RUN_DIR holds the ``metrics.csv`` of one predict run (the same config and subjects, different ``seed``).
+Per method and metric the table shows the mean (median) over subjects of the first run, n, and, with two or
+more runs, the spread of the per-run means (max - min): a difference between methods smaller than that
+spread is not a win. The verdict lines pair subjects (Student-t 95 % CI of the mean paired difference, the
+demo's rule) within each run, so run-to-run noise and subject-to-subject spread are both visible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+from pathlib import Path
+
+from tgrowth.demo import paired_verdict, verdict_line
+from tgrowth.io import read_csv
+from tgrowth.predict.report import summarise
+
+COLUMNS = [("hd95", "map HD95 mm", True), ("dice", "Dice", False), ("ssim", "SSIM", False),
+           ("ssim_zone", "SSIM zone", False), ("area_error_vs_truth", "area err/true", True),
+           ("area_error_vs_target", "area err/ODE", True)]
+
+
+def _cell(stats: dict, spread: float | None) -> str:
+    mean, median = stats["mean"], stats["median"]
+    if stats["n"] == 0:
+        return "-"
+    s = f"{mean:.3f} ({median:.3f})"
+    return s + (f" ±{spread / 2:.3f}" if spread is not None else "")
+
+
+def table(runs: list[list[dict]]) -> str:
+    sums = [summarise(rows) for rows in runs]
+    methods = list(sums[0]["methods"])
+    head = "| method | n | " + " | ".join(h for _, h, _ in COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
+    for m in methods:
+        cells = []
+        for c, _, _ in COLUMNS:
+            means = [s["methods"][m][c]["mean"] for s in sums if m in s["methods"] and s["methods"][m][c]["n"]
+                     and math.isfinite(s["methods"][m][c]["mean"])]
+            spread = (max(means) - min(means)) if len(means) > 1 else None
+            cells.append(_cell(sums[0]["methods"][m][c], spread))
+        lines.append(f"| {m} | {sums[0]['methods'][m]['hd95']['n']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--against", nargs="+", default=["no-change", "grow-to-target", "unguided"])
+    ap.add_argument("--method", default="tgrowth")
+    a = ap.parse_args(argv)
+    runs = []
+    for r in a.runs:
+        f = r / "metrics.csv" if r.is_dir() else r
+        if not f.is_file():
+            print(f"cohort_table: no metrics.csv in {r}", file=sys.stderr)
+            return 2
+        runs.append(read_csv(f))
+    print(f"runs: {', '.join(str(r) for r in a.runs)}")
+    print("cells: mean (median) over subjects of the first run" + (", ± half the spread of the per-run means"
+                                                                    if len(runs) > 1 else ""))
+    print()
+    print(table(runs))
+    print()
+    for metric, words, unit in (("hd95", "map HD95", " mm"), ("dice", "Dice", ""),
+                                ("area_error_vs_truth", "area error vs truth", "")):
+        for b in a.against:
+            for i, rows in enumerate(runs):
+                v = paired_verdict(rows, metric, b, a.method)
+                if v is None:
+                    continue
+                if metric == "dice":  # higher is better: the verdict's words are about lower values
+                    v = {**v, "verdict": {"better": "worse", "worse": "better"}.get(v["verdict"], v["verdict"])}
+                print(f"run {i + 1}: " + verdict_line(v, words, unit))
+    if len(runs) > 1:
+        print()
+        for c, h, _ in COLUMNS:
+            d = [summarise(rows)["methods"].get(a.method, {}).get(c, {}).get("mean") for rows in runs]
+            d = [x for x in d if x is not None and math.isfinite(x)]
+            if len(d) > 1:
+                print(f"{a.method} {h}: per-run means {', '.join(f'{x:.3f}' for x in d)} (sd {statistics.stdev(d):.3f})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
