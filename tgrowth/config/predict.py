@@ -116,10 +116,10 @@ class SamplingConfig:
                                    "model call per step; 1 makes inversion + eta=0 sampling near exact).")
     batch_size: int = doc(64, "Generations per forward pass (all methods and targets share batches).")
     threshold: float = doc(0.5, "Probability-map threshold for Dice / HD95 / area.")
-    preserve_anatomy: bool = doc(False, "Anatomy-preserving sampling: only the change zone (the prior tumour dilated by "
-                                 "the radial growth of the ODE's 95th-percentile forecast plus zone_margin_mm, inside the "
-                                 "brain) is generated; elsewhere every step is the prior on its own noise trajectory, so "
-                                 "the output equals the prior scan there.")
+    preserve_anatomy: bool = doc(False, "Anatomy-preserving sampling: only the change zone (see zone: by default the "
+                                 "prior tumour dilated by the radial growth of the ODE's 95th-percentile forecast plus "
+                                 "zone_margin_mm, inside the brain) is generated; elsewhere every step is the prior on its "
+                                 "own noise trajectory, so the output equals the prior scan there.")
     zone_margin_mm: float = doc(6.0, "Change zone: margin (mm) added to the radial growth of the ODE's upper band.")
     zone_edge_mm: float = doc(4.0, "Change zone: width (mm) of the soft blend between generated and kept pixels.")
     zone: str = doc("isotropic", "Change zone shape: isotropic (the prior tumour dilated by the radial growth of the "

@@ -1,7 +1,8 @@
 """`tgrowth predict`: the stages, in order, for every selected subject.
 
 1. plan (:mod:`~tgrowth.predict.plan`): subjects, prior and target scans, slice, the areas the ODE is fitted to;
-2. targets (:mod:`~tgrowth.predict.targets`): one batched growth-ODE fit, per subject the guidance targets;
+2. targets (:mod:`~tgrowth.predict.targets`): one batched growth-ODE fit, per subject the guidance targets, the
+   FK prior where the run uses it (computed once per subject) and the change zone;
 3. generate (:mod:`~tgrowth.predict.generate`): every generative method in one batched sampling pass;
    baselines (:mod:`~tgrowth.predict.methods`) as plain functions;
 4. evaluate (:mod:`~tgrowth.predict.evaluate`): one metrics row per method against the real follow-up;
