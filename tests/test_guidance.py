@@ -154,3 +154,81 @@ def test_soft_area_of_a_segmenter_guides_on_the_x0_prediction(setup):
         assert abs(got[0] - a0) < 1e-2 and err[2] < err[1] < err[0], (target, got)
     with pytest.raises(ValueError, match="temperature must be > 0"):
         SoftArea(Seg(), temperature=0)
+
+
+# --------------------------------------------------------------------------- spatial guidance
+def _pixel_proxy(x):
+    """Soft per-pixel 'tumour' mask of bright pixels: the spatial counterpart of area_proxy."""
+    return torch.sigmoid(3 * x[:, 0])
+
+
+def test_spatial_guidance_gradient_equals_the_hand_computed_one():
+    """eps <- eps + w_b sqrt(1 - abar) grad_{x_t} 0.5 mean_p (s - m)^2 with s = sigmoid(a x0_hat[:, 0]) and
+    x0_hat = (x_t - sqrt(1 - abar) eps) / sqrt(abar), eps fixed: per pixel the gradient is
+    (s - m) / P * a s (1 - s) / sqrt(abar) on channel 0 and 0 on channel 1; a weight-0 row is untouched."""
+    from tgrowth.diffusion.guidance import SpatialGuidance
+    from tgrowth.diffusion.sampler import DiffusionStep
+
+    g = torch.Generator().manual_seed(3)
+    x, eps = torch.randn(3, 2, 3, 4, generator=g), torch.randn(3, 2, 3, 4, generator=g)
+    maps = (torch.rand(2, 3, 4, generator=g) > 0.5).float()  # K = 2 target maps
+    groups = torch.tensor([1, 0, 1, 0])  # a run of N = 4; this batch holds rows 2, 0, 1
+    rows = torch.tensor([2, 0, 1])
+    weight = torch.tensor([7.0, 0.0, 2.5, 1.0])
+    abar = torch.tensor(0.36)
+    step = DiffusionStep(x, torch.full((3,), 50), torch.full((3,), 40), abar.reshape(1, 1, 1, 1), abar, eps,
+                         x, 0, 1, rows, None, None, {})
+    out = SpatialGuidance(_pixel_proxy, maps, weight, groups=groups)(step)
+
+    x0 = (x - (1 - abar).sqrt() * eps) / abar.sqrt()
+    s = torch.sigmoid(3 * x0[:, 0])
+    m = maps[groups[rows]]
+    grad = torch.zeros_like(x)
+    grad[:, 0] = (s - m) / 12 * 3 * s * (1 - s) / abar.sqrt()
+    want = eps + (weight[rows] * (1 - abar).sqrt()).view(-1, 1, 1, 1) * grad
+    assert torch.allclose(out, want, rtol=1e-5, atol=1e-7)
+    assert torch.equal(out[2], eps[2])  # run row 1 has weight 0: bit for bit
+    assert float((out[:2] - eps[:2]).abs().amax((1, 2, 3)).min()) > 1e-3
+    assert step.state["last_loss"].tolist() == pytest.approx((0.5 * ((s - m) ** 2).mean((1, 2))).tolist(), rel=1e-5)
+    with pytest.raises(ValueError, match="groups must index the 2 target maps"):
+        SpatialGuidance(_pixel_proxy, maps, 1.0, groups=torch.tensor([0, 2]))
+
+
+def test_zero_spatial_weight_leaves_sampling_bitwise_unchanged(setup):
+    from tgrowth.diffusion.guidance import SpatialGuidance
+
+    model, prior = setup
+    target = torch.zeros(16, 16)
+    target[8:14, 8:14] = 1
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    area = AreaGuidance(area_proxy, 0.3, 300.0)
+    plain = _gen(model, prior, [area], n=3, eta=0.7, generator=g())
+    for w in (0.0, torch.zeros(3)):
+        got = _gen(model, prior, [area, SpatialGuidance(_pixel_proxy, target, w)], n=3, eta=0.7, generator=g())
+        assert torch.equal(plain, got)
+    # a batch mixing weights: the weight-0 rows equal the run without the term, bit for bit
+    mixed = _gen(model, prior, [area, SpatialGuidance(_pixel_proxy, target, torch.tensor([0.0, 5e3, 0.0]))],
+                 n=3, eta=0.7, generator=g())
+    assert torch.equal(mixed[[0, 2]], plain[[0, 2]]) and not torch.allclose(mixed[1], plain[1], atol=1e-3)
+
+
+def test_spatial_guidance_moves_the_tumour_toward_the_target_map(setup):
+    """The prior's bright square sits at 4:10; the target map is a square of the same size at 7:13. The share of
+    the soft tumour mask inside the target rises with the weight, the hard mask lands on the target (Dice 0.25
+    -> 1), and the area term keeps the size."""
+    from tgrowth.diffusion.guidance import SpatialGuidance
+
+    model, prior = setup
+    target = torch.zeros(16, 16)
+    target[7:13, 7:13] = 1
+    area = AreaGuidance(area_proxy, float(area_proxy(prior)), 300.0)
+    share, dice, sizes = [], [], []
+    for w in (0.0, 2e3, 2e4):
+        x = _gen(model, prior, [area, SpatialGuidance(_pixel_proxy, target, w)])
+        s, hard = _pixel_proxy(x)[0], x[0, 0] > 0
+        share.append(float((s * target).sum() / s.sum()))
+        dice.append(float(2 * (hard & target.bool()).sum() / (hard.sum() + target.sum())))
+        sizes.append(float(area_proxy(x)))
+    assert share[0] < share[1] < share[2], share
+    assert dice[0] == pytest.approx(0.25) and dice[2] == pytest.approx(1.0), dice
+    assert max(abs(a - sizes[0]) for a in sizes) < 0.03, sizes

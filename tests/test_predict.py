@@ -327,3 +327,72 @@ def test_anatomy_preserving_sampling_keeps_the_prior_outside_the_zone(tiny, tmp_
     assert same.float().mean() > 0.5 and not same[tumour].all()  # kept far away, generated at the tumour
     rows = {r["method"]: r for r in read_csv(out / "metrics.csv")}
     assert rows["tgrowth"]["ssim_zone"] != "" and float(rows["tgrowth"]["ssim_zone"]) <= 1
+
+
+def test_fk_prior_method_zone_and_spatial_guidance_end_to_end(tiny, tmp_path):
+    """methods with fk, sampling.zone=fk and guidance.spatial_weight > 0 in one run: the fk mask holds the ODE
+    target area to half a pixel; the FK model was calibrated on the two earlier scans (info.json); with
+    anatomy-preserving sampling the image is the prior exactly far from the tumour; the spatial term changes the
+    guided generations and leaves the unguided ones bit for bit (weight 0 in the same batches)."""
+    from data_modules.formats import discover
+    from data_modules.slices import load_slice
+
+    root, _ = tiny
+    common = ("data.subjects=[SUB02]", "methods=[tgrowth,unguided,fk,grow-to-target]", "sampling.zone=fk",
+              "sampling.preserve_anatomy=true", "sampling.zone_edge_mm=0", "sampling.eta=0.5", "plots=false")
+    out, off = tmp_path / "fk", tmp_path / "off"
+    assert predict(tiny, out, *common, "guidance.spatial_weight=3e4") == 0
+    assert predict(tiny, off, *common, "guidance.spatial_weight=0") == 0
+    rows = {r["method"]: r for r in read_csv(out / "metrics.csv")}
+    rows_off = {r["method"]: r for r in read_csv(off / "metrics.csv")}
+    px = 1.0 * 1.0
+    assert abs(float(rows["fk"]["map_area_mm2"]) - float(rows["fk"]["target_area_mm2"])) <= px / 2 + 1e-9
+    assert float(rows["fk"]["pred_area_mm2"]) == float(rows["fk"]["map_area_mm2"])
+    info = json.loads((out / "SUB02" / "info.json").read_text())
+    fk = info["fk"]
+    assert fk["calibrated"] is True and fk["n_intervals"] == 1 and fk["lambda_mm"] > 0 and fk["rho_per_day"] > 0
+    assert set(fk["forecasts"]) == {"target0", "zone"}
+    assert fk["forecasts"]["target0"]["size_mm2"] == pytest.approx(float(rows["fk"]["target_area_mm2"]))
+    assert fk["forecasts"]["zone"]["size_mm2"] >= fk["forecasts"]["target0"]["size_mm2"]
+    # the fk change zone: the prior is kept exactly far from the tumour, generated at the tumour
+    k = info["slice_index"]
+    sub = next(s for s in discover(root).subjects if s.subject == "SUB02")
+    prior = load_slice(sub.timepoints[1], k, CONTRASTS, 32)
+    mean = torch.as_tensor(nib.load(str(out / "SUB02" / "pred_mean.nii.gz")).get_fdata()[:, :, k]).permute(2, 0, 1).float()
+    same = (mean - prior.image).abs().amax(0) < 1e-5
+    from tgrowth.growth.geometry import distance_to
+
+    far = distance_to((prior.seg > 0)[None], (1.0, 1.0))[0] > 12
+    assert same[far].all() and not same[prior.seg > 0].all()
+    # spatial guidance: the guided arm moved, the unguided arm is identical to the run without the term
+    assert rows["unguided"] == rows_off["unguided"]
+    assert rows["tgrowth"]["ssim"] != rows_off["tgrowth"]["ssim"]
+    assert rows["fk"] == rows_off["fk"] and rows["grow-to-target"] == rows_off["grow-to-target"]
+
+
+def test_fk_method_in_native_windows_at_the_scans_spacing(tmp_path, tiny):
+    """data.resize=window at 0.8 mm pixels: the fk forecast works on the same window and spacing as the other
+    baselines (its mask holds the target area to half a 0.64 mm^2 pixel); with target.days the FK prior and the
+    spatial guidance run per day (one batched forecast)."""
+    from tests.factories import write_longitudinal
+
+    _, models = tiny
+    root = write_longitudinal(tmp_path / "d", n_subjects=1, n_timepoints=3, shape=(48, 44, 6), spacing=(0.8, 0.8, 1.0),
+                              radii=[3.0, 4.0, 5.5], splits={"SUB01": "test"})
+    out = tmp_path / "w"
+    assert main(["predict", "-c", PREDICT_YAML, *predict_overrides(
+        root, models, out, "data.resize=window", "methods=[fk,grow-to-target,no-change]", "plots=false")]) == 0
+    rows = {r["method"]: r for r in read_csv(out / "metrics.csv")}
+    info = json.loads((out / "SUB01" / "info.json").read_text())
+    assert info["pixel_spacing_mm"] == pytest.approx([0.8, 0.8])
+    px = 0.8 * 0.8
+    assert abs(float(rows["fk"]["map_area_mm2"]) - float(rows["fk"]["target_area_mm2"])) <= px / 2 + 1e-9
+    assert float(rows["fk"]["target_area_mm2"]) == float(rows["grow-to-target"]["target_area_mm2"])
+    assert info["fk"]["forecasts"]["target0"]["reached"] is True
+    days = tmp_path / "days"
+    assert main(["predict", "-c", PREDICT_YAML, *predict_overrides(
+        root, models, days, "data.resize=window", "target.days=[30,60]", "sampling.num_generations=2",
+        "guidance.spatial_weight=1e4", "sampling.zone=fk", "plots=false")]) == 0
+    fk = json.loads((days / "SUB01" / "info.json").read_text())["fk"]
+    assert set(fk["forecasts"]) == {"target0", "target1", "zone"}
+    assert fk["forecasts"]["target0"]["size_mm2"] < fk["forecasts"]["target1"]["size_mm2"]

@@ -29,15 +29,44 @@ BASE = ["data.root=/nowhere", "checkpoints.denoiser=a", "checkpoints.regressor=b
     ("sampling.batch_size=0", "config key 'sampling.batch_size' must be >= 1, got 0"),
     ("sampling.encode=ddpm", "config key 'sampling.encode' must be one of noise, invert, got 'ddpm'"),
     ("methods=[]", "config key 'methods' must name at least one of tgrowth, unguided, oracle-area, no-change, "
-                   "no-change-segmenter, segmenter-on-truth, grow-to-target, grow-to-truth, got []"),
+                   "no-change-segmenter, segmenter-on-truth, grow-to-target, grow-to-truth, fk, got []"),
     ("methods=[tgrowth,magic]", "config key 'methods' has unknown method(s) ['magic']"),
     ("target.days=[30,-5]", "config key 'target.days' must be positive numbers of days after the prior scan"),
+    ("sampling.zone=atlas", "config key 'sampling.zone' must be one of isotropic, fk, got 'atlas'"),
+    ("sampling.zone_fk_level=0", "config key 'sampling.zone_fk_level' must be strictly between 0 and 0.2 (the FK "
+                                 "model's visible threshold), got 0.0"),
+    ("sampling.zone_fk_level=0.3", "config key 'sampling.zone_fk_level' must be strictly between 0 and 0.2"),
+    ("sampling.zone_fk_level=nan", "config key 'sampling.zone_fk_level' must be strictly between 0 and 0.2"),
+    ("guidance.spatial_weight=-1", "config key 'guidance.spatial_weight' must be a finite number >= 0, got -1.0"),
+    ("guidance.spatial_weight=inf", "config key 'guidance.spatial_weight' must be a finite number >= 0, got inf"),
     ("checkpoints.regressor=null", "config key 'checkpoints.regressor' is needed by guidance.form=authors (only "
                                    "form=segmenter works without one), got None"),
 ])
 def test_each_bad_value_is_named(override, message):
     problems = predict_config_problems(load_config(PredictConfig, [], BASE + [override]))
     assert len(problems) == 1 and message in problems[0]
+
+
+@pytest.mark.parametrize("uses", ["methods=[fk]", "sampling.zone=fk", "guidance.spatial_weight=2"])
+def test_the_fk_prior_needs_a_tissue_contrast(uses):
+    """The FK prior estimates tissue from t1n / t2w / t2f: with only t1c every way of using it is refused."""
+    problems = predict_config_problems(load_config(PredictConfig, [], BASE + ["data.contrasts=[t1c]", "methods=[tgrowth]",
+                                                                          uses]))
+    why = {"methods=[fk]": "methods has fk", "sampling.zone=fk": "sampling.zone=fk",
+           "guidance.spatial_weight=2": "guidance.spatial_weight > 0"}[uses]
+    assert problems == [f"config key 'data.contrasts' must include one of t1n, t2w, t2f for the FK prior's tissue "
+                        f"estimate ({why}), got ['t1c']"]
+    assert predict_config_problems(load_config(PredictConfig, [], BASE + ["data.contrasts=[t1c]",
+                                                                          "methods=[tgrowth]"])) == []
+
+
+def test_config_constants_mirror_the_growth_module():
+    """The schema does not import torch (fast --help): its copies of the FK constants must match tgrowth.growth."""
+    from tgrowth.config.predict import FK_VISIBLE, TISSUE_CONTRASTS
+    from tgrowth.growth import VISIBLE_THRESHOLD
+    from tgrowth.growth.tissue import TISSUE_CONTRASTS as GROWTH_TISSUE
+
+    assert FK_VISIBLE == VISIBLE_THRESHOLD and set(TISSUE_CONTRASTS) == set(GROWTH_TISSUE)
 
 
 def test_defaults_are_valid_and_all_problems_come_in_one_message(tmp_path, capsys):

@@ -27,10 +27,17 @@ METHODS = {
     "segmenter-on-truth": "the learned segmenter on the real follow-up (the measurement floor; an oracle)",
     "grow-to-target": "the prior tumour grown along its signed distance to the ODE target area (no images)",
     "grow-to-truth": "the same to the true follow-up area (an oracle)",
+    "fk": "the patient Fisher-Kolmogorov model (tissue from the prior scan, calibrated on the earlier scans) run to "
+          "the ODE target area: its densest pixels, inside the brain (no images)",
 }
 GUIDANCE_FORMS = ("authors", "loss", "x0", "x0_detached", "segmenter")
 GUIDANCE_TARGETS = ("median", "bootstrap")
 ENCODE_MODES = ("noise", "invert")
+ZONES = ("isotropic", "fk")
+#: the FK model's visible threshold (tgrowth.growth.VISIBLE_THRESHOLD): a zone level must lie below it
+FK_VISIBLE = 0.2
+#: contrasts the tissue estimate of the FK prior can use (tgrowth.growth.tissue.TISSUE_CONTRASTS)
+TISSUE_CONTRASTS = ("t1n", "t2w", "t2f")
 
 
 @dataclass
@@ -85,6 +92,12 @@ class GuidanceConfig:
                                        "gradients further from the tumour boundary.")
     high_noise_boost: float = doc(0.15, "Raise the target by this fraction at high noise (authors: 15 %).")
     boost_above_t: int = doc(20, "Apply high_noise_boost while t > this step (authors: 20).")
+    spatial_weight: float = doc(0.0, "Spatial guidance toward the patient Fisher-Kolmogorov forecast (0: off): eps += "
+                                "w sqrt(1-abar) grad 0.5 mean_p (s - m)^2, s the segmenter's soft mask "
+                                "(segmenter_temperature) on the x0 prediction, m the fk method's mask at the arm's "
+                                "target (tgrowth.diffusion.guidance.SpatialGuidance); composes with the area "
+                                "guidance; same units as scale. Not applied to unguided nor to a prior slice without "
+                                "tumour.")
 
 
 @dataclass
@@ -103,12 +116,18 @@ class SamplingConfig:
                                    "model call per step; 1 makes inversion + eta=0 sampling near exact).")
     batch_size: int = doc(64, "Generations per forward pass (all methods and targets share batches).")
     threshold: float = doc(0.5, "Probability-map threshold for Dice / HD95 / area.")
-    preserve_anatomy: bool = doc(False, "Anatomy-preserving sampling: only the change zone (the prior tumour dilated by "
-                                 "the radial growth of the ODE's 95th-percentile forecast plus zone_margin_mm, inside the "
-                                 "brain) is generated; elsewhere every step is the prior on its own noise trajectory, so "
-                                 "the output equals the prior scan there.")
+    preserve_anatomy: bool = doc(False, "Anatomy-preserving sampling: only the change zone (see zone: by default the "
+                                 "prior tumour dilated by the radial growth of the ODE's 95th-percentile forecast plus "
+                                 "zone_margin_mm, inside the brain) is generated; elsewhere every step is the prior on its "
+                                 "own noise trajectory, so the output equals the prior scan there.")
     zone_margin_mm: float = doc(6.0, "Change zone: margin (mm) added to the radial growth of the ODE's upper band.")
     zone_edge_mm: float = doc(4.0, "Change zone: width (mm) of the soft blend between generated and kept pixels.")
+    zone: str = doc("isotropic", "Change zone shape: isotropic (the prior tumour dilated by the radial growth of the "
+                    "ODE's upper band + zone_margin_mm) or fk (where the patient Fisher-Kolmogorov forecast at the "
+                    "same upper-band size exceeds zone_fk_level, with the prior tumour, inside the brain; "
+                    "zone_margin_mm unused); the same soft edge zone_edge_mm.")
+    zone_fk_level: float = doc(0.05, "zone=fk: tumour-cell density level (0 < level < 0.2, the FK model's visible "
+                               "threshold) bounding the zone: lower reaches further beyond the forecast tumour.")
 
 
 @dataclass
@@ -264,6 +283,13 @@ def predict_config_problems(cfg: DictConfig) -> list[str]:
     for key in ("zone_margin_mm", "zone_edge_mm"):
         if not _finite(s[key]) or float(s[key]) < 0:
             bad(f"sampling.{key}", "must be a finite number >= 0", s[key])
+    if str(s.zone) not in ZONES:
+        bad("sampling.zone", f"must be one of {', '.join(ZONES)}", s.zone)
+    if not _finite(s.zone_fk_level) or not 0 < float(s.zone_fk_level) < FK_VISIBLE:
+        bad("sampling.zone_fk_level", f"must be strictly between 0 and {FK_VISIBLE} (the FK model's visible "
+            "threshold)", s.zone_fk_level)
+    if not _finite(g.spatial_weight) or float(g.spatial_weight) < 0:
+        bad("guidance.spatial_weight", "must be a finite number >= 0", g.spatial_weight)
     methods = [str(m) for m in cfg.methods]
     if not methods:
         bad("methods", f"must name at least one of {', '.join(METHODS)}", methods)
@@ -272,6 +298,12 @@ def predict_config_problems(cfg: DictConfig) -> list[str]:
         bad("methods", f"has unknown method(s) {unknown}; choose from {', '.join(METHODS)}", methods)
     if len(set(methods)) != len(methods):
         bad("methods", "lists a method twice", methods)
+    uses_fk = [why for why, on in (("methods has fk", "fk" in methods), ("sampling.zone=fk", str(s.zone) == "fk"),
+                                   ("guidance.spatial_weight > 0", _finite(g.spatial_weight)
+                                    and float(g.spatial_weight) > 0)) if on]
+    if uses_fk and not any(str(c) in TISSUE_CONTRASTS for c in cfg.data.contrasts):
+        bad("data.contrasts", f"must include one of {', '.join(TISSUE_CONTRASTS)} for the FK prior's tissue estimate "
+            f"({'; '.join(uses_fk)})", list(cfg.data.contrasts))
     if int(cfg.target.min_timepoints) < 1:
         bad("target.min_timepoints", "must be >= 1", cfg.target.min_timepoints)
     if any(not _finite(d) or float(d) <= 0 for d in cfg.target.days):

@@ -41,6 +41,19 @@ that fraction while ``t > boost_above_t`` (the authors: +15 % above t = 20). ``s
 the scale by a factor of the step: a callable ``f(t, abar_t) -> [B]`` or one of the names in
 :data:`SCALE_SCHEDULES`.
 
+:class:`SpatialGuidance` steers *where* the tumour appears (the area guidance says how much): with a soft
+tumour mask ``S`` (e.g. :meth:`SoftArea.soft_mask`, the segmenter's sigmoid) read on the x0 prediction with
+eps held fixed, and a target map ``m`` per sample (e.g. the patient Fisher-Kolmogorov forecast mask)::
+
+      x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)          (eps fixed: d x0_hat / d x_t = 1 / sqrt(abar_t))
+      s = S(x0_hat) [B, H, W];  L_b = 0.5 * mean_p (s_bp - m_bp)^2   (mean over the P pixels)
+      eps <- eps + weight_b * sqrt(1 - abar_t) * grad_{x_t} L_b
+
+(the weighting of the ``"x0_detached"`` area form, so ``weight`` is in the same units as an area ``scale``
+with areas as fractions of the slice). ``weight`` is a scalar or per-sample ``[N]``; rows with weight 0 keep
+their eps bit for bit (and a scalar 0 runs nothing), so one batch can hold guided and unguided samples.
+It composes with :class:`AreaGuidance` (pass both callbacks; each sees the eps the previous one left).
+
 :class:`AnatomyGuidance` keeps the image outside the tumour region close to the prior: it pulls the x0
 prediction toward the prior scan where ``keep_mask`` is 1 (``x0 <- x0 - weight * keep * (x0 - prior)``)
 and rewrites eps to match.
@@ -55,7 +68,7 @@ import torch
 
 from tgrowth.diffusion.schedule import broadcast_batch, eps_from_x0, x0_from_eps
 
-__all__ = ["AreaGuidance", "AnatomyGuidance", "SoftArea", "SCALE_SCHEDULES", "per_row"]
+__all__ = ["AreaGuidance", "AnatomyGuidance", "SpatialGuidance", "SoftArea", "SCALE_SCHEDULES", "per_row"]
 
 
 def _const(t: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
@@ -189,6 +202,70 @@ class AreaGuidance:
         return eps - broadcast_batch(weight, eps) * grad.to(eps.dtype)
 
 
+def _autocast(x: torch.Tensor, dtype: torch.dtype | None):
+    return torch.autocast(device_type=x.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+class SpatialGuidance:
+    """Steer where the tumour appears toward a target map (see the module docstring for the formula).
+
+    Args:
+        soft_mask: ``soft_mask(x) -> [B, H, W]`` soft tumour mask in [0, 1] of clean images (e.g.
+            ``SoftArea(segmenter).soft_mask``); only its gradient is used.
+        target: the target map(s) in [0, 1]: ``[H, W]`` (every sample), ``[N, H, W]`` (one per sample of
+            the run) or ``[K, H, W]`` with ``groups``.
+        weight: scalar or ``[N]`` per-sample weights (0: that sample is left exactly as it is).
+        groups: ``[N]`` long, the target map of each sample of the run (with a ``[K, H, W]`` target).
+        autocast_dtype: run ``soft_mask`` under autocast with this dtype (gradients still float32).
+
+    After a step, ``state["last_loss"]`` holds ``L_b`` of the batch.
+    """
+
+    def __init__(self, soft_mask, target: torch.Tensor, weight, groups: torch.Tensor | None = None,
+                 autocast_dtype: torch.dtype | None = None):
+        target = torch.as_tensor(target)
+        if target.ndim not in (2, 3):
+            raise ValueError(f"target must be [H, W], [N, H, W] or [K, H, W], got shape {tuple(target.shape)}")
+        if groups is not None:
+            groups = torch.as_tensor(groups).long().reshape(-1)
+            if target.ndim != 3 or (groups.numel() and (int(groups.min()) < 0 or int(groups.max()) >= target.shape[0])):
+                raise ValueError(f"groups must index the {target.shape[0] if target.ndim == 3 else 0} target maps")
+        self.soft_mask, self.target, self.weight, self.groups = soft_mask, target, weight, groups
+        self.autocast_dtype = autocast_dtype
+
+    def _target(self, rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        t = self.target.to(device=like.device, dtype=like.dtype)
+        if t.ndim == 2:
+            return t.expand(rows.shape[0], *t.shape)
+        idx = rows.to(like.device) if self.groups is None else self.groups.to(like.device)[rows.to(like.device)]
+        if int(idx.max()) >= t.shape[0]:
+            raise ValueError(f"target has {t.shape[0]} maps but the run has row {int(rows.max())}")
+        return t[idx]
+
+    def __call__(self, step) -> torch.Tensor:
+        eps = step.eps
+        if isinstance(self.weight, (int, float)) and self.weight == 0:
+            return eps
+        w = per_row(self.weight, step.rows, step.x_t)
+        on = w != 0
+        if not bool(on.any()):
+            return eps
+        abar = _abar_rows(step)
+        with torch.enable_grad():
+            x = step.x_t.detach().float().requires_grad_(True)
+            x0 = x0_from_eps(x, eps.detach().float(), broadcast_batch(abar.float(), x))
+            with _autocast(x, self.autocast_dtype):
+                s = self.soft_mask(x0)
+            s = s.float().reshape(x.shape[0], -1)
+            m = self._target(step.rows, s).reshape(s.shape)
+            loss = 0.5 * ((s - m) ** 2).mean(1)
+            (grad,) = torch.autograd.grad(loss.sum(), x)
+        step.state["last_loss"] = loss.detach()
+        weight = w * (1 - abar).sqrt()
+        new = eps + broadcast_batch(weight, eps) * grad.to(eps.dtype)
+        return torch.where(on.reshape((-1,) + (1,) * (eps.ndim - 1)), new, eps)
+
+
 class AnatomyGuidance:
     """Keep the image outside the tumour region close to the prior scan.
 
@@ -223,7 +300,8 @@ class SoftArea(torch.nn.Module):
 
     Thresholding at 0.5 (how the probability map counts pixels) and the soft fraction agree for a confident
     segmenter; ``temperature`` > 1 softens the sigmoid (larger gradients far from the boundary). ``t`` is
-    ignored: use it on clean images (the ``"x0"`` / ``"x0_detached"`` guidance forms).
+    ignored: use it on clean images (the ``"x0"`` / ``"x0_detached"`` guidance forms). :meth:`soft_mask` is the
+    per-pixel map itself (what :class:`SpatialGuidance` compares with its target).
     """
 
     def __init__(self, segmenter: torch.nn.Module, channel: int = 0, temperature: float = 1.0):
@@ -232,8 +310,12 @@ class SoftArea(torch.nn.Module):
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
         self.segmenter, self.channel, self.temperature = segmenter, int(channel), float(temperature)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+    def soft_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, H, W]``: ``sigmoid(logits[:, channel] / temperature)`` (the soft tumour mask)."""
         logits = self.segmenter(x)
         if logits.ndim == 3:
             logits = logits[:, None]
-        return torch.sigmoid(logits[:, self.channel].float() / self.temperature).flatten(1).mean(1)
+        return torch.sigmoid(logits[:, self.channel].float() / self.temperature)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        return self.soft_mask(x).flatten(1).mean(1)

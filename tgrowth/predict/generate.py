@@ -5,7 +5,8 @@ chunked by ``sampling.batch_size``, segmented, and reduced once per arm by
 ``probability_map(groups=arm index)``. Generation g of every arm draws the same noise, keyed by
 (seed, subject, g): common random numbers make the paired comparison between methods less noisy, and the
 batch size never changes a result. With ``sampling.preserve_anatomy`` only the change zone is generated
-(``keep_mask``: the prior is kept outside it, exactly).
+(``keep_mask``: the prior is kept outside it, exactly). With ``guidance.spatial_weight > 0`` a
+:class:`~tgrowth.diffusion.guidance.SpatialGuidance` follows the area guidance (:func:`spatial_guidance`).
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
-from tgrowth.diffusion.guidance import AreaGuidance, SoftArea
+from tgrowth.diffusion.guidance import AreaGuidance, SoftArea, SpatialGuidance
 from tgrowth.diffusion.sampler import key_seed
 from tgrowth.predict.methods import Arm, Case, MethodResult
 from tgrowth.predict.models import autocast_dtype, guidance_units
+from tgrowth.predict.targets import target_key
 from tgrowth.probability import probability_map, segmenter_from_logits
 
-__all__ = ["generative_arms", "arm_targets", "area_guidance", "generate"]
+__all__ = ["generative_arms", "arm_targets", "area_guidance", "spatial_guidance", "generate"]
 
 ENCODE = {"noise": "qsample", "invert": "invert"}  # config name -> the sampler's name
 
@@ -52,6 +54,22 @@ def area_guidance(cfg: DictConfig, case: Case, targets_mm2: torch.Tensor, scales
                         autocast_dtype=dt, regressor_scale=reg_per_frac)
 
 
+def spatial_guidance(cfg: DictConfig, case: Case, arms: list[Arm], n: int, dt: torch.dtype | None,
+                     device: torch.device) -> SpatialGuidance | None:
+    """The spatial guidance callback toward the FK forecast (None when ``guidance.spatial_weight`` is 0 or the
+    prior slice has no tumour: then the FK model cannot say where). Arm a's samples are steered toward the ``fk``
+    method's mask at its target: the ODE target of its day, the true area for ``oracle-area``; ``unguided``
+    samples get weight 0 (left bit for bit as they are)."""
+    w = float(cfg.guidance.spatial_weight)
+    if w == 0 or case.fk is None or not bool(case.slices.prior_mask.any()):
+        return None
+    maps = torch.stack([case.fk.mask_of("truth" if a.source == "oracle" else target_key(a.day_index)) for a in arms])
+    weights = torch.cat([torch.full((n,), 0.0 if a.source == "unguided" else w) for a in arms])
+    soft = SoftArea(case.models.segmenter, temperature=float(cfg.guidance.segmenter_temperature))
+    return SpatialGuidance(soft.soft_mask, maps.float().to(device), weights.to(device),
+                           groups=torch.arange(len(arms)).repeat_interleave(n), autocast_dtype=dt)
+
+
 def generate(cfg: DictConfig, case: Case, arms: list[Arm], device: torch.device) -> dict[Arm, MethodResult]:
     """The generative arms' results (an empty dict when there is none)."""
     arms = generative_arms(case, arms)
@@ -62,13 +80,14 @@ def generate(cfg: DictConfig, case: Case, arms: list[Arm], device: torch.device)
     scales = torch.cat([torch.full((n,), a.scale if a.source != "unguided" else 0.0) for a in arms])
     dt = autocast_dtype(str(cfg.trainer.precision), device)
     guidance = area_guidance(cfg, case, torch.cat(targets), scales, dt, device)
+    spatial = spatial_guidance(cfg, case, arms, n, dt, device)
     s = cfg.sampling
     pm = probability_map(
         models.denoiser, models.schedule, sl.prior.image.to(device)[None],
         segmenter_from_logits(models.segmenter, autocast_dtype=dt),  # sigmoid of channel 0 = whole tumour
         num_generations=n * len(arms), chunk_size=int(s.batch_size), noise_level=int(s.noise_level),
         num_steps=int(s.num_steps or s.noise_level), eta=float(s.eta), encode=ENCODE[str(s.encode)],
-        callbacks=[guidance], y=models.class_label, pixel_area=sl.pixel_area, autocast_dtype=dt,
+        callbacks=[guidance] if spatial is None else [guidance, spatial], y=models.class_label, pixel_area=sl.pixel_area, autocast_dtype=dt,
         invert_order=int(s.invert_order), refine_iters=int(s.invert_refine_iters),
         noise_seeds=[key_seed(int(cfg.seed), case.plan.subject, i) for _ in arms for i in range(n)],
         keep_mask=case.keep.to(device) if s.preserve_anatomy else None,

@@ -21,11 +21,12 @@ import torch
 from omegaconf import DictConfig
 
 from tgrowth.config.predict import METHODS
+from tgrowth.errors import TgrowthError
 from tgrowth.growth.geometry import grow_to_area
 from tgrowth.metrics import foreground
 from tgrowth.predict.models import Models
 from tgrowth.predict.plan import Plan, SubjectSlices
-from tgrowth.predict.targets import Targets
+from tgrowth.predict.targets import FKPrior, Targets, target_key
 from tgrowth.probability import segmenter_from_logits
 
 __all__ = ["Arm", "Case", "MethodResult", "GENERATIVE", "BASELINES", "method_arms"]
@@ -45,13 +46,15 @@ class Arm:
 @dataclass
 class Case:
     """What every stage after the plan knows about one subject; ``keep`` [H, W] is the change zone's keep weight
-    (0 in the zone: see :func:`tgrowth.predict.targets.zone_keep`)."""
+    (0 in the zone: see :func:`tgrowth.predict.targets.zone_keep`); ``fk`` the subject's FK forecast where the run
+    uses it (:func:`tgrowth.predict.targets.fk_prior`), else None."""
 
     plan: Plan
     slices: SubjectSlices
     targets: Targets
     models: Models
     keep: torch.Tensor
+    fk: FKPrior | None = None
 
     @property
     def zone(self) -> torch.Tensor:
@@ -128,10 +131,20 @@ def grow_to_truth(case: Case, day: int) -> MethodResult:
     return _grow(case, case.slices.true_area)
 
 
+def fk_forecast(case: Case, day: int) -> MethodResult:
+    """The patient Fisher-Kolmogorov forecast at the ODE's target area (the ODE is the size clock, the FK model the
+    shape): its ``round(target / pixel area)`` densest pixels inside the brain (:class:`~tgrowth.predict.targets.FKPrior`);
+    the prior scan as the image. An empty prior slice gives an empty mask (as grow-to-target)."""
+    if case.fk is None:
+        raise TgrowthError(f"subject {case.plan.subject}: the fk method needs the FK prior (targets.fk_prior)")
+    s = case.slices
+    return _fixed(case.fk.mask_of(target_key(day)), s.prior.image, s.pixel_area)
+
+
 GENERATIVE: dict[str, str] = {"tgrowth": "ode", "unguided": "unguided", "oracle-area": "oracle"}
 BASELINES: dict[str, Callable[[Case, int], MethodResult]] = {
     "no-change": no_change, "no-change-segmenter": no_change_segmenter, "segmenter-on-truth": segmenter_on_truth,
-    "grow-to-target": grow_to_target, "grow-to-truth": grow_to_truth}
+    "grow-to-target": grow_to_target, "grow-to-truth": grow_to_truth, "fk": fk_forecast}
 if set(GENERATIVE) | set(BASELINES) != set(METHODS):
     raise ImportError(f"tgrowth.predict.methods implements {sorted(set(GENERATIVE) | set(BASELINES))}, but the "
                       f"config names {sorted(METHODS)}")

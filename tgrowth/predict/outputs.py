@@ -114,6 +114,7 @@ def subject_info(cfg: DictConfig, case: Case, results: dict[Arm, MethodResult], 
         "methods": {(a.method if a.day_index == 0 else f"{a.method}/day{a.day_index}"):
                     {"generated_area_mm2": float(r.areas.mean()), "scale": a.scale} for a, r in results.items()},
         "files": files,
+        **({"fk": case.fk.info()} if case.fk is not None else {}),
     }
 
 

@@ -1,7 +1,8 @@
 """`tgrowth predict`: the stages, in order, for every selected subject.
 
 1. plan (:mod:`~tgrowth.predict.plan`): subjects, prior and target scans, slice, the areas the ODE is fitted to;
-2. targets (:mod:`~tgrowth.predict.targets`): one batched growth-ODE fit, per subject the guidance targets;
+2. targets (:mod:`~tgrowth.predict.targets`): one batched growth-ODE fit, per subject the guidance targets, the
+   FK prior where the run uses it (computed once per subject) and the change zone;
 3. generate (:mod:`~tgrowth.predict.generate`): every generative method in one batched sampling pass;
    baselines (:mod:`~tgrowth.predict.methods`) as plain functions;
 4. evaluate (:mod:`~tgrowth.predict.evaluate`): one metrics row per method against the real follow-up;
@@ -32,7 +33,7 @@ from tgrowth.predict.generate import generate
 from tgrowth.predict.methods import Arm, Case, method_arms, run_baselines
 from tgrowth.predict.models import Models, check_models, load_models
 from tgrowth.predict.plan import Plan, load_slices, plan_subjects
-from tgrowth.predict.targets import fit_growth, subject_targets, zone_keep
+from tgrowth.predict.targets import fit_growth, fk_prior, fk_sizes, subject_targets, uses_fk, zone_keep
 
 log = logging.getLogger("tgrowth.predict")
 
@@ -43,10 +44,13 @@ def predict_one(cfg: DictConfig, models: Models, dm: LongitudinalDataModule, fit
                 out: Path, device: torch.device) -> dict[str, Any]:
     """All stages after the plan for one subject; returns its info.json record."""
     t0 = time.time()
-    slices = load_slices(dm, plan, cfg.data.labels)
+    with_fk = uses_fk(cfg, arms)
+    slices = load_slices(dm, plan, cfg.data.labels, history=with_fk)
     targets = subject_targets(fit, plan, slices.prior_area)
-    keep = zone_keep(slices, targets, cfg.sampling.zone_margin_mm, cfg.sampling.zone_edge_mm)
-    case = Case(plan, slices, targets, models, keep)
+    fk = fk_prior(plan, slices, fk_sizes(cfg, slices, targets, arms), models.contrasts) if with_fk else None
+    s = cfg.sampling
+    keep = zone_keep(slices, targets, s.zone_margin_mm, s.zone_edge_mm, str(s.zone), fk, float(s.zone_fk_level))
+    case = Case(plan, slices, targets, models, keep, fk)
     results = {**generate(cfg, case, arms, device), **run_baselines(case, arms)}
     rows = evaluate.score(cfg, case, results)
     return outputs.write_subject(cfg, case, results, rows, fit, state.subject_dir(out, plan.subject),

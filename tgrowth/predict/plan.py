@@ -8,7 +8,7 @@ areas the growth ODE is fitted to. Data access goes through :class:`~data_module
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -49,11 +49,14 @@ class Plan:
 
 @dataclass
 class SubjectSlices:
-    """The prior slice and the real follow-up slice (None without one), in the models' geometry."""
+    """The prior slice and the real follow-up slice (None without one), in the models' geometry; ``history``:
+    the segmented timepoints the ODE is fitted to (``plan.fit_timepoints``, the prior last) on the same slice
+    or window, when loaded (``load_slices(..., history=True)``: the FK prior is calibrated on them)."""
 
     prior: SliceSample
     truth: SliceSample | None
     labels: Any
+    history: list[SliceSample] = field(default_factory=list)
 
     @property
     def pixel_area(self) -> float:
@@ -160,16 +163,19 @@ def plan_subject(cfg: DictConfig, dm: LongitudinalDataModule, subj: Subject) -> 
                 subject_seed(cfg.seed, name))
 
 
-def load_slices(dm: LongitudinalDataModule, plan: Plan, labels: Any) -> SubjectSlices:
+def load_slices(dm: LongitudinalDataModule, plan: Plan, labels: Any, history: bool = False) -> SubjectSlices:
     """The prior and (when there is one) the real follow-up slice at the plan's slice index; with
     ``data.resize=window`` both are the window centred on the PRIOR's tumour (known at prediction time; the
-    brain's centre without one), at the scan's own pixel spacing."""
+    brain's centre without one), at the scan's own pixel spacing. ``history=True`` also loads the fitted
+    timepoints (``plan.fit_timepoints``) in the same geometry (the same window)."""
     prior = dm.load_slice(plan.prior, plan.slice_index)
     truth = dm.load_slice(plan.target, plan.slice_index) if plan.target is not None else None
+    earlier = [dm.load_slice(t, plan.slice_index) for t in plan.fit_timepoints if t is not plan.prior] if history else []
     if dm.prep.resize == "window":
         mask = tumour_mask(prior.seg, labels) if prior.seg is not None else None
         center = (centroid(mask) if mask is not None else None) or centroid(foreground(prior.image))
         size = dm.prep.image_size
         prior = prior.window(center, size)
         truth = truth.window(center, size) if truth is not None else None
-    return SubjectSlices(prior, truth, labels)
+        earlier = [e.window(center, size) for e in earlier]
+    return SubjectSlices(prior, truth, labels, earlier + [prior] if history else [])

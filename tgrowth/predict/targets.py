@@ -4,6 +4,11 @@ forecast at the target day(s) turned into guidance targets (mm^2 on the slice).
 Per bootstrap replicate b the relative change is ``r_b = size_b(target) / size_b(prior)``; the target is
 ``prior area x median(r)`` (``guidance.target=median``) or, for generation g, ``prior area x r_(g mod B)``
 (``bootstrap``: the ODE's uncertainty reaches the map). A prior slice without tumour uses the forecast sizes.
+
+Where a run uses it (:func:`uses_fk`: the ``fk`` method, ``sampling.zone=fk`` or ``guidance.spatial_weight > 0``),
+:func:`fk_prior` computes the subject's patient Fisher-Kolmogorov forecast once (:class:`FKPrior`): tissue from
+the prior slice, calibration on the fitted timepoints' segmentations on the same slice or window, one batched
+forecast to every size it is needed at (:func:`fk_sizes`). The ODE is the size clock, the FK model the shape.
 """
 
 from __future__ import annotations
@@ -15,13 +20,19 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from tgrowth.errors import DataError
-from tgrowth.growth.geometry import change_zone, radial_growth_mm
+from data_modules.volumes import tumour_mask
+from tgrowth.errors import DataError, TgrowthError
+from tgrowth.growth import Calibration, calibrate, estimate_tissue, fk_mask, forecast_density, initial_density
+from tgrowth.growth.geometry import change_zone, distance_to, radial_growth_mm
 from tgrowth.metrics import foreground
 from tgrowth.ode import fit_cohort
 from tgrowth.predict.plan import Plan, SubjectSlices
 
-__all__ = ["Targets", "ode_rows", "fit_growth", "subject_targets", "zone_keep"]
+__all__ = ["Targets", "FKPrior", "ode_rows", "fit_growth", "subject_targets", "zone_upper", "zone_keep", "uses_fk",
+           "fk_sizes", "fk_prior", "target_key"]
+
+#: the prior tumour dilated by this much (mm) is left out of the tissue fit (its oedema would pass for CSF)
+TISSUE_EXCLUDE_MM = 3.0
 
 
 @dataclass
@@ -70,18 +81,147 @@ def subject_targets(fit: Any, plan: Plan, prior_area: float) -> Targets:
     return Targets(fc, median, ratios)
 
 
-def zone_keep(slices: SubjectSlices, targets: Targets, margin_mm: float, edge_mm: float) -> torch.Tensor:
-    """``[H, W]`` keep weight of the change zone (0 inside, 1 where the prior is kept; a soft edge between).
-
-    The zone is the prior tumour dilated by the radial growth from the prior area to the ODE's 95th-percentile
-    forecast (over the bootstrap replicates, the largest over the target days) plus ``margin_mm``, inside the
-    brain. No tumour on the prior slice: no zone (everything may change).
-    """
+def zone_upper(slices: SubjectSlices, targets: Targets) -> float | None:
+    """The size the change zone is made for (mm^2): the ODE's 95th-percentile forecast over the bootstrap
+    replicates, the largest over the target days (None without tumour on the prior slice)."""
     prior_area = slices.prior_area
     if targets.ratios is None or prior_area <= 0:
+        return None
+    return prior_area * float(targets.ratios.quantile(0.95, dim=0).max())
+
+
+def zone_keep(slices: SubjectSlices, targets: Targets, margin_mm: float, edge_mm: float, zone: str = "isotropic",
+              fk: FKPrior | None = None, fk_level: float = 0.05) -> torch.Tensor:
+    """``[H, W]`` keep weight of the change zone (0 inside, 1 where the prior is kept; a soft edge between).
+
+    ``isotropic``: the zone is the prior tumour dilated by the radial growth from the prior area to
+    :func:`zone_upper` plus ``margin_mm``, inside the brain. ``fk``: the zone is where the FK forecast density at
+    :func:`zone_upper` (the ``zone`` row of ``fk``) exceeds ``fk_level``, with the prior tumour, inside the brain
+    (``margin_mm`` unused). Both blend linearly to 1 over ``edge_mm`` outside the zone
+    (:func:`~tgrowth.growth.geometry.change_zone`). No tumour on the prior slice: no zone (everything may change).
+    """
+    upper = zone_upper(slices, targets)
+    if upper is None:
         return torch.ones(slices.prior.image.shape[1:])
-    upper = prior_area * float(targets.ratios.quantile(0.95, dim=0).max())
-    grow = radial_growth_mm(prior_area, upper) + float(margin_mm)
-    keep = change_zone(slices.prior_mask.numpy(), grow, slices.prior.spacing_mm,
-                       region=foreground(slices.prior.image).numpy(), edge_mm=float(edge_mm))
+    brain = foreground(slices.prior.image).numpy()
+    if zone == "fk":
+        if fk is None or "zone" not in fk.sizes:
+            raise TgrowthError(f"subject {slices.prior.subject}: sampling.zone=fk needs the FK prior's zone forecast")
+        region = (fk.density_of("zone") > float(fk_level)) | slices.prior_mask
+        keep = change_zone(region.numpy(), 0.0, slices.prior.spacing_mm, region=brain, edge_mm=float(edge_mm))
+    else:
+        grow = radial_growth_mm(slices.prior_area, upper) + float(margin_mm)
+        keep = change_zone(slices.prior_mask.numpy(), grow, slices.prior.spacing_mm, region=brain,
+                           edge_mm=float(edge_mm))
     return torch.from_numpy(keep).float()
+
+
+# --------------------------------------------------------------------------- the FK prior
+def target_key(day_index: int) -> str:
+    """The :class:`FKPrior` row of the ODE target at target day ``day_index``."""
+    return f"target{day_index}"
+
+
+@dataclass
+class FKPrior:
+    """One subject's patient Fisher-Kolmogorov forecast on its predicted slice (or window), computed once.
+
+    ``sizes``: row name -> the size (mm^2) the forecast was run to: ``target<j>`` the ODE target of day j
+    (:func:`target_key`), ``zone`` the change zone's upper band (:func:`zone_upper`), ``truth`` the true follow-up
+    area (for ``oracle-area`` with spatial guidance). ``density [K, H, W]``: the forecast density per row;
+    ``masks [K, H, W]`` bool: exactly ``round(size / pixel area)`` pixels each, inside ``brain``: the densest
+    pixels (:func:`~tgrowth.growth.fk_mask`); where the size exceeds every pixel the density reaches (CSF, the
+    reachable tissue full), the rest by distance to the prior tumour (an isotropic fallback, so the size is
+    always exact). ``calibration``: the fitted (or default) parameters (None without a prior tumour: then the
+    density and the masks are empty; there is nothing to say where a tumour would appear).
+    """
+
+    sizes: dict[str, float]
+    density: torch.Tensor
+    masks: torch.Tensor
+    reached: torch.Tensor
+    brain: torch.Tensor
+    calibration: Calibration | None = None
+
+    def _row(self, key: str) -> int:
+        if key not in self.sizes:
+            raise KeyError(f"the FK prior has no forecast {key!r} (has {sorted(self.sizes)})")
+        return list(self.sizes).index(key)
+
+    def density_of(self, key: str) -> torch.Tensor:
+        return self.density[self._row(key)]
+
+    def mask_of(self, key: str) -> torch.Tensor:
+        return self.masks[self._row(key)]
+
+    def info(self) -> dict[str, Any]:
+        """For info.json: the parameters and each forecast's size and whether the FK model reached it."""
+        out: dict[str, Any] = {"forecasts": {k: {"size_mm2": v, "reached": bool(self.reached[i])}
+                                             for i, (k, v) in enumerate(self.sizes.items())}}
+        c = self.calibration
+        if c is not None:
+            p = c.params
+            out.update(calibrated=bool(c.calibrated[0]), n_intervals=int(c.n_intervals[0]), score=float(c.score[0]),
+                       lambda_mm=float(p.lam[0]), rho_per_day=float(p.rho[0]), d_white_mm2_per_day=float(p.d_white[0]),
+                       grey_white_ratio=float(p.grey_white_ratio[0]))
+        return out
+
+
+def uses_fk(cfg: DictConfig, arms: list[Any]) -> bool:
+    """Whether a run needs the FK prior: the ``fk`` method, ``sampling.zone=fk``, or spatial guidance of a guided arm."""
+    spatial = float(cfg.guidance.spatial_weight) > 0 and any(a.source in ("ode", "oracle") for a in arms)
+    return any(a.method == "fk" for a in arms) or str(cfg.sampling.zone) == "fk" or spatial
+
+
+def fk_sizes(cfg: DictConfig, slices: SubjectSlices, targets: Targets, arms: list[Any]) -> dict[str, float]:
+    """The sizes (mm^2) one subject's FK forecast is run to, by row name (see :class:`FKPrior`)."""
+    spatial = float(cfg.guidance.spatial_weight) > 0
+    sizes: dict[str, float] = {}
+    if any(a.method == "fk" for a in arms) or (spatial and any(a.source == "ode" for a in arms)):
+        sizes.update({target_key(j): float(v) for j, v in enumerate(targets.median)})
+    if str(cfg.sampling.zone) == "fk":
+        upper = zone_upper(slices, targets)
+        if upper is not None:
+            sizes["zone"] = upper
+    if spatial and any(a.source == "oracle" for a in arms) and slices.true_area is not None:
+        sizes["truth"] = float(slices.true_area)
+    return sizes
+
+
+def fk_prior(plan: Plan, slices: SubjectSlices, sizes: dict[str, float], contrasts: list[str]) -> FKPrior:
+    """The subject's FK forecast to ``sizes`` (2D, on the slice or window, at its pixel spacing).
+
+    Tissue: :func:`~tgrowth.growth.estimate_tissue` on the prior slice's contrasts inside the brain
+    (:func:`~tgrowth.metrics.foreground`), the prior tumour dilated by :data:`TISSUE_EXCLUDE_MM` left out.
+    Calibration: :func:`~tgrowth.growth.calibrate` on ``slices.history`` (the fitted timepoints, restricted to
+    ``data.labels``) at their days; with one segmented timepoint (or no growing interval) the documented
+    defaults. Forecast: :func:`~tgrowth.growth.forecast_density` from :func:`~tgrowth.growth.initial_density` of
+    the prior, every size one row of one batch.
+    """
+    keys = list(sizes)
+    shape = tuple(slices.prior.image.shape[1:])
+    prior_mask = slices.prior_mask
+    brain = foreground(slices.prior.image) | prior_mask
+    empty = FKPrior(sizes, torch.zeros((len(keys),) + shape), torch.zeros((len(keys),) + shape, dtype=torch.bool),
+                    torch.zeros(len(keys), dtype=torch.bool), brain)
+    if not keys or not bool(prior_mask.any()):
+        return empty
+    if len(slices.history) != len(plan.fit_timepoints):
+        raise TgrowthError(f"subject {plan.subject}: the FK prior needs the fitted timepoints' slices "
+                           "(load_slices(..., history=True))")
+    h = tuple(float(v) for v in slices.prior.spacing_mm)
+    segs = torch.stack([torch.where(tumour_mask(s.seg, slices.labels), s.seg, 0).long() for s in slices.history])[None]
+    days = torch.tensor([[float(t.day) for t in plan.fit_timepoints]], dtype=torch.float64)
+    exclude = distance_to(prior_mask[None], h) <= TISSUE_EXCLUDE_MM
+    tissue = estimate_tissue(slices.prior.image[None].float(), brain[None], exclude, list(contrasts),
+                             subjects=[f"subject {plan.subject}"])
+    cal = calibrate(segs, days, tissue, h, subjects=[f"subject {plan.subject}"])
+    p = cal.params
+    state = initial_density(segs[:, -1], h, p.lam, tissue, p.grey_white_ratio)
+    rows = torch.zeros(len(keys), dtype=torch.long)
+    target = torch.tensor([sizes[k] for k in keys], dtype=torch.float32)
+    fc = forecast_density(state[rows], tissue.select(rows), p.select(rows), target, h)
+    # beyond the density's reach (u = 0), pixels rank by closeness to the prior tumour: the size is always exact
+    score = torch.where(fc.density > 0, fc.density, -distance_to(prior_mask[None], h).expand_as(fc.density))
+    masks = fk_mask(score, target, h, allowed=brain[None].expand_as(fc.density))
+    return FKPrior(sizes, fc.density, masks, fc.reached, brain, cal)
