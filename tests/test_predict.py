@@ -56,8 +56,9 @@ def test_predict_end_to_end(tiny, tmp_path):
     out = tmp_path / "pred"
     assert predict(tiny, out, "wandb.enabled=true", "wandb.mode=offline", "experiment=tinytest") == 0
     rows = read_csv(out / "metrics.csv")
-    assert {(r["subject"], r["method"]) for r in rows} == {
-        (s, m) for s in ("SUB02", "SUB03") for m in ("tgrowth", "no-change", "unguided", "oracle-area")}
+    methods = {"tgrowth", "unguided", "oracle-area", "no-change", "no-change-segmenter", "segmenter-on-truth",
+               "grow-to-target", "grow-to-truth"}  # predict.yaml's methods: generative rows and every baseline
+    assert {(r["subject"], r["method"]) for r in rows} == {(s, m) for s in ("SUB02", "SUB03") for m in methods}
     ds = discover(root)
     for s in ("SUB02", "SUB03"):
         d = out / s
@@ -101,7 +102,7 @@ def test_predict_end_to_end(tiny, tmp_path):
         orc = next(r for r in rows if r["subject"] == s and r["method"] == "oracle-area")
         assert float(orc["guided_to_area_mm2"]) == pytest.approx(true_area)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["n_predicted"] == 2 and set(summary["methods"]) == {"tgrowth", "no-change", "unguided", "oracle-area"}
+    assert summary["n_predicted"] == 2 and set(summary["methods"]) == methods
     got = read_run(out, ("predict/hd95", "predict/ssim"))
     tg = summary["methods"]["tgrowth"]
     assert got["summary"]["predict/hd95"] == pytest.approx(tg["hd95"]["mean"])
