@@ -14,6 +14,16 @@ SHARED = REPO.parent / "shared"
 BRATS2D = SHARED / "data" / "brats2d_sample"
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small per-step tensors: one thread is fastest, above all on a shared CPU (as ``tgrowth synth threads=1``).
+    Use per module: ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def brats2d_root() -> Path:
     """The real BraTS 2D slices in the authors' layout; tests using it skip where ../shared is absent."""

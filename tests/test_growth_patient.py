@@ -23,14 +23,7 @@ from tgrowth.growth.patient import (
 )
 from tgrowth.growth.tissue import TissueMaps
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small per-step tensors: one thread is fastest, above all on a shared CPU (as ``tgrowth synth threads=1``)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tissue(n: int = 64, h: float = 1.0, batch: int = 1) -> TissueMaps:

@@ -16,13 +16,7 @@ from tgrowth.vocab import CONTRASTS
 VOXEL = 4.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small per-step tensors: one thread is fastest, above all on a shared CPU (as ``tgrowth synth threads=1``)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,7 @@ C4 = ["t1n", "t1c", "t2w", "t2f"]
 H = 1.0  # mm
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _grid():
