@@ -135,6 +135,7 @@ def run_stage(command: str, files: list[str], overrides: list[str]) -> tuple[int
 
 
 def run(cfg: DictConfig) -> int:
+    """Run the pipeline's stages in order (synth, training, predict), then write and print the summary and verdicts."""
     from tgrowth.io import prepare_output_dir, write_json
 
     t_all = time.time()
@@ -148,17 +149,37 @@ def run(cfg: DictConfig) -> int:
     if not cfg.synth.enabled and (not cfg.train_root or not cfg.predict_root):
         raise ConfigError("synth.enabled=false needs train_root and predict_root (the data to train on and predict)")
     timings: dict[str, float] = {}
+    stages = _stages(cfg, out, data_dir, train_root)
+    n_total = len(stages) + 1
+    for i, stage in enumerate(stages, start=1):
+        _run_data_stage(cfg, stage, f"[demo {i}/{n_total}] {stage[0]} ({stage[1]})", timings)
+
+    pred_out = out / "predict"
+    summary = _run_predict_stage(cfg, out, pred_out, predict_root, f"[demo {n_total}/{n_total}] predict", timings)
+    wall = time.time() - t_all
+    mp = pred_out / "metrics.csv"
+    found = verdicts(read_csv(mp)) if (cfg.predict.enabled and mp.is_file()) else []
+    write_json(out / "demo_summary.json", {"wall_seconds": round(wall, 1), "stage_seconds": timings,
+                                           "predict_summary": summary, "verdicts": [v for v, _ in found]})
+    _print_summary(out, data_dir, pred_out, wall, timings, found)
+    return 0
+
+
+def _common_overrides(cfg: DictConfig, command: str, stage_out: Path) -> list[str]:
+    """The overrides every stage gets: its output_dir, the seed, the experiment and (if it logs) the wandb settings."""
     from tgrowth.cli import COMMANDS
 
-    def common(command: str, stage_out: Path) -> list[str]:
-        schema = _import(COMMANDS[command].schema)
-        o = [f"output_dir={stage_out}", f"seed={cfg.seed}", f"experiment={cfg.experiment}"]
-        if _has(schema, "wandb"):
-            o += [f"wandb.enabled={str(cfg.wandb.enabled).lower()}", f"wandb.mode={cfg.wandb.mode}",
-                  f"wandb.project={cfg.wandb.project}"]
-        return o
+    schema = _import(COMMANDS[command].schema)
+    o = [f"output_dir={stage_out}", f"seed={cfg.seed}", f"experiment={cfg.experiment}"]
+    if _has(schema, "wandb"):
+        o += [f"wandb.enabled={str(cfg.wandb.enabled).lower()}", f"wandb.mode={cfg.wandb.mode}",
+              f"wandb.project={cfg.wandb.project}"]
+    return o
 
-    stages = [
+
+def _stages(cfg: DictConfig, out: Path, data_dir: Path, train_root: str) -> list[tuple[str, str, Any, Path, Path, list[str]]]:
+    """The stages before predict: (name, command, config section, output dir, file that marks it done, overrides)."""
+    return [
         ("synth", "synth", cfg.synth, data_dir, data_dir / "timeline.csv", []),
         ("denoiser", "train-denoiser", cfg.denoiser, out / "denoiser", out / "denoiser" / "denoiser.pt",
          [f"data.root={train_root}", "ckpt_path=last", "overwrite=true"]),
@@ -167,33 +188,38 @@ def run(cfg: DictConfig) -> int:
         ("segmenter", "train-segmenter", cfg.segmenter, out / "segmenter", out / "segmenter" / "segmenter.pt",
          [f"data.root={train_root}", "ckpt_path=last", "overwrite=true"]),
     ]
-    n_total = len(stages) + 1
-    for i, (name, command, st, stage_out, done, extra) in enumerate(stages, start=1):
-        head = f"[demo {i}/{n_total}] {name} ({command})"
-        if not st.enabled:
-            print(f"{head}: disabled", flush=True)
-            continue
-        if st.skip_if_done and done.is_file():
-            print(f"{head}: reusing {done} (set {name}.skip_if_done=false to redo)", flush=True)
-            continue
-        print(f"{head} -> {stage_out}", flush=True)
-        t0 = time.time()
-        over = common(command, stage_out) + extra + (["overwrite=true"] if name == "synth" else []) + list(st.overrides)
-        rc, _ = run_stage(command, list(st.configs), over)
-        timings[name] = round(time.time() - t0, 1)
-        if rc:
-            raise TgrowthError(f"demo stage {name} ({command}) exited with code {rc}")
-        if not done.is_file():
-            raise TgrowthError(f"demo stage {name} finished but {done} is missing")
-        print(f"{head}: done in {timings[name]:.0f} s", flush=True)
 
-    pred_out = out / "predict"
-    head = f"[demo {n_total}/{n_total}] predict"
+
+def _run_data_stage(cfg: DictConfig, stage: tuple[str, str, Any, Path, Path, list[str]], head: str,
+                    timings: dict[str, float]) -> None:
+    """Run one stage of :func:`_stages` (unless disabled or already done) and record its wall time in ``timings``."""
+    name, command, st, stage_out, done, extra = stage
+    if not st.enabled:
+        print(f"{head}: disabled", flush=True)
+        return
+    if st.skip_if_done and done.is_file():
+        print(f"{head}: reusing {done} (set {name}.skip_if_done=false to redo)", flush=True)
+        return
+    print(f"{head} -> {stage_out}", flush=True)
+    t0 = time.time()
+    over = _common_overrides(cfg, command, stage_out) + extra + (["overwrite=true"] if name == "synth" else []) + list(st.overrides)
+    rc, _ = run_stage(command, list(st.configs), over)
+    timings[name] = round(time.time() - t0, 1)
+    if rc:
+        raise TgrowthError(f"demo stage {name} ({command}) exited with code {rc}")
+    if not done.is_file():
+        raise TgrowthError(f"demo stage {name} finished but {done} is missing")
+    print(f"{head}: done in {timings[name]:.0f} s", flush=True)
+
+
+def _run_predict_stage(cfg: DictConfig, out: Path, pred_out: Path, predict_root: str, head: str,
+                       timings: dict[str, float]) -> dict[str, Any]:
+    """Run predict with the trained checkpoints (when enabled); its summary.json ({} when none)."""
     summary: dict[str, Any] = {}
     if cfg.predict.enabled:
         print(f"{head} -> {pred_out}", flush=True)
         t0 = time.time()
-        over = common("predict", pred_out) + [
+        over = _common_overrides(cfg, "predict", pred_out) + [
             f"data.root={predict_root}", "overwrite=true",
             f"checkpoints.denoiser={out / 'denoiser' / 'denoiser.pt'}",
             f"checkpoints.regressor={out / 'regressor' / 'regressor.pt'}",
@@ -204,11 +230,12 @@ def run(cfg: DictConfig) -> int:
             raise TgrowthError(f"demo stage predict exited with code {rc}")
         sp = pred_out / "summary.json"
         summary = json.loads(sp.read_text()) if sp.is_file() else {}
-    wall = time.time() - t_all
-    mp = pred_out / "metrics.csv"
-    found = verdicts(read_csv(mp)) if (cfg.predict.enabled and mp.is_file()) else []
-    write_json(out / "demo_summary.json", {"wall_seconds": round(wall, 1), "stage_seconds": timings,
-                                           "predict_summary": summary, "verdicts": [v for v, _ in found]})
+    return summary
+
+
+def _print_summary(out: Path, data_dir: Path, pred_out: Path, wall: float, timings: dict[str, float],
+                   found: list[tuple[dict[str, Any], str]]) -> None:
+    """Print the wall times, where the outputs are and the verdicts."""
     print()
     print(f"demo finished in {wall / 60:.1f} min (" + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + ")")
     print(f"  synthetic data:   {data_dir}  (timeline.csv, splits.csv, ground_truth.csv, NIfTI per timepoint)")
@@ -223,4 +250,3 @@ def run(cfg: DictConfig) -> int:
         print("verdicts (paired over the same subjects; lower is better):")
         for _, line in found:
             print(f"  {line}")
-    return 0

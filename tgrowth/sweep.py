@@ -124,36 +124,18 @@ def _plot(path: Path, rows: list[dict[str, Any]], axes: list[str], baseline: dic
 
 
 def run(cfg: DictConfig) -> int:
-    from tgrowth.config.base import load_config, save_resolved_config
-    from tgrowth.config.predict import PredictConfig
-    from tgrowth.io import prepare_output_dir, write_csv
-    from tgrowth.predict import report, state, track
+    """Run the sweep's grid locally: one batched predict pass per setting of the other axes, then the table."""
+    from tgrowth.config.base import save_resolved_config
+    from tgrowth.io import write_csv
+    from tgrowth.predict import report, state
     from tgrowth.predict.dist import launch
     from tgrowth.predict.methods import Arm
     from tgrowth.predict.pipeline import predict_run
 
-    raw_cmd = OmegaConf.to_container(cfg.command, resolve=False)  # wandb's ${env}/${args} macros unresolved
-    if str(cfg.method) != "grid":
-        raise ConfigError(f"tgrowth sweep runs grids locally; method={cfg.method} needs `wandb sweep` + `wandb agent`")
-    if cfg.parameters is None:
-        raise ConfigError("the sweep file has no parameters (guidance.scale values at least)")
-    params = OmegaConf.to_container(cfg.parameters, resolve=True)
-    fixed, axes, scales = parse_grid(params, str(cfg.scale_key))
-    if not scales:
-        raise ConfigError(f"sweep parameters have no {cfg.scale_key} values to sweep")
-    files = base_files([str(s) for s in raw_cmd])
+    files, fixed, axes, scales = _grid_spec(cfg)
     dist = launch(cfg.trainer)
     out = Path(cfg.output_dir)
-    err = None
-    if dist.is_main:
-        try:
-            prepare_output_dir(out, cfg.overwrite)
-            save_resolved_config(cfg, out)
-        except TgrowthError as exc:
-            err = str(exc)
-    err = dist.broadcast(err)
-    if err:
-        raise TgrowthError(err)
+    _prepare_sweep_dir(cfg, dist, out)
     keys = list(axes)
     combos = [dict(zip(keys, vals)) for vals in itertools.product(*(axes[k] for k in keys))] or [{}]
     trainer = [f"trainer.{k}={_fmt_value(v)}" for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
@@ -163,15 +145,7 @@ def run(cfg: DictConfig) -> int:
     t0 = time.time()
     for i, combo in enumerate(combos):
         name = _setting_name(combo)
-        over = [f"data.split={cfg.split}"] + fixed + list(cfg.overrides) + [
-            f"{k}={_fmt_value(v)}" for k, v in combo.items()] + trainer + [
-            f"output_dir={out / name}", "overwrite=true", "resume=false", "wandb.enabled=false",
-            f"{cfg.scale_key}={scales[0]}", f"seed={cfg.seed}", f"experiment={cfg.experiment}"]
-        pcfg = load_config(PredictConfig, files, over)
-        if str(pcfg.data.split) == "test" and not cfg.allow_test:
-            raise ConfigError("this sweep would tune on the test subjects (data.split=test): sweeps choose settings, "
-                              "so they run on validation subjects (split=val, the default); pass allow_test=true "
-                              "only if you mean it")
+        pcfg = _setting_config(cfg, files, fixed, trainer, combo, scales, out / name)
         if dist.is_main:
             print(f"sweep {i + 1}/{len(combos)}: {name or 'grid'}: scales {scales} in one batched pass", flush=True)
             state.prepare_predict_dir(pcfg)
@@ -184,28 +158,103 @@ def run(cfg: DictConfig) -> int:
         ms = res["summary"]["methods"]
         if "no-change" in ms and not baseline:
             baseline = {c: ms["no-change"][c]["mean"] for c in report.METRIC_COLUMNS}
-        for s in scales:
-            st = ms.get(f"tgrowth@{s:g}")
-            if st is None:
-                continue
-            row = {**{k: combo[k] for k in keys}, "scale": s, "n_subjects": st["n_subjects"]}
-            for c in report.METRIC_COLUMNS:
-                row[c] = st[c]["mean"]
-            row["hd95_median"] = st["hd95"]["median"]
-            rows.append(row)
+        rows += _setting_rows(ms, combo, scales)
     if not dist.is_main:
         return 0
     if not rows:
         raise TgrowthError(f"the sweep produced no metrics (see the errors.csv files under {out})")
+    col, best = _best(cfg, rows)
+    columns = keys + ["scale", "n_subjects", "hd95", "hd95_median", "dice", "ssim", "psnr", "mae",
+                      "area_error_vs_truth", "area_error_vs_target", "ode_forecast_error"]
+    write_csv(out / "sweep.csv", rows, columns)
+    _plot(out / "sweep.png", rows, keys, baseline)
+    _log_wandb(cfg, out, rows, columns, col, best)
+    _print_report(cfg, rows, keys, baseline, col, best, out, t0)
+    return 0
+
+
+def _grid_spec(cfg: DictConfig) -> tuple[list[str], list[str], dict[str, list[Any]], list[float]]:
+    """(predict base files, fixed overrides, other grid axes, scales) of the sweep file; ConfigError if it is no local grid."""
+    raw_cmd = OmegaConf.to_container(cfg.command, resolve=False)  # wandb's ${env}/${args} macros unresolved
+    if str(cfg.method) != "grid":
+        raise ConfigError(f"tgrowth sweep runs grids locally; method={cfg.method} needs `wandb sweep` + `wandb agent`")
+    if cfg.parameters is None:
+        raise ConfigError("the sweep file has no parameters (guidance.scale values at least)")
+    params = OmegaConf.to_container(cfg.parameters, resolve=True)
+    fixed, axes, scales = parse_grid(params, str(cfg.scale_key))
+    if not scales:
+        raise ConfigError(f"sweep parameters have no {cfg.scale_key} values to sweep")
+    files = base_files([str(s) for s in raw_cmd])
+    return files, fixed, axes, scales
+
+
+def _prepare_sweep_dir(cfg: DictConfig, dist: Any, out: Path) -> None:
+    """Prepare ``out`` and save the resolved sweep config on the main process; every process raises its error."""
+    from tgrowth.config.base import save_resolved_config
+    from tgrowth.io import prepare_output_dir
+
+    err = None
+    if dist.is_main:
+        try:
+            prepare_output_dir(out, cfg.overwrite)
+            save_resolved_config(cfg, out)
+        except TgrowthError as exc:
+            err = str(exc)
+    err = dist.broadcast(err)
+    if err:
+        raise TgrowthError(err)
+
+
+def _setting_config(cfg: DictConfig, files: list[str], fixed: list[str], trainer: list[str], combo: dict[str, Any],
+                    scales: list[float], setting_out: Path) -> DictConfig:
+    """The predict config of one grid setting, written to ``setting_out``; refuses to tune on the test split."""
+    from tgrowth.config.base import load_config
+    from tgrowth.config.predict import PredictConfig
+
+    over = [f"data.split={cfg.split}"] + fixed + list(cfg.overrides) + [
+        f"{k}={_fmt_value(v)}" for k, v in combo.items()] + trainer + [
+        f"output_dir={setting_out}", "overwrite=true", "resume=false", "wandb.enabled=false",
+        f"{cfg.scale_key}={scales[0]}", f"seed={cfg.seed}", f"experiment={cfg.experiment}"]
+    pcfg = load_config(PredictConfig, files, over)
+    if str(pcfg.data.split) == "test" and not cfg.allow_test:
+        raise ConfigError("this sweep would tune on the test subjects (data.split=test): sweeps choose settings, "
+                          "so they run on validation subjects (split=val, the default); pass allow_test=true "
+                          "only if you mean it")
+    return pcfg
+
+
+def _setting_rows(ms: dict[str, Any], combo: dict[str, Any], scales: list[float]) -> list[dict[str, Any]]:
+    """One sweep.csv row per scale of a setting: its other-axis values and the mean metrics over the subjects."""
+    from tgrowth.predict import report
+
+    rows = []
+    for s in scales:
+        st = ms.get(f"tgrowth@{s:g}")
+        if st is None:
+            continue
+        row = {**combo, "scale": s, "n_subjects": st["n_subjects"]}
+        for c in report.METRIC_COLUMNS:
+            row[c] = st[c]["mean"]
+        row["hd95_median"] = st["hd95"]["median"]
+        rows.append(row)
+    return rows
+
+
+def _best(cfg: DictConfig, rows: list[dict[str, Any]]) -> tuple[str, dict[str, Any] | None]:
+    """The sweep.csv column of the sweep's metric and the best row by it (None when no row has a finite value)."""
     metric = str(cfg.metric.name).split("/")[-1]
     col = {"area_error": "area_error_vs_truth"}.get(metric, metric)
     sign = 1 if str(cfg.metric.goal).startswith("min") else -1
     finite = [r for r in rows if r.get(col) is not None and math.isfinite(r[col])]
     best = min(finite, key=lambda r: sign * r[col]) if finite else None
-    columns = keys + ["scale", "n_subjects", "hd95", "hd95_median", "dice", "ssim", "psnr", "mae",
-                      "area_error_vs_truth", "area_error_vs_target", "ode_forecast_error"]
-    write_csv(out / "sweep.csv", rows, columns)
-    _plot(out / "sweep.png", rows, keys, baseline)
+    return col, best
+
+
+def _log_wandb(cfg: DictConfig, out: Path, rows: list[dict[str, Any]], columns: list[str], col: str,
+               best: dict[str, Any] | None) -> None:
+    """Log the grid table, the plot and the best setting to one wandb run (when wandb is enabled)."""
+    from tgrowth.predict import track
+
     wb = track.start(cfg, "sweep")
     if wb is not None:
         import wandb
@@ -218,6 +267,11 @@ def run(cfg: DictConfig) -> int:
             wb.summary[f"sweep/best_{col}"] = best[col]
             wb.summary["sweep/best_scale"] = best["scale"]
         wb.finish()
+
+
+def _print_report(cfg: DictConfig, rows: list[dict[str, Any]], keys: list[str], baseline: dict[str, float], col: str,
+                  best: dict[str, Any] | None, out: Path, t0: float) -> None:
+    """Print the grid table, the no-change baseline, the best setting and where the files are."""
     print()
     head = keys + ["scale", "HD95", "Dice", "SSIM", "AreaErr/true", "AreaErr/ODE"]
     print("  ".join(f"{h:>12}" for h in head))
@@ -232,4 +286,3 @@ def run(cfg: DictConfig) -> int:
         print(f"best by {cfg.metric.name} ({cfg.metric.goal}): scale {best['scale']:g}"
               + "".join(f", {k}={best[k]}" for k in keys) + f" -> {best[col]:.3f}")
     print(f"sweep: {len(rows)} grid point(s) in {time.time() - t0:.1f} s; {out / 'sweep.csv'}, {out / 'sweep.png'}")
-    return 0

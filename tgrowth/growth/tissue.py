@@ -121,6 +121,29 @@ def estimate_tissue(
     ``brain_mask [B, ...]`` (bool), ``exclude_mask [B, ...]`` (bool, e.g. the dilated tumour segmentation;
     None: nothing excluded). ``subjects`` (optional) names the subjects in error messages.
     """
+    use, brain, excl = _check_inputs(images, brain_mask, exclude_mask, contrasts, subjects)
+    used = [str(contrasts[i]) for i in use]
+    bsz = images.shape[0]
+    spatial = tuple(images.shape[2:])
+    fit = brain & ~excl
+    x, keep, valid, order = _standardised_voxels(images, use, brain, fit)
+    post, mu = _fit_mixture(x, keep, valid, used, n_iter, reg)
+    cls = _class_order(mu, used)
+    ordered = post.gather(2, cls[:, None, :].expand(-1, post.shape[1], -1))  # [B, M, 3]: csf, gm, wm
+    full = torch.zeros((bsz, brain[0].numel(), 3), dtype=x.dtype, device=x.device)
+    full.scatter_(1, order[..., None].expand(-1, -1, 3), ordered)  # padding rows write zeros to non-brain voxels
+    maps = full.transpose(1, 2).reshape((bsz, 3) + spatial) * brain[:, None]
+
+    region = brain & excl
+    if bool(region.any()):
+        maps = _fill_excluded(maps, fit, region)
+    csf, gm, wm = maps.unbind(1)
+    return TissueMaps(wm.contiguous(), gm.contiguous(), csf.contiguous())
+
+
+def _check_inputs(images: torch.Tensor, brain_mask: torch.Tensor, exclude_mask: torch.Tensor | None,
+                  contrasts: Sequence[str], subjects: Sequence[str] | None) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """(the tissue channels used, the brain mask, the excluded mask), or TgrowthError naming what is wrong."""
     if images.dim() < 4:
         raise TgrowthError(f"estimate_tissue: images must be [B, C, H, W] or [B, C, X, Y, Z], got shape {tuple(images.shape)}")
     names = [str(c) for c in contrasts]
@@ -132,7 +155,6 @@ def estimate_tissue(
     use = [i for i, c in enumerate(names) if c in TISSUE_CONTRASTS]
     if not use:
         raise TgrowthError(f"estimate_tissue: needs at least one of t1n, t2w, t2f; got {names}")
-    used = [names[i] for i in use]
     bsz = images.shape[0]
     spatial = tuple(images.shape[2:])
     spatial_ndim(images[:, 0], "images")
@@ -142,15 +164,22 @@ def estimate_tissue(
     excl = torch.zeros_like(brain) if exclude_mask is None else exclude_mask.bool()
     if tuple(excl.shape) != tuple(brain.shape):
         raise TgrowthError(f"estimate_tissue: exclude_mask shape {tuple(excl.shape)} does not match the images {(bsz,) + spatial}")
-    fit = brain & ~excl
-    n_fit = fit.flatten(1).sum(1)
+    n_fit = (brain & ~excl).flatten(1).sum(1)
     for b in range(bsz):
         if int(n_fit[b]) < 30:
             who = subjects[b] if subjects is not None else f"subject {b}"
             raise TgrowthError(f"estimate_tissue: {who} has only {int(n_fit[b])} brain voxels outside the excluded region (need >= 30)")
+    return use, brain, excl
 
+
+def _standardised_voxels(images: torch.Tensor, use: list[int], brain: torch.Tensor,
+                         fit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each subject's brain voxels packed to the front, standardised per channel on the fitted voxels.
+
+    Returns ``x [B, M, C]`` (robust z-scores clipped to [-6, 6]), ``keep [B, M]`` (fitted voxels), ``valid [B, M]``
+    (brain voxels, not padding) and ``order [B, M]`` (their flat voxel indices)."""
     # the brain voxels of each subject, packed to the front (padding has weight 0)
-    c = len(use)
+    bsz, c = images.shape[0], len(use)
     n_brain = brain.flatten(1).sum(1)
     m = int(n_brain.max())
     order = torch.argsort((~brain.flatten(1)).to(torch.uint8), dim=1, stable=True)[:, :m]  # [B, M]
@@ -162,7 +191,13 @@ def estimate_tissue(
     q = q.reshape(bsz, c, 3)
     scale = (q[..., 2] - q[..., 0]).clamp_min(1e-6)
     x = ((x - q[:, None, :, 1]) / scale[:, None, :]).clamp(-6.0, 6.0)
+    return x, keep, valid, order
 
+
+def _fit_mixture(x: torch.Tensor, keep: torch.Tensor, valid: torch.Tensor, used: list[str], n_iter: int,
+                 reg: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """EM of the 3-class mixture on the fitted voxels: (posteriors ``[B, M, K]`` of every brain voxel, means ``[B, K, C]``)."""
+    bsz, m, c = x.shape
     # start: split a T1-likeness score at its START_SPLIT percentiles (CSF, GM, WM)
     signs = torch.tensor([TISSUE_CONTRASTS[n] for n in used], dtype=x.dtype, device=x.device)
     if bool((signs != 0).any()):
@@ -180,29 +215,26 @@ def estimate_tissue(
         logp = _log_gauss(x, outer, mu, cov) + torch.log(pi)[:, None, :]
         resp = torch.softmax(logp, -1) * w
     post = torch.softmax(logp, -1) * valid[..., None]  # [B, M, K]: every brain voxel
+    return post, mu
 
-    # name the classes: (csf, gm, wm) indices per subject
+
+def _class_order(mu: torch.Tensor, used: list[str]) -> torch.Tensor:
+    """The (csf, gm, wm) class indices per subject ``[B, 3]``, from the class means of the used contrasts."""
     if "t1n" in used:
-        cls = mu[..., used.index("t1n")].argsort(-1)  # ascending T1: CSF, GM, WM
-    elif "t2w" in used:
-        cls = (-mu[..., used.index("t2w")]).argsort(-1)  # descending T2: CSF, GM, WM
-    else:
-        flair = mu[..., used.index("t2f")]
-        asc = flair.argsort(-1)  # CSF darkest, then WM, then GM
-        cls = torch.stack([asc[:, 0], asc[:, 2], asc[:, 1]], -1)
-    ordered = post.gather(2, cls[:, None, :].expand(-1, post.shape[1], -1))  # [B, M, 3]: csf, gm, wm
-    full = torch.zeros((bsz, brain[0].numel(), 3), dtype=x.dtype, device=x.device)
-    full.scatter_(1, order[..., None].expand(-1, -1, 3), ordered)  # padding rows write zeros to non-brain voxels
-    maps = full.transpose(1, 2).reshape((bsz, 3) + spatial) * brain[:, None]
+        return mu[..., used.index("t1n")].argsort(-1)  # ascending T1: CSF, GM, WM
+    if "t2w" in used:
+        return (-mu[..., used.index("t2w")]).argsort(-1)  # descending T2: CSF, GM, WM
+    flair = mu[..., used.index("t2f")]
+    asc = flair.argsort(-1)  # CSF darkest, then WM, then GM
+    return torch.stack([asc[:, 0], asc[:, 2], asc[:, 1]], -1)
 
-    region = brain & excl
-    if bool(region.any()):
-        filled = inward_fill(maps[:, 1:], fit, region)  # gm, wm from the surroundings
-        tot = filled.sum(1, keepdim=True)
-        even = torch.full_like(filled, 0.5)
-        frac = torch.where(tot > 1e-3, filled / tot.clamp_min(1e-3), even)  # among CSF only: half and half
-        inside = region[:, None]
-        maps = torch.cat([torch.where(region[:, None], torch.zeros_like(maps[:, :1]), maps[:, :1]),
-                          torch.where(inside, frac, maps[:, 1:])], 1)
-    csf, gm, wm = maps.unbind(1)
-    return TissueMaps(wm.contiguous(), gm.contiguous(), csf.contiguous())
+
+def _fill_excluded(maps: torch.Tensor, fit: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """``maps [B, 3, ...]`` (csf, gm, wm) with CSF 0 in the excluded brain ``region`` and GM:WM filled in from around it."""
+    filled = inward_fill(maps[:, 1:], fit, region)  # gm, wm from the surroundings
+    tot = filled.sum(1, keepdim=True)
+    even = torch.full_like(filled, 0.5)
+    frac = torch.where(tot > 1e-3, filled / tot.clamp_min(1e-3), even)  # among CSF only: half and half
+    inside = region[:, None]
+    return torch.cat([torch.where(region[:, None], torch.zeros_like(maps[:, :1]), maps[:, :1]),
+                      torch.where(inside, frac, maps[:, 1:])], 1)

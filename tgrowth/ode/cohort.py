@@ -441,6 +441,49 @@ def fit_cohort(rows, fit_cfg: Any = None, *, seed: int = 0, strict: bool = False
     s = _settings(fit_cfg)
     candidates = _check_settings(s)
     prior_on = bool(s.population_prior)
+    usable, errors = _usable_series(rows, s, prior_on, strict)
+    dtype = torch.float64 if s.dtype == "float64" else torch.float32
+    notes: list[str] = []
+    subject_notes: dict[str, str] = {}
+    for ser, n_fit in usable:
+        if n_fit == 1:
+            subject_notes[ser.subject] = "prior-only forecast: 1 fitted point, growth parameters from the population prior"
+            log.warning("subject '%s': %s", ser.subject, subject_notes[ser.subject])
+    base_items = [_items(ser, n_fit, dtype) for ser, n_fit in usable]
+    prior_arg = "hierarchical" if prior_on else None
+
+    # ---- model comparison / auto selection (unperturbed data, no bootstrap)
+    comparison: dict[str, dict[str, dict[str, float]]] = {ser.subject: {} for ser, _ in usable}
+    if s.model == "auto" or s.compare_models:
+        names = candidates if s.model == "auto" else sorted(set(candidates) | {s.model}, key=model_names().index)
+        for name in names:
+            model = get_model(name, s.size_kind)
+            items = list(base_items)
+            if s.model == "auto":
+                items += _cv_items(base_items, s, prior_on)
+            res = _fit(model, items, 0, s, seed, prior=prior_arg)
+            _score_model(model, name, items, res, comparison)
+        _pool_cv_scores(names, comparison, s)
+        chosen = _choose_models(usable, comparison, s, subject_notes)
+    else:
+        chosen = {ser.subject: s.model for ser, _ in usable}
+
+    # ---- bootstrap fit, one batched fit per chosen model
+    fits: dict[str, SubjectFit] = {}
+    groups: dict[str, list[int]] = {}
+    for i, (ser, _) in enumerate(usable):
+        groups.setdefault(chosen[ser.subject], []).append(i)
+    for name, idx in groups.items():
+        fits.update(_bootstrap_group(name, [usable[i] for i in idx], [base_items[i] for i in idx], s, seed, prior_arg,
+                                     notes, subject_notes, comparison, logger))
+    ordered = {ser.subject: fits[ser.subject] for ser, _ in usable}
+    cohort = CohortFit(ordered, errors, s, notes)
+    cohort.flag_fits()
+    return cohort
+
+
+def _usable_series(rows, s, prior_on: bool, strict: bool) -> tuple[list[tuple[SizeSeries, int]], list[dict[str, Any]]]:
+    """The series with enough points to fit (each with its number of fitted points), and the error rows of the rest."""
     min_points = 1 if prior_on else 2
     series, problems = load_series(rows, s.rt_duration_days, min_points=min_points, strict=strict)
     usable: list[tuple[SizeSeries, int]] = []
@@ -460,125 +503,120 @@ def fit_cohort(rows, fit_cfg: Any = None, *, seed: int = 0, strict: bool = False
         log.warning("skipped: %s", e["message"])
     if not usable:
         raise DataError("no subject could be fitted: " + "; ".join(e["message"] for e in errors[:5]))
-    dtype = torch.float64 if s.dtype == "float64" else torch.float32
-    notes: list[str] = []
-    subject_notes: dict[str, str] = {}
-    for ser, n_fit in usable:
-        if n_fit == 1:
-            subject_notes[ser.subject] = "prior-only forecast: 1 fitted point, growth parameters from the population prior"
-            log.warning("subject '%s': %s", ser.subject, subject_notes[ser.subject])
-    base_items = [_items(ser, n_fit, dtype) for ser, n_fit in usable]
-    prior_arg = "hierarchical" if prior_on else None
+    return usable, errors
 
-    # ---- model comparison / auto selection (unperturbed data, no bootstrap)
-    comparison: dict[str, dict[str, dict[str, float]]] = {ser.subject: {} for ser, _ in usable}
-    chosen: dict[str, str] = {}
-    if s.model == "auto" or s.compare_models:
-        names = candidates if s.model == "auto" else sorted(set(candidates) | {s.model}, key=model_names().index)
-        for name in names:
-            model = get_model(name, s.size_kind)
-            items = list(base_items)
-            if s.model == "auto":
-                horizon = s.auto_horizon if s.auto_horizon > 0 else max(s.holdout_last, 1)
-                cuts: list[tuple[_Item, int]] = []
-                for it in base_items:
-                    # with RT in the fitted span, a training window must reach auto_post_rt points past
-                    # the RT end: earlier windows say nothing about the post-RT course being forecast
-                    post = (it.t[: it.n_train] > it.t_rt).nonzero()
-                    k_rt = int(post[0]) + s.auto_post_rt if len(post) and s.auto_post_rt > 0 else 0
-                    cuts += [(it, k) for k in range(max(s.auto_min_train, 1, k_rt), it.n_train - horizon + 1)]
-                if prior_on:
-                    # the prior of a fold must not see points after the fold's cut: cut k is its own cohort
-                    # (every subject's first k points, one prior group), in which the folds at k are fitted
-                    targets = {(it.subject, k): k + horizon - 1 for it, k in cuts}
-                    for gi, k in enumerate(sorted({k for _, k in cuts}), start=1):
-                        items += [_Item(it.subject, it.t, it.y, min(k, it.n_train), it.t_rt,
-                                        target=targets.get((it.subject, k)), purpose=f"cv{k}", group=gi)
-                                  for it in base_items]
-                else:
-                    items += [_Item(it.subject, it.t, it.y, k, it.t_rt, target=k + horizon - 1, purpose=f"cv{k}")
-                              for it, k in cuts]
-            res = _fit(model, items, 0, s, seed, prior=prior_arg)
-            cv: dict[str, list[float]] = {}
-            for i, it in enumerate(items):
-                if it.purpose == "fit":
-                    sse = float(res.sse[i, 0])
-                    has_rt = it.t_rt <= float(it.t[it.n_train - 1])
-                    k_eff = model.effective_n_params(has_rt)
-                    aic, bic = aic_bic(sse, it.n_train, k_eff)
-                    yf = it.y[: it.n_train].double()
-                    ss_tot = float(((yf - yf.mean()) ** 2).sum())
-                    comparison[it.subject][name] = {"n_params": k_eff, "n_points": it.n_train, "sse": sse,
-                                                    "r2": 1.0 - sse / ss_tot if ss_tot > 0 else float("nan"),
-                                                    "aic": aic, "bic": bic, "aicc": aicc(aic, it.n_train, k_eff)}
-                elif it.target is not None:  # (items of a cut without a fold only shape that cut's prior)
-                    pred = simulate_closed_form(model, res.theta[i, 0].double(), it.t[it.target : it.target + 1].double(),
-                                                torch.tensor(it.t_rt, dtype=torch.float64))
-                    obs = float(it.y[it.target])
-                    cv.setdefault(it.subject, []).append(abs(float(pred[0]) - obs) / max(obs, REL_FLOOR))
-            for subj, errs in cv.items():
-                comparison[subj][name]["cv_error"] = sum(errs) / len(errs)
-                comparison[subj][name]["cv_folds"] = len(errs)
-        # cohort-wide CV error of each model; each subject's CV error is shrunk toward it (auto_pool)
-        pooled: dict[str, float] = {}
-        for name in names:
-            errs = [c[name]["cv_error"] * c[name]["cv_folds"] for c in comparison.values() if "cv_error" in c.get(name, {})]
-            folds = [c[name]["cv_folds"] for c in comparison.values() if "cv_error" in c.get(name, {})]
-            if folds:
-                pooled[name] = sum(errs) / sum(folds)
-        for c in comparison.values():
-            for name, row in c.items():
-                if "cv_error" in row:
-                    w = float(s.auto_pool)
-                    row["cv_score"] = (row["cv_error"] * row["cv_folds"] + w * pooled[name]) / (row["cv_folds"] + w)
-        for ser, _ in usable:
-            comp = comparison[ser.subject]
-            if s.model != "auto":
-                chosen[ser.subject] = s.model
-                continue
-            # a model that cannot describe the fitted points (in-sample R^2 < 0.5) is no candidate
-            with_cv = {m: c for m, c in comp.items() if "cv_error" in c and not c["r2"] < 0.5}
-            if with_cv:
-                best = min(with_cv, key=lambda m: (round(with_cv[m]["cv_score"], 6), with_cv[m]["n_params"]))
-                why = f"auto: rolling-origin CV ({int(with_cv[best]['cv_folds'])} folds)"
-            else:
-                best = min(comp, key=lambda m: (comp[m]["aicc"], comp[m]["aic"], comp[m]["n_params"]))
-                why = "auto: AICc (too few points for cross-validation)"
-            chosen[ser.subject] = best
-            subject_notes[ser.subject] = "; ".join(x for x in (subject_notes.get(ser.subject, ""), why) if x)
+
+def _cv_items(base_items: list[_Item], s, prior_on: bool) -> list[_Item]:
+    """The rolling-origin CV folds of ``fit.model=auto`` as extra items (with the prior: one prior group per cut)."""
+    horizon = s.auto_horizon if s.auto_horizon > 0 else max(s.holdout_last, 1)
+    cuts: list[tuple[_Item, int]] = []
+    for it in base_items:
+        # with RT in the fitted span, a training window must reach auto_post_rt points past
+        # the RT end: earlier windows say nothing about the post-RT course being forecast
+        post = (it.t[: it.n_train] > it.t_rt).nonzero()
+        k_rt = int(post[0]) + s.auto_post_rt if len(post) and s.auto_post_rt > 0 else 0
+        cuts += [(it, k) for k in range(max(s.auto_min_train, 1, k_rt), it.n_train - horizon + 1)]
+    items: list[_Item] = []
+    if prior_on:
+        # the prior of a fold must not see points after the fold's cut: cut k is its own cohort
+        # (every subject's first k points, one prior group), in which the folds at k are fitted
+        targets = {(it.subject, k): k + horizon - 1 for it, k in cuts}
+        for gi, k in enumerate(sorted({k for _, k in cuts}), start=1):
+            items += [_Item(it.subject, it.t, it.y, min(k, it.n_train), it.t_rt,
+                            target=targets.get((it.subject, k)), purpose=f"cv{k}", group=gi)
+                      for it in base_items]
     else:
-        chosen = {ser.subject: s.model for ser, _ in usable}
+        items += [_Item(it.subject, it.t, it.y, k, it.t_rt, target=k + horizon - 1, purpose=f"cv{k}")
+                  for it, k in cuts]
+    return items
 
-    # ---- bootstrap fit, one batched fit per chosen model
+
+def _score_model(model: GrowthModel, name: str, items: list[_Item], res: FitResult,
+                 comparison: dict[str, dict[str, dict[str, float]]]) -> None:
+    """Add model ``name``'s in-sample scores (SSE, R^2, AIC/BIC/AICc) and CV error per subject to ``comparison``."""
+    cv: dict[str, list[float]] = {}
+    for i, it in enumerate(items):
+        if it.purpose == "fit":
+            sse = float(res.sse[i, 0])
+            has_rt = it.t_rt <= float(it.t[it.n_train - 1])
+            k_eff = model.effective_n_params(has_rt)
+            aic, bic = aic_bic(sse, it.n_train, k_eff)
+            yf = it.y[: it.n_train].double()
+            ss_tot = float(((yf - yf.mean()) ** 2).sum())
+            comparison[it.subject][name] = {"n_params": k_eff, "n_points": it.n_train, "sse": sse,
+                                            "r2": 1.0 - sse / ss_tot if ss_tot > 0 else float("nan"),
+                                            "aic": aic, "bic": bic, "aicc": aicc(aic, it.n_train, k_eff)}
+        elif it.target is not None:  # (items of a cut without a fold only shape that cut's prior)
+            pred = simulate_closed_form(model, res.theta[i, 0].double(), it.t[it.target : it.target + 1].double(),
+                                        torch.tensor(it.t_rt, dtype=torch.float64))
+            obs = float(it.y[it.target])
+            cv.setdefault(it.subject, []).append(abs(float(pred[0]) - obs) / max(obs, REL_FLOOR))
+    for subj, errs in cv.items():
+        comparison[subj][name]["cv_error"] = sum(errs) / len(errs)
+        comparison[subj][name]["cv_folds"] = len(errs)
+
+
+def _pool_cv_scores(names: list[str], comparison: dict[str, dict[str, dict[str, float]]], s) -> None:
+    """Set each subject's ``cv_score``: its CV error shrunk toward the cohort-wide CV error of the model (auto_pool)."""
+    pooled: dict[str, float] = {}
+    for name in names:
+        errs = [c[name]["cv_error"] * c[name]["cv_folds"] for c in comparison.values() if "cv_error" in c.get(name, {})]
+        folds = [c[name]["cv_folds"] for c in comparison.values() if "cv_error" in c.get(name, {})]
+        if folds:
+            pooled[name] = sum(errs) / sum(folds)
+    for c in comparison.values():
+        for name, row in c.items():
+            if "cv_error" in row:
+                w = float(s.auto_pool)
+                row["cv_score"] = (row["cv_error"] * row["cv_folds"] + w * pooled[name]) / (row["cv_folds"] + w)
+
+
+def _choose_models(usable: list[tuple[SizeSeries, int]], comparison: dict[str, dict[str, dict[str, float]]], s,
+                   subject_notes: dict[str, str]) -> dict[str, str]:
+    """Each subject's model: fit.model, or with auto the best CV score (AICc without folds); notes say why."""
+    chosen: dict[str, str] = {}
+    for ser, _ in usable:
+        comp = comparison[ser.subject]
+        if s.model != "auto":
+            chosen[ser.subject] = s.model
+            continue
+        # a model that cannot describe the fitted points (in-sample R^2 < 0.5) is no candidate
+        with_cv = {m: c for m, c in comp.items() if "cv_error" in c and not c["r2"] < 0.5}
+        if with_cv:
+            best = min(with_cv, key=lambda m: (round(with_cv[m]["cv_score"], 6), with_cv[m]["n_params"]))
+            why = f"auto: rolling-origin CV ({int(with_cv[best]['cv_folds'])} folds)"
+        else:
+            best = min(comp, key=lambda m: (comp[m]["aicc"], comp[m]["aic"], comp[m]["n_params"]))
+            why = "auto: AICc (too few points for cross-validation)"
+        chosen[ser.subject] = best
+        subject_notes[ser.subject] = "; ".join(x for x in (subject_notes.get(ser.subject, ""), why) if x)
+    return chosen
+
+
+def _bootstrap_group(name: str, usable: list[tuple[SizeSeries, int]], items: list[_Item], s, seed: int, prior_arg,
+                     notes: list[str], subject_notes: dict[str, str],
+                     comparison: dict[str, dict[str, dict[str, float]]], logger) -> dict[str, SubjectFit]:
+    """One batched point + bootstrap fit of the subjects whose chosen model is ``name``."""
+    model = get_model(name, s.size_kind)
+    prior = prior_arg
+    if s.population_prior and s.prior_mode == "map":
+        prior = _empirical_prior(model, items, name, s, seed, notes)
+    log.info("fitting %d subject(s) with %s: point fit (%d starts), %d bootstrap replicates x %d starts", len(items),
+             name, s.n_starts, s.n_bootstrap, s.boot_starts)
+    res = _fit(model, items, s.n_bootstrap, s, seed, prior=prior, progress=True, logger=logger)
+    side = res.at_bound()
     fits: dict[str, SubjectFit] = {}
-    groups: dict[str, list[int]] = {}
-    for i, (ser, _) in enumerate(usable):
-        groups.setdefault(chosen[ser.subject], []).append(i)
-    for name, idx in groups.items():
-        model = get_model(name, s.size_kind)
-        items = [base_items[i] for i in idx]
-        prior = prior_arg
-        if prior_on and s.prior_mode == "map":
-            prior = _empirical_prior(model, items, name, s, seed, notes)
-        log.info("fitting %d subject(s) with %s: point fit (%d starts), %d bootstrap replicates x %d starts", len(items),
-                 name, s.n_starts, s.n_bootstrap, s.boot_starts)
-        res = _fit(model, items, s.n_bootstrap, s, seed, prior=prior, progress=True, logger=logger)
-        side = res.at_bound()
-        for j, i in enumerate(idx):
-            ser, n_fit = usable[i]
-            samples = res.theta[j, 1:] if s.n_bootstrap > 0 else res.theta[j, :1]
-            pinned = {p: ("lower" if int(side[j, 0, q]) < 0 else "upper")
-                      for q, p in enumerate(model.param_names) if int(side[j, 0, q]) != 0}
-            fits[ser.subject] = SubjectFit(ser, name, n_fit, res.theta[j, 0], samples, float(res.sse[j, 0]),
-                                           subject_notes.get(ser.subject, ""), comparison.get(ser.subject, {}),
-                                           bool(res.converged[j, 0]),
-                                           [p for q, p in enumerate(model.param_names[: model.n_law]) if res.flat[j, 0, q]],
-                                           pinned,
-                                           float(res.converged[j, 1:].double().mean()) if s.n_bootstrap > 0 else 1.0)
-    ordered = {ser.subject: fits[ser.subject] for ser, _ in usable}
-    cohort = CohortFit(ordered, errors, s, notes)
-    cohort.flag_fits()
-    return cohort
+    for j, (ser, n_fit) in enumerate(usable):
+        samples = res.theta[j, 1:] if s.n_bootstrap > 0 else res.theta[j, :1]
+        pinned = {p: ("lower" if int(side[j, 0, q]) < 0 else "upper")
+                  for q, p in enumerate(model.param_names) if int(side[j, 0, q]) != 0}
+        fits[ser.subject] = SubjectFit(ser, name, n_fit, res.theta[j, 0], samples, float(res.sse[j, 0]),
+                                       subject_notes.get(ser.subject, ""), comparison.get(ser.subject, {}),
+                                       bool(res.converged[j, 0]),
+                                       [p for q, p in enumerate(model.param_names[: model.n_law]) if res.flat[j, 0, q]],
+                                       pinned,
+                                       float(res.converged[j, 1:].double().mean()) if s.n_bootstrap > 0 else 1.0)
+    return fits
 
 
 def _empirical_prior(model, items, name, s, seed, notes):

@@ -337,19 +337,58 @@ def generate_cohort(cfg: Any = None, prepare: bool = True, log: Any = print, **k
         torch.set_num_threads(threads)
 
 
-def _generate(cfg: Any, prepare: bool, log: Any) -> dict[str, Any]:
-    from omegaconf import OmegaConf
+@dataclass
+class _Grid:
+    """The output grid, the simulation box and the solver clock shared by every batch."""
 
-    from tgrowth.config.base import save_resolved_config
-    from tgrowth.io import prepare_output_dir, save_nifti, write_csv, write_json
+    voxel: tuple[float, float, float]  # output voxel size (mm)
+    sim_h: float  # simulation voxel size (mm)
+    template: Any
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+    out_points: torch.Tensor  # [X, Y, Z, 3] world mm of the output voxels
+    lattice: tuple[int, int, int]
+    n_sim: int  # simulation box edge (voxels)
+    offsets: torch.Tensor  # [n, n, n, 3] simulation voxels relative to the seed (mm)
+    steps_per_day: int
+    pre_step: int
+    header: Any
 
-    t_start = time.perf_counter()
-    root = Path(cfg.output_dir)
-    if prepare:
-        prepare_output_dir(root, cfg.overwrite)
-        save_resolved_config(cfg, root)
-    device = torch.device(cfg.device)
 
+@dataclass
+class _Batch:
+    """One batch of subjects after the growth simulation: what rendering its scans needs."""
+
+    draws: list[SubjectDraw]
+    warps: Any
+    anat: torch.Tensor  # [B, 5, X, Y, Z] anatomy on the output grid
+    seeds: np.ndarray  # [B, 3] tumour seeds (world mm)
+    oedema_weight: torch.Tensor  # [B, n, n, n]
+    res: Any  # the SimResult
+    sim_seconds: float
+    origin: torch.Tensor  # [B, 3] corner of each simulation box (world mm)
+    coords: torch.Tensor  # [B, X, Y, Z, 3] output voxels as grid_sample coordinates of the box
+    sigma_vox: torch.Tensor
+    kpp: torch.Tensor
+    enh: torch.Tensor
+    mass: torch.Tensor
+    jitter: torch.Tensor
+    bias: torch.Tensor
+    noise: torch.Tensor
+    gens: list[torch.Generator]
+
+
+@dataclass
+class _Tables:
+    """What the scans of every batch add to the cohort's tables and montage."""
+
+    timeline: list[dict[str, Any]]
+    truth: list[dict[str, Any]]
+    montage: dict[str, Any] | None = None
+
+
+def _grid(cfg: Any) -> _Grid:
+    """The output grid, the simulation box around each seed and the stable solver steps, from the config."""
     voxel = (float(cfg.voxel_mm), float(cfg.voxel_mm), float(cfg.slice_thickness_mm or cfg.voxel_mm))
     sim_h = _sim_voxel(cfg)
     pool = max(1, int(round(min(min(voxel), sim_h) / 2.0)))
@@ -363,133 +402,192 @@ def _generate(cfg: Any, prepare: bool, log: Any) -> dict[str, Any]:
     d_max, rho_max = float(cfg.growth.d_white_mm2_per_day[1]) * het_max, float(cfg.growth.rho_per_day[1]) * het_max
     steps_per_day = stable_steps_per_day(d_max, sim_h, rho_max=rho_max)
     pre_step = pregrowth_days_per_step(d_max, sim_h, steps_per_day, rho_max=rho_max)
-    header = _nifti_header()
+    return _Grid(voxel, sim_h, template, shape, affine, out_points, lattice, n_sim, offsets, steps_per_day, pre_step,
+                 _nifti_header())
 
-    draws = [draw_subject(cfg, i, lattice, sim_h) for i in range(cfg.n_subjects)]
+
+def _generate(cfg: Any, prepare: bool, log: Any) -> dict[str, Any]:
+    """Draw the subjects, simulate and render them batch by batch, then write the tables and the summary."""
+    from tgrowth.config.base import save_resolved_config
+    from tgrowth.io import prepare_output_dir
+
+    t_start = time.perf_counter()
+    root = Path(cfg.output_dir)
+    if prepare:
+        prepare_output_dir(root, cfg.overwrite)
+        save_resolved_config(cfg, root)
+    device = torch.device(cfg.device)
+    g = _grid(cfg)
+
+    draws = [draw_subject(cfg, i, g.lattice, g.sim_h) for i in range(cfg.n_subjects)]
     subjects = [d.subject for d in draws]
     splits = assign_splits(subjects, list(cfg.split_fractions), int(cfg.seed))
-    timeline_rows: list[dict[str, Any]] = []
-    truth_rows: list[dict[str, Any]] = []
-    montage_data: dict[str, Any] | None = None
-
+    tables = _Tables([], [])
     for start in range(0, len(draws), cfg.batch_size):
-        batch = draws[start : start + cfg.batch_size]
-        bsz = len(batch)
-        warps = A.make_warps([d.warp for d in batch])
-        anat = A.sample_anatomy(template, warps, out_points[None].expand(bsz, -1, -1, -1, -1))  # [B, 5, X, Y, Z]
-        seeds = np.stack([choose_seed(d, anat[i], out_points) for i, d in enumerate(batch)])
-        sim_pts = offsets[None] + torch.as_tensor(seeds, dtype=torch.float32)[:, None, None, None, :]
-        sim_tissue = A.sample_anatomy(template, warps, sim_pts)[:, 1:3]  # gm, wm
-        oedema_weight = (0.35 + 0.9 * sim_tissue[:, 1]).clamp(max=1.0) * ((sim_tissue.sum(1)) > 0.2)
-        r2 = (offsets**2).sum(-1)
-        u0 = (0.8 * torch.exp(-0.5 * r2 / 16.0))[None].expand(bsz, -1, -1, -1).contiguous()  # sigma 4 mm
-        params = {k: torch.tensor([d.params[k] for d in batch], dtype=torch.float32)
-                  for k in ("d_white", "d_grey", "rho", "alpha", "beta", "k_clear", "k_nec")}
-        het = None
-        if cfg.growth.heterogeneity > 0:
-            het = torch.stack([
-                torch.exp(float(cfg.growth.heterogeneity) * smooth_noise((n_sim,) * 3, torch.Generator().manual_seed(d.torch_seed + 1), lattice=6).clamp(-2.0, 2.0))
-                for d in batch
-            ])
-        t_sim = time.perf_counter()
-        res = simulate(
-            sim_tissue.to(device), u0.to(device), {k: v.to(device) for k, v in params.items()},
-            [d.schedule for d in batch], sim_h, steps_per_day, float(cfg.rt.dose_per_fraction_gy),
-            float(cfg.rt.margin_mm), int(cfg.growth.max_pregrowth_days), pregrowth_days_per_step=pre_step,
-            heterogeneity=None if het is None else het.to(device),
-        )
-        t_sim = time.perf_counter() - t_sim
-        # output voxel -> this subject's simulation box, as grid_sample coordinates
-        origin = torch.as_tensor(seeds, dtype=torch.float32) - sim_h * (n_sim - 1) / 2.0
-        ijk = (out_points[None] - origin[:, None, None, None, :]) / sim_h
-        coords = (ijk / max(n_sim - 1, 1) * 2.0 - 1.0).flip(-1)
-        sigma_vox = torch.tensor([d.params["oedema_sigma_mm"] / sim_h for d in batch])
-        kpp = torch.tensor([d.params["pseudo_progression"] for d in batch]).reshape(-1, 1, 1, 1)
-        enh = torch.tensor([d.params["enh_threshold"] for d in batch])
-        mass = torch.tensor([d.params["mass_effect"] for d in batch]) * float(cfg.growth.mass_effect)
-        jitter = torch.as_tensor(np.stack([d.imaging["tissue_jitter"] for d in batch]), dtype=torch.float32)
-        bias = torch.tensor([d.imaging["bias_strength"] for d in batch])
-        noise = torch.tensor([d.imaging["noise_level"] for d in batch])
-        gens = [torch.Generator().manual_seed(d.torch_seed) for d in batch]
-        snaps = res.snapshots.cpu()
+        bt = _simulate_batch(cfg, g, draws[start : start + cfg.batch_size], device)
+        snaps = bt.res.snapshots.cpu()
         for j in range(cfg.n_timepoints):
-            u, n, dmg = snaps[:, j].unbind(1)
-            # vasogenic oedema spreads along white matter more than through grey matter
-            e = gaussian_blur(u + n + kpp * dmg, sigma_vox, max_sigma=OEDEMA_SIGMA_MAX_MM / sim_h) * oedema_weight
-            sim_fields = torch.stack([u, n, dmg, e], 1)
-            anat_j, coords_j = anat, coords
-            if cfg.growth.mass_effect > 0:
-                # mass effect: tissue pushed down the gradient of the smoothed tumour burden (oedema counts half);
-                # the image at x shows what was at x - disp(x), so the tumour and its neighbourhood expand
-                burden = gaussian_blur(u + n + dmg + 0.5 * e, MASS_SIGMA_MM / sim_h)
-                grad = torch.stack([torch.gradient(burden, spacing=sim_h, dim=k)[0] for k in (1, 2, 3)], 1)
-                disp = -(mass * MASS_SIGMA_MM**2)[:, None, None, None, None] * grad  # mm, world axes
-                disp_out = torch.nn.functional.grid_sample(disp, coords, mode="bilinear", padding_mode="zeros", align_corners=True)
-                moved = out_points[None] - disp_out.permute(0, 2, 3, 4, 1)
-                # re-sample the anatomy only where tissue moved (exact, and far cheaper than the whole grid)
-                anat_j = anat.clone()
-                for i in range(bsz):
-                    hit = disp_out[i].abs().amax(0) > 1e-3
-                    if bool(hit.any()):
-                        pts = moved[i][hit].reshape(1, -1, 1, 1, 3)
-                        anat_j[i][:, hit] = A.sample_anatomy(template, warps.select(i), pts).reshape(anat.shape[1], -1)
-                coords_j = (((moved - origin[:, None, None, None, :]) / sim_h) / max(n_sim - 1, 1) * 2.0 - 1.0).flip(-1)
-            fields = torch.nn.functional.grid_sample(sim_fields, coords_j, mode="bilinear", padding_mode="zeros", align_corners=True)
-            images, seg = render(anat_j, fields, enh, jitter, gens, bias, noise)
-            for i, d in enumerate(batch):
-                tp = f"{j:03d}"
-                folder = root / f"{d.subject}-{tp}"
-                for ci, name in enumerate(CONTRASTS):
-                    save_nifti(folder / f"{d.subject}-{tp}-{name}.nii.gz", images[i, ci].numpy(), affine, header)
-                seg_np = seg[i].numpy()
-                save_nifti(folder / f"{d.subject}-{tp}-seg.nii.gz", seg_np, affine, header)
-                day = d.schedule.scan_days[j]
-                timeline_rows.append({"subject": d.subject, "timepoint": tp, "day": float(day),
-                                      "rt_start_day": None if d.rt_start_day is None else float(d.rt_start_day),
-                                      "rt_end_day": None if d.rt_end_day is None else float(d.rt_end_day)})
-                row = {
-                    "subject": d.subject, "timepoint": tp, "day": float(day), "split": splits[d.subject],
-                    "rt_start_day": d.rt_start_day, "rt_end_day": d.rt_end_day,
-                    "phase": "no_rt" if d.rt_start_day is None else "pre_rt" if day < d.rt_start_day else ("during_rt" if day <= d.rt_end_day else "post_rt"),
-                    **seg_measures(seg_np, voxel),
-                    "tumor_cell_volume_mm3": float(fields[i, 0].double().sum()) * float(np.prod(voxel)),
-                    "kind": d.kind, "region": d.region,
-                    "seed_x_mm": round(float(seeds[i, 0]), 3), "seed_y_mm": round(float(seeds[i, 1]), 3), "seed_z_mm": round(float(seeds[i, 2]), 3),
-                    "d_white_mm2_per_day": d.params["d_white"], "d_grey_mm2_per_day": d.params["d_grey"],
-                    "rho_per_day": d.params["rho"], "alpha_per_gy": d.params["alpha"], "beta_per_gy2": d.params["beta"],
-                    "damage_clearance_per_day": d.params["k_clear"], "necrosis_rate_per_day": d.params["k_nec"],
-                    "enhancement_threshold": d.params["enh_threshold"], "pseudo_progression": d.params["pseudo_progression"],
-                    "oedema_sigma_mm": d.params["oedema_sigma_mm"],
-                    "mass_effect": d.params["mass_effect"] * float(cfg.growth.mass_effect),
-                    "initial_volume_ml_target": d.params["initial_volume_ml"],
-                    "pregrowth_days": res.pregrowth_days[i], "reached_initial_volume": res.reached_target[i],
-                }
-                truth_rows.append(row)
-                if d.index == cfg.montage_subject - 1 and cfg.montage:
-                    if montage_data is None:
-                        montage_data = {"subject": d.subject, "days": [], "t1c": [], "t2f": [], "seg": [],
-                                        "rt": (d.rt_start_day, d.rt_end_day)}
-                    montage_data["days"].append(day)
-                    montage_data["t1c"].append(images[i, 1].numpy())
-                    montage_data["t2f"].append(images[i, 3].numpy())
-                    montage_data["seg"].append(seg_np)
-        log(f"synth: subjects {start + 1}-{start + bsz} of {len(draws)} done (growth simulation {t_sim:.1f} s, "
-            f"{steps_per_day} steps/day on {n_sim}^3 x {bsz} voxels)")
+            _render_scan(cfg, g, bt, snaps[:, j], j, root, splits, tables)
+        log(f"synth: subjects {start + 1}-{start + len(bt.draws)} of {len(draws)} done (growth simulation "
+            f"{bt.sim_seconds:.1f} s, {g.steps_per_day} steps/day on {g.n_sim}^3 x {len(bt.draws)} voxels)")
+    return _write_cohort(cfg, g, root, subjects, splits, tables, t_start)
 
-    timeline_rows.sort(key=lambda r: (r["subject"], r["timepoint"]))
-    truth_rows.sort(key=lambda r: (r["subject"], r["timepoint"]))
+
+def _simulate_batch(cfg: Any, g: _Grid, batch: list[SubjectDraw], device: torch.device) -> _Batch:
+    """Warp the anatomy, place the seeds and run the growth simulation of one batch of subjects."""
+    bsz = len(batch)
+    warps = A.make_warps([d.warp for d in batch])
+    anat = A.sample_anatomy(g.template, warps, g.out_points[None].expand(bsz, -1, -1, -1, -1))  # [B, 5, X, Y, Z]
+    seeds = np.stack([choose_seed(d, anat[i], g.out_points) for i, d in enumerate(batch)])
+    sim_pts = g.offsets[None] + torch.as_tensor(seeds, dtype=torch.float32)[:, None, None, None, :]
+    sim_tissue = A.sample_anatomy(g.template, warps, sim_pts)[:, 1:3]  # gm, wm
+    oedema_weight = (0.35 + 0.9 * sim_tissue[:, 1]).clamp(max=1.0) * ((sim_tissue.sum(1)) > 0.2)
+    r2 = (g.offsets**2).sum(-1)
+    u0 = (0.8 * torch.exp(-0.5 * r2 / 16.0))[None].expand(bsz, -1, -1, -1).contiguous()  # sigma 4 mm
+    params = {k: torch.tensor([d.params[k] for d in batch], dtype=torch.float32)
+              for k in ("d_white", "d_grey", "rho", "alpha", "beta", "k_clear", "k_nec")}
+    het = _heterogeneity(cfg, g, batch)
+    t_sim = time.perf_counter()
+    res = simulate(
+        sim_tissue.to(device), u0.to(device), {k: v.to(device) for k, v in params.items()},
+        [d.schedule for d in batch], g.sim_h, g.steps_per_day, float(cfg.rt.dose_per_fraction_gy),
+        float(cfg.rt.margin_mm), int(cfg.growth.max_pregrowth_days), pregrowth_days_per_step=g.pre_step,
+        heterogeneity=None if het is None else het.to(device),
+    )
+    t_sim = time.perf_counter() - t_sim
+    # output voxel -> this subject's simulation box, as grid_sample coordinates
+    origin = torch.as_tensor(seeds, dtype=torch.float32) - g.sim_h * (g.n_sim - 1) / 2.0
+    ijk = (g.out_points[None] - origin[:, None, None, None, :]) / g.sim_h
+    coords = (ijk / max(g.n_sim - 1, 1) * 2.0 - 1.0).flip(-1)
+    return _Batch(
+        batch, warps, anat, seeds, oedema_weight, res, t_sim, origin, coords,
+        sigma_vox=torch.tensor([d.params["oedema_sigma_mm"] / g.sim_h for d in batch]),
+        kpp=torch.tensor([d.params["pseudo_progression"] for d in batch]).reshape(-1, 1, 1, 1),
+        enh=torch.tensor([d.params["enh_threshold"] for d in batch]),
+        mass=torch.tensor([d.params["mass_effect"] for d in batch]) * float(cfg.growth.mass_effect),
+        jitter=torch.as_tensor(np.stack([d.imaging["tissue_jitter"] for d in batch]), dtype=torch.float32),
+        bias=torch.tensor([d.imaging["bias_strength"] for d in batch]),
+        noise=torch.tensor([d.imaging["noise_level"] for d in batch]),
+        gens=[torch.Generator().manual_seed(d.torch_seed) for d in batch],
+    )
+
+
+def _heterogeneity(cfg: Any, g: _Grid, batch: list[SubjectDraw]) -> torch.Tensor | None:
+    """Each subject's smooth positive field that multiplies D and rho (None when growth.heterogeneity is 0)."""
+    if not cfg.growth.heterogeneity > 0:
+        return None
+    return torch.stack([
+        torch.exp(float(cfg.growth.heterogeneity) * smooth_noise((g.n_sim,) * 3, torch.Generator().manual_seed(d.torch_seed + 1), lattice=6).clamp(-2.0, 2.0))
+        for d in batch
+    ])
+
+
+def _render_scan(cfg: Any, g: _Grid, bt: _Batch, snap: torch.Tensor, j: int, root: Path, splits: dict[str, str],
+                 tables: _Tables) -> None:
+    """Render scan ``j`` of a batch from its simulated ``u, n, d`` (``snap [B, 3, n, n, n]``) and write it."""
+    u, n, dmg = snap.unbind(1)
+    # vasogenic oedema spreads along white matter more than through grey matter
+    e = gaussian_blur(u + n + bt.kpp * dmg, bt.sigma_vox, max_sigma=OEDEMA_SIGMA_MAX_MM / g.sim_h) * bt.oedema_weight
+    sim_fields = torch.stack([u, n, dmg, e], 1)
+    anat_j, coords_j = bt.anat, bt.coords
+    if cfg.growth.mass_effect > 0:
+        anat_j, coords_j = _mass_effect(g, bt, u + n + dmg + 0.5 * e)
+    fields = torch.nn.functional.grid_sample(sim_fields, coords_j, mode="bilinear", padding_mode="zeros", align_corners=True)
+    images, seg = render(anat_j, fields, bt.enh, bt.jitter, bt.gens, bt.bias, bt.noise)
+    for i, d in enumerate(bt.draws):
+        _write_scan(cfg, g, bt, i, j, root, images, seg[i].numpy(), fields, splits[d.subject], tables)
+
+
+def _mass_effect(g: _Grid, bt: _Batch, load: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The anatomy and the grid_sample coordinates after the tumour ``load`` (oedema counted half) pushed tissue away."""
+    # mass effect: tissue pushed down the gradient of the smoothed tumour burden (oedema counts half);
+    # the image at x shows what was at x - disp(x), so the tumour and its neighbourhood expand
+    burden = gaussian_blur(load, MASS_SIGMA_MM / g.sim_h)
+    grad = torch.stack([torch.gradient(burden, spacing=g.sim_h, dim=k)[0] for k in (1, 2, 3)], 1)
+    disp = -(bt.mass * MASS_SIGMA_MM**2)[:, None, None, None, None] * grad  # mm, world axes
+    disp_out = torch.nn.functional.grid_sample(disp, bt.coords, mode="bilinear", padding_mode="zeros", align_corners=True)
+    moved = g.out_points[None] - disp_out.permute(0, 2, 3, 4, 1)
+    # re-sample the anatomy only where tissue moved (exact, and far cheaper than the whole grid)
+    anat_j = bt.anat.clone()
+    for i in range(len(bt.draws)):
+        hit = disp_out[i].abs().amax(0) > 1e-3
+        if bool(hit.any()):
+            pts = moved[i][hit].reshape(1, -1, 1, 1, 3)
+            anat_j[i][:, hit] = A.sample_anatomy(g.template, bt.warps.select(i), pts).reshape(bt.anat.shape[1], -1)
+    coords_j = (((moved - bt.origin[:, None, None, None, :]) / g.sim_h) / max(g.n_sim - 1, 1) * 2.0 - 1.0).flip(-1)
+    return anat_j, coords_j
+
+
+def _write_scan(cfg: Any, g: _Grid, bt: _Batch, i: int, j: int, root: Path, images: torch.Tensor, seg_np: np.ndarray,
+                fields: torch.Tensor, split: str, tables: _Tables) -> None:
+    """Write subject ``i``'s scan ``j`` (contrasts and labels) and add its rows to the tables and the montage."""
+    from tgrowth.io import save_nifti
+
+    d = bt.draws[i]
+    tp = f"{j:03d}"
+    folder = root / f"{d.subject}-{tp}"
+    for ci, name in enumerate(CONTRASTS):
+        save_nifti(folder / f"{d.subject}-{tp}-{name}.nii.gz", images[i, ci].numpy(), g.affine, g.header)
+    save_nifti(folder / f"{d.subject}-{tp}-seg.nii.gz", seg_np, g.affine, g.header)
+    day = d.schedule.scan_days[j]
+    tables.timeline.append({"subject": d.subject, "timepoint": tp, "day": float(day),
+                            "rt_start_day": None if d.rt_start_day is None else float(d.rt_start_day),
+                            "rt_end_day": None if d.rt_end_day is None else float(d.rt_end_day)})
+    tables.truth.append(_truth_row(cfg, g, bt, i, tp, day, split, seg_np, fields))
+    if d.index == cfg.montage_subject - 1 and cfg.montage:
+        if tables.montage is None:
+            tables.montage = {"subject": d.subject, "days": [], "t1c": [], "t2f": [], "seg": [],
+                              "rt": (d.rt_start_day, d.rt_end_day)}
+        tables.montage["days"].append(day)
+        tables.montage["t1c"].append(images[i, 1].numpy())
+        tables.montage["t2f"].append(images[i, 3].numpy())
+        tables.montage["seg"].append(seg_np)
+
+
+def _truth_row(cfg: Any, g: _Grid, bt: _Batch, i: int, tp: str, day: int, split: str, seg_np: np.ndarray,
+               fields: torch.Tensor) -> dict[str, Any]:
+    """The ground_truth.csv row of subject ``i``'s scan ``tp``: its drawn parameters and measured volumes."""
+    d, res, seeds = bt.draws[i], bt.res, bt.seeds
+    return {
+        "subject": d.subject, "timepoint": tp, "day": float(day), "split": split,
+        "rt_start_day": d.rt_start_day, "rt_end_day": d.rt_end_day,
+        "phase": "no_rt" if d.rt_start_day is None else "pre_rt" if day < d.rt_start_day else ("during_rt" if day <= d.rt_end_day else "post_rt"),
+        **seg_measures(seg_np, g.voxel),
+        "tumor_cell_volume_mm3": float(fields[i, 0].double().sum()) * float(np.prod(g.voxel)),
+        "kind": d.kind, "region": d.region,
+        "seed_x_mm": round(float(seeds[i, 0]), 3), "seed_y_mm": round(float(seeds[i, 1]), 3), "seed_z_mm": round(float(seeds[i, 2]), 3),
+        "d_white_mm2_per_day": d.params["d_white"], "d_grey_mm2_per_day": d.params["d_grey"],
+        "rho_per_day": d.params["rho"], "alpha_per_gy": d.params["alpha"], "beta_per_gy2": d.params["beta"],
+        "damage_clearance_per_day": d.params["k_clear"], "necrosis_rate_per_day": d.params["k_nec"],
+        "enhancement_threshold": d.params["enh_threshold"], "pseudo_progression": d.params["pseudo_progression"],
+        "oedema_sigma_mm": d.params["oedema_sigma_mm"],
+        "mass_effect": d.params["mass_effect"] * float(cfg.growth.mass_effect),
+        "initial_volume_ml_target": d.params["initial_volume_ml"],
+        "pregrowth_days": res.pregrowth_days[i], "reached_initial_volume": res.reached_target[i],
+    }
+
+
+def _write_cohort(cfg: Any, g: _Grid, root: Path, subjects: list[str], splits: dict[str, str], tables: _Tables,
+                  t_start: float) -> dict[str, Any]:
+    """Write timeline.csv, splits.csv, ground_truth.csv, the montage and summary.json; return the summary."""
+    from omegaconf import OmegaConf
+
+    from tgrowth.io import write_csv, write_json
+
+    timeline_rows = sorted(tables.timeline, key=lambda r: (r["subject"], r["timepoint"]))
+    truth_rows = sorted(tables.truth, key=lambda r: (r["subject"], r["timepoint"]))
     write_csv(root / "timeline.csv", timeline_rows, ["subject", "timepoint", "day", "rt_start_day", "rt_end_day"])
     write_csv(root / "splits.csv", [{"subject": s, "split": splits[s]} for s in subjects], ["subject", "split"])
     write_csv(root / "ground_truth.csv", truth_rows)
-    if montage_data is not None:
+    if tables.montage is not None:
         from tgrowth.synth.montage import save_montage
 
-        save_montage(montage_data, root / "montage.png", voxel)
+        save_montage(tables.montage, root / "montage.png", g.voxel)
     seconds = time.perf_counter() - t_start
     summary = {
         "root": str(root), "subjects": subjects, "splits": splits, "n_timepoints": int(cfg.n_timepoints),
-        "shape": list(shape), "voxel_mm": list(voxel), "affine": affine.tolist(), "sim_voxel_mm": sim_h,
-        "steps_per_day": steps_per_day, "seconds": round(seconds, 2), "seed": int(cfg.seed),
+        "shape": list(g.shape), "voxel_mm": list(g.voxel), "affine": g.affine.tolist(), "sim_voxel_mm": g.sim_h,
+        "steps_per_day": g.steps_per_day, "seconds": round(seconds, 2), "seed": int(cfg.seed),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     write_json(root / "summary.json", summary)

@@ -100,11 +100,37 @@ def simulate(
         torch.set_flush_denormal(False)  # torch's default
 
 
-def _simulate(tissue, u0, params, schedules, spacing_mm, steps_per_day, dose_per_fraction_gy, margin_mm,
-              max_pregrowth_days, hypoxia_threshold, pregrowth_days_per_step, heterogeneity) -> SimResult:
+@dataclass
+class _Clock:
+    """Each subject's clock and event calendar while its batch runs (lists indexed by subject, not by row)."""
+
+    schedules: list[Schedule]
+    max_pregrowth_days: int
+    days: list[int]  # days simulated
+    day0: list[int | None]  # simulated day of the first scan (None: still growing towards it)
+    reached: list[bool]  # the initial volume was reached (not the max_pregrowth_days cap)
+    last_day: list[int]
+    scans: list[dict[int, int]]  # scan day -> scan index
+    fractions: list[set[int]]
+    rt_start: list[int | None]
+
+    @classmethod
+    def start(cls, schedules: list[Schedule], max_pregrowth_days: int) -> _Clock:
+        """Every subject at day 0 of its growth from the seed."""
+        bsz = len(schedules)
+        return cls(schedules, max_pregrowth_days, [0] * bsz, [None] * bsz, [True] * bsz,
+                   [max(s.scan_days) for s in schedules], [{day: i for i, day in enumerate(s.scan_days)} for s in schedules],
+                   [set(s.fraction_days) for s in schedules],
+                   [min(s.fraction_days) if s.fraction_days else None for s in schedules])
+
+    def local(self, rows: list[int]) -> list[int | None]:
+        """Each row's day since its first scan (None while it still grows towards it)."""
+        return [None if self.day0[b] is None else self.days[b] - self.day0[b] for b in rows]
+
+
+def _initial_state(tissue, u0, params, spacing_mm, heterogeneity) -> dict[str, torch.Tensor]:
+    """Per-row state (u, n, d, RT survival) and coefficients (rates, face diffusivities) at the seed."""
     bsz = u0.shape[0]
-    dev = u0.device
-    dt = 1.0 / steps_per_day
     col = {k: v.to(torch.float32).reshape(bsz, 1, 1, 1) for k, v in params.items()}
     gm, wm = tissue[:, 0], tissue[:, 1]
     diff = diffusivity(wm, gm, params["d_white"], params["d_grey"])
@@ -113,7 +139,6 @@ def _simulate(tissue, u0, params, schedules, spacing_mm, steps_per_day, dose_per
         diff = diff * heterogeneity
         rho = rho * heterogeneity
     brain = ((gm + wm) > 0).float()
-    # per-row state and coefficients; rows are dropped once their subject has had its last scan
     st = {
         "u": (u0 * brain).masked_fill(u0 * brain < TRUNCATION, 0.0),
         "n": torch.zeros_like(u0),
@@ -124,58 +149,107 @@ def _simulate(tissue, u0, params, schedules, spacing_mm, steps_per_day, dose_per
     }
     for axis, f in zip((1, 2, 3), face_coefficients(diff, spacing_mm)):
         st[f"face{axis}"] = f
-    rows = list(range(bsz))  # row -> subject
+    return st
 
+
+def _start_clocks(clk: _Clock, st: dict[str, torch.Tensor], rows: list[int]) -> None:
+    """Set day 0 of the rows whose visible tumour reached its initial volume (or the pre-growth cap) today."""
+    pending = [r for r, b in enumerate(rows) if clk.day0[b] is None]
+    if pending:
+        u, n, d = st["u"], st["n"], st["d"]
+        counts = ((u + n + d) > VISIBLE_THRESHOLD).flatten(1).sum(1).tolist()
+        for r in pending:
+            b = rows[r]
+            if counts[r] >= clk.schedules[b].target_visible_voxels or clk.days[b] >= clk.max_pregrowth_days:
+                clk.day0[b] = clk.days[b]
+                clk.reached[b] = counts[r] >= clk.schedules[b].target_visible_voxels
+
+
+def _scan_and_treat(st: dict[str, torch.Tensor], rows: list[int], local: list[int | None], clk: _Clock,
+                    snaps: torch.Tensor, dose_per_fraction_gy: float, margin_vox: float, penumbra_vox: float) -> list[int]:
+    """Today's events of each row: its scan (into ``snaps``), then its planning at RT start and its RT fraction.
+
+    Returns the rows that received a fraction today."""
+    u, n, d = st["u"], st["n"], st["d"]
+    dev = u.device
+    for r, b in enumerate(rows):
+        if local[r] is not None and local[r] in clk.scans[b]:
+            snaps[b, clk.scans[b][local[r]]] = torch.stack([u[r], n[r], d[r]])
+    starting = [r for r, b in enumerate(rows) if local[r] is not None and local[r] == clk.rt_start[b]]
+    if starting:
+        idx = torch.tensor(starting, device=dev)
+        visible = (u[idx] + n[idx] + d[idx]) > VISIBLE_THRESHOLD
+        dose = dose_per_fraction_gy * planning_dose(visible, margin_vox, penumbra_vox)
+        st["survival"][idx] = lq_survival(dose, st["alpha"][idx], st["beta"][idx])
+    firing = [r for r, b in enumerate(rows) if local[r] is not None and local[r] in clk.fractions[b]]
+    if firing:
+        idx = torch.tensor(firing, device=dev)
+        killed = u[idx] * (1.0 - st["survival"][idx])
+        u[idx] = u[idx] - killed
+        d[idx] = d[idx] + killed
+    return firing
+
+
+def _drop_finished(st: dict[str, torch.Tensor], rows: list[int], local: list[int | None],
+                   clk: _Clock) -> tuple[dict[str, torch.Tensor], list[int]]:
+    """The state and rows without the subjects that have had their last scan."""
+    keep = [r for r, b in enumerate(rows) if local[r] is None or local[r] < clk.last_day[b]]
+    if len(keep) < len(rows):
+        idx = torch.tensor(keep, dtype=torch.long, device=st["u"].device)
+        st = {k: v[idx] for k, v in st.items()}
+        rows = [rows[r] for r in keep]
+    return st, rows
+
+
+def _advance_box(st: dict[str, torch.Tensor], box, dt_row: torch.Tensor, steps_per_day: int,
+                 hypoxia_threshold: float, fired: bool) -> None:
+    """Advance u, n, d inside ``box`` by ``steps_per_day`` sub-steps of ``dt_row`` (in place)."""
+    ub, nb, db = st["u"][box], st["n"][box], st["d"][box]
+    fb = [st[f"face{axis}"][face_box(box, axis)] for axis in (1, 2, 3)]
+    rho_b = st["rho"][box] if st["rho"].dim() == 4 and st["rho"].shape[1] > 1 else st["rho"]
+    rho_dt, knec_dt = rho_b * dt_row, st["k_nec"] * dt_row
+    clear = torch.exp(-st["k_clear"] * dt_row)
+    damaged = fired or bool((db > 0).any())
+    for _ in range(steps_per_day):
+        total = ub + nb
+        if damaged:
+            total.add_(db)
+        hyp = total.sub(hypoxia_threshold).mul_(1.0 / (1.0 - hypoxia_threshold)).clamp_(0.0, 1.0).mul_(ub).mul_(knec_dt)
+        # u + dt * div(D grad u) + rho dt u (1 - total) - hyp (the shared FK update)
+        u_new = fk_step(ub, fb, dt_row, rho_dt, total=total, sink=hyp)
+        nb = (nb + hyp).clamp_max_(1.0)
+        if damaged:
+            db = db * clear
+        ub = u_new
+    st["u"][box], st["n"][box], st["d"][box] = ub, nb, db
+
+
+def _simulate(tissue, u0, params, schedules, spacing_mm, steps_per_day, dose_per_fraction_gy, margin_mm,
+              max_pregrowth_days, hypoxia_threshold, pregrowth_days_per_step, heterogeneity) -> SimResult:
+    """The day loop of :func:`simulate`: events at each subject's day, then one (or several pre-growth) days of growth."""
+    bsz = u0.shape[0]
+    dev = u0.device
+    dt = 1.0 / steps_per_day
+    # per-row state and coefficients; rows are dropped once their subject has had its last scan
+    st = _initial_state(tissue, u0, params, spacing_mm, heterogeneity)
+    rows = list(range(bsz))  # row -> subject
     n_scans = len(schedules[0].scan_days)
     snaps = torch.zeros((bsz, n_scans, 3) + tuple(u0.shape[1:]), dtype=torch.float32)
-    clock = [0] * bsz  # days simulated, per subject
-    day0: list[int | None] = [None] * bsz
-    reached = [True] * bsz
-    last_day = [max(s.scan_days) for s in schedules]
-    scans = [{day: i for i, day in enumerate(s.scan_days)} for s in schedules]
-    fractions = [set(s.fraction_days) for s in schedules]
-    rt_start = [min(s.fraction_days) if s.fraction_days else None for s in schedules]
+    clk = _Clock.start(schedules, max_pregrowth_days)
     margin_vox = margin_mm / spacing_mm
     penumbra_vox = max(0.5, 4.0 / spacing_mm)
 
     box, box_age, box_rows = None, BOX_REUSE_DAYS, bsz
     while rows:
-        u, n, d = st["u"], st["n"], st["d"]
         # ---- events at each subject's current day (scans first, then the day's RT fraction)
-        pending = [r for r, b in enumerate(rows) if day0[b] is None]
-        if pending:
-            counts = ((u + n + d) > VISIBLE_THRESHOLD).flatten(1).sum(1).tolist()
-            for r in pending:
-                b = rows[r]
-                if counts[r] >= schedules[b].target_visible_voxels or clock[b] >= max_pregrowth_days:
-                    day0[b] = clock[b]
-                    reached[b] = counts[r] >= schedules[b].target_visible_voxels
-        local = [None if day0[b] is None else clock[b] - day0[b] for b in rows]
-        for r, b in enumerate(rows):
-            if local[r] is not None and local[r] in scans[b]:
-                snaps[b, scans[b][local[r]]] = torch.stack([u[r], n[r], d[r]])
-        starting = [r for r, b in enumerate(rows) if local[r] is not None and local[r] == rt_start[b]]
-        if starting:
-            idx = torch.tensor(starting, device=dev)
-            visible = (u[idx] + n[idx] + d[idx]) > VISIBLE_THRESHOLD
-            dose = dose_per_fraction_gy * planning_dose(visible, margin_vox, penumbra_vox)
-            st["survival"][idx] = lq_survival(dose, st["alpha"][idx], st["beta"][idx])
-        firing = [r for r, b in enumerate(rows) if local[r] is not None and local[r] in fractions[b]]
-        if firing:
-            idx = torch.tensor(firing, device=dev)
-            killed = u[idx] * (1.0 - st["survival"][idx])
-            u[idx] = u[idx] - killed
-            d[idx] = d[idx] + killed
-        keep = [r for r, b in enumerate(rows) if local[r] is None or local[r] < last_day[b]]
-        if len(keep) < len(rows):
-            idx = torch.tensor(keep, dtype=torch.long, device=dev)
-            st = {k: v[idx] for k, v in st.items()}
-            rows = [rows[r] for r in keep]
-            local = [local[r] for r in keep]
-            if not rows:
-                break
+        _start_clocks(clk, st, rows)
+        local = clk.local(rows)
+        firing = _scan_and_treat(st, rows, local, clk, snaps, dose_per_fraction_gy, margin_vox, penumbra_vox)
+        st, rows = _drop_finished(st, rows, local, clk)
+        if not rows:
+            break
         # ---- advance: one day, or several while a subject is still growing towards its first scan
-        days = [pregrowth_days_per_step if day0[b] is None else 1 for b in rows]
+        days = [pregrowth_days_per_step if clk.day0[b] is None else 1 for b in rows]
         dt_row = torch.tensor(days, dtype=torch.float32, device=dev).reshape(-1, 1, 1, 1) * dt
         if box_age >= BOX_REUSE_DAYS or box_rows != len(rows):
             # valid for BOX_REUSE_DAYS iterations: the support grows by <= 1 voxel per sub-step
@@ -183,26 +257,9 @@ def _simulate(tissue, u0, params, schedules, spacing_mm, steps_per_day, dose_per
             box_age, box_rows = 0, len(rows)
         box_age += 1
         if box is not None:
-            ub, nb, db = st["u"][box], st["n"][box], st["d"][box]
-            fb = [st[f"face{axis}"][face_box(box, axis)] for axis in (1, 2, 3)]
-            rho_b = st["rho"][box] if st["rho"].dim() == 4 and st["rho"].shape[1] > 1 else st["rho"]
-            rho_dt, knec_dt = rho_b * dt_row, st["k_nec"] * dt_row
-            clear = torch.exp(-st["k_clear"] * dt_row)
-            damaged = bool(firing) or bool((db > 0).any())
-            for _ in range(steps_per_day):
-                total = ub + nb
-                if damaged:
-                    total.add_(db)
-                hyp = total.sub(hypoxia_threshold).mul_(1.0 / (1.0 - hypoxia_threshold)).clamp_(0.0, 1.0).mul_(ub).mul_(knec_dt)
-                # u + dt * div(D grad u) + rho dt u (1 - total) - hyp (the shared FK update)
-                u_new = fk_step(ub, fb, dt_row, rho_dt, total=total, sink=hyp)
-                nb = (nb + hyp).clamp_max_(1.0)
-                if damaged:
-                    db = db * clear
-                ub = u_new
-            st["u"][box], st["n"][box], st["d"][box] = ub, nb, db
+            _advance_box(st, box, dt_row, steps_per_day, hypoxia_threshold, bool(firing))
         for r, b in enumerate(rows):
-            clock[b] += days[r]
+            clk.days[b] += days[r]
 
-    pre = [int(x) for x in day0]  # type: ignore[arg-type]
-    return SimResult(snaps, pre, reached, steps_per_day)
+    pre = [int(x) for x in clk.day0]  # type: ignore[arg-type]
+    return SimResult(snaps, pre, clk.reached, steps_per_day)
