@@ -54,7 +54,7 @@ def test_two_processes_match_one(tiny_predict, tmp_path):
         ib = json.loads((two / s / "info.json").read_text())
         assert ia["target_area_mm2"] == pytest.approx(ib["target_area_mm2"]) and ia["seed"] == ib["seed"]
     ra, rb = _csv(one / "metrics.csv"), _csv(two / "metrics.csv")
-    assert len(ra) == len(rb) == 12
+    assert len(ra) == len(rb) == 3 * 8  # 3 subjects x the 8 methods of predict.yaml
     for x, y in zip(ra, rb):
         for k in ("hd95", "dice", "ssim", "pred_area_mm2", "area_error_vs_target"):
             assert float(x[k]) == pytest.approx(float(y[k]), rel=1e-5, abs=1e-6), (x["subject"], x["method"], k)
