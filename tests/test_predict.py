@@ -397,3 +397,22 @@ def test_fk_method_in_native_windows_at_the_scans_spacing(tmp_path, tiny):
     fk = json.loads((days / "SUB01" / "info.json").read_text())["fk"]
     assert set(fk["forecasts"]) == {"target0", "target1", "zone"}
     assert fk["forecasts"]["target0"]["size_mm2"] < fk["forecasts"]["target1"]["size_mm2"]
+
+
+def test_timepoints_before_the_tumour_is_visible_are_left_out_of_the_fit(tmp_path, tiny):
+    """A first scan without tumour on the slice: the ODE is fitted from the first visible one (it normalises
+    by it), and with too few visible timepoints left the subject is skipped with the reason."""
+    from tests.factories import write_longitudinal
+
+    _, models = tiny
+    root = write_longitudinal(tmp_path / "late", n_subjects=2, n_timepoints=4, shape=(32, 32, 6),
+                              radii=[0.0, 3.0, 4.0, 5.5], splits={"SUB01": "test", "SUB02": "test"})
+    out = tmp_path / "pred"
+    assert predict((root, models), out, "methods=[no-change,grow-to-target]") == 0
+    info = json.loads((out / "SUB01" / "info.json").read_text())
+    assert info["prior_timepoint"] == "002" and info["target_timepoint"] == "003"
+    assert info["ode"]["fit_days"] == [30.0, 75.0] and all(a > 0 for a in info["ode"]["fit_sizes_mm2"])  # not day 0
+    out2 = tmp_path / "pred2"
+    assert predict((root, models), out2, "methods=[no-change]", "target.timepoint=002") == 1  # nothing predicted
+    errors = read_csv(out2 / "errors.csv")
+    assert len(errors) == 2 and "no tumour on slice" in errors[0]["error"] and "timepoint(s) 000" in errors[0]["error"]

@@ -145,6 +145,21 @@ def _slice_index(cfg: DictConfig, dm: LongitudinalDataModule, name: str, prior: 
         raise TgrowthError(f"data.slice must be largest_prior, largest_target or an integer, got {sl!r}") from None
 
 
+def _visible_from_first(cfg: DictConfig, name: str, index: int, before: list[Timepoint],
+                        sizes: list[float]) -> tuple[list[Timepoint], list[float]]:
+    """Drop the leading timepoints without tumour on the slice (not visible yet: the ODE normalises sizes by
+    the first one), keeping at least ``target.min_timepoints``; otherwise a DataError that says so."""
+    lead = next((i for i, a in enumerate(sizes) if a > 0), len(sizes))
+    if lead == 0:
+        return before, sizes
+    n_min = int(cfg.target.min_timepoints)
+    if len(sizes) - lead < n_min and not cfg.ode.population_prior:
+        raise DataError(f"subject {name}: no tumour on slice {index} at timepoint(s) "
+                        f"{', '.join(t.timepoint for t in before[:lead])}, so only {len(sizes) - lead} timepoint(s) "
+                        f"with a visible tumour are left to fit the growth ODE (needs {n_min}). Skipped")
+    return before[lead:], sizes[lead:]
+
+
 def plan_subject(cfg: DictConfig, dm: LongitudinalDataModule, subj: Subject) -> Plan:
     """Pick the prior/target timepoints and the slice, and measure the areas the ODE is fitted to."""
     name = subj.subject
@@ -157,6 +172,7 @@ def plan_subject(cfg: DictConfig, dm: LongitudinalDataModule, subj: Subject) -> 
                         f"needs at least {n_min}. Skipped (set ode.population_prior=true for a prior-only forecast)")
     index = _slice_index(cfg, dm, name, prior, target)
     sizes = [dm.load_slice(t, index).area_mm2(cfg.data.labels) for t in before]
+    before, sizes = _visible_from_first(cfg, name, index, before, sizes)
     days = list(cfg.target.days)
     target_days = [float(prior.day) + float(d) for d in days] if days else [float(target.day)]
     return Plan(name, prior, target, before, target_days, index, sizes, (subj.rt_start_day, subj.rt_end_day),
