@@ -35,8 +35,7 @@ def _cell(stats: dict, spread: float | None) -> str:
     return s + (f" ±{spread / 2:.3f}" if spread is not None else "")
 
 
-def table(runs: list[list[dict]]) -> str:
-    sums = [summarise(rows) for rows in runs]
+def table(sums: list[dict]) -> str:
     methods = list(sums[0]["methods"])
     head = "| method | n | " + " | ".join(h for _, h, _ in COLUMNS) + " |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
@@ -68,22 +67,21 @@ def main(argv: list[str] | None = None) -> int:
     print("cells: mean (median) over subjects of the first run" + (", ± half the spread of the per-run means"
                                                                     if len(runs) > 1 else ""))
     print()
-    print(table(runs))
+    sums = [summarise(rows) for rows in runs]
+    print(table(sums))
     print()
     for metric, words, unit in (("hd95", "map HD95", " mm"), ("dice", "Dice", ""),
                                 ("area_error_vs_truth", "area error vs truth", "")):
         for b in a.against:
             for i, rows in enumerate(runs):
-                v = paired_verdict(rows, metric, b, a.method)
+                v = paired_verdict(rows, metric, b, a.method, lower_is_better=metric != "dice")
                 if v is None:
                     continue
-                if metric == "dice":  # higher is better: the verdict's words are about lower values
-                    v = {**v, "verdict": {"better": "worse", "worse": "better"}.get(v["verdict"], v["verdict"])}
                 print(f"run {i + 1}: " + verdict_line(v, words, unit))
     if len(runs) > 1:
         print()
         for c, h, _ in COLUMNS:
-            d = [summarise(rows)["methods"].get(a.method, {}).get(c, {}).get("mean") for rows in runs]
+            d = [s["methods"].get(a.method, {}).get(c, {}).get("mean") for s in sums]
             d = [x for x in d if x is not None and math.isfinite(x)]
             if len(d) > 1:
                 print(f"{a.method} {h}: per-run means {', '.join(f'{x:.3f}' for x in d)} (sd {statistics.stdev(d):.3f})")

@@ -86,3 +86,10 @@ def test_demo_prints_the_verdicts_after_predict(tiny_predict, tmp_path, capsys):
     assert all("over n=2 subjects: mean " in ln and "95% CI" in ln for ln in tail)
     saved = json.loads((out / "demo_summary.json").read_text())["verdicts"]
     assert len(saved) == 5 and saved[0]["metric"] == "hd95" and saved[0]["n"] == 2
+
+
+def test_higher_is_better_metrics_turn_the_verdict_around():
+    tg, nc = [0.9, 0.92, 0.88, 0.91], [0.8, 0.81, 0.79, 0.8]  # Dice: tgrowth higher in every pair
+    rows = rows_of("dice", tg, nc)
+    assert paired_verdict(rows, "dice", "no-change")["verdict"] == "worse"  # read as lower-is-better
+    assert paired_verdict(rows, "dice", "no-change", lower_is_better=False)["verdict"] == "better"

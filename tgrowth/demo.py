@@ -70,8 +70,9 @@ def _value(v: Any) -> float | None:
 
 
 def paired_verdict(rows: Sequence[dict[str, Any]], metric: str, baseline: str, method: str = "tgrowth",
-                   level: float = 0.95) -> dict[str, Any] | None:
-    """``method`` against ``baseline`` on ``metric`` (lower is better), paired over the same subjects.
+                   level: float = 0.95, lower_is_better: bool = True) -> dict[str, Any] | None:
+    """``method`` against ``baseline`` on ``metric`` (lower is better, or higher with
+    ``lower_is_better=False``, e.g. Dice), paired over the same subjects.
 
     Pairs are (subject, target) rows where both values are finite. The verdict: ``better`` / ``worse`` when
     the ``level`` confidence interval of the mean paired difference (Student t) excludes 0, ``tie`` when it
@@ -95,7 +96,8 @@ def paired_verdict(rows: Sequence[dict[str, Any]], metric: str, baseline: str, m
         sd = statistics.stdev(diffs)
         half = float(student_t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
         lo, hi = out["diff"] - half, out["diff"] + half
-        out.update(sd=sd, ci=[lo, hi], verdict="better" if hi < 0 else "worse" if lo > 0 else "tie")
+        below, above = ("better", "worse") if lower_is_better else ("worse", "better")
+        out.update(sd=sd, ci=[lo, hi], verdict=below if hi < 0 else above if lo > 0 else "tie")
     return out
 
 
