@@ -35,6 +35,8 @@ BASE = ["data.root=/nowhere", "checkpoints.denoiser=a", "checkpoints.regressor=b
     ("sampling.zone=atlas", "config key 'sampling.zone' must be one of isotropic, fk, got 'atlas'"),
     ("sampling.zone_fk_level=0", "config key 'sampling.zone_fk_level' must be strictly between 0 and 0.2 (the FK "
                                  "model's visible threshold), got 0.0"),
+    ("sampling.clip_denoised=0", "config key 'sampling.clip_denoised' must be a finite number > 0 (or null: no clamp)"),
+    ("sampling.clip_denoised=inf", "config key 'sampling.clip_denoised' must be a finite number > 0"),
     ("sampling.zone_fk_level=0.3", "config key 'sampling.zone_fk_level' must be strictly between 0 and 0.2"),
     ("sampling.zone_fk_level=nan", "config key 'sampling.zone_fk_level' must be strictly between 0 and 0.2"),
     ("guidance.spatial_weight=-1", "config key 'guidance.spatial_weight' must be a finite number >= 0, got -1.0"),

@@ -126,6 +126,13 @@ class SamplingConfig:
                     "ODE's upper band + zone_margin_mm) or fk (where the patient Fisher-Kolmogorov forecast at the "
                     "same upper-band size exceeds zone_fk_level, with the prior tumour, inside the brain; "
                     "zone_margin_mm unused); the same soft edge zone_edge_mm.")
+    keep_prior_holes: bool = doc(False, "Tumour-free pixels enclosed by the prior tumour (its holes; on the phantom, CSF "
+                                 "spaces the tumour surrounds but cannot infiltrate) stay tumour-free: left out of "
+                                 "every method's tumour mask (generated, segmenter and geometric rows alike) and, "
+                                 "with preserve_anatomy, kept from the prior scan.")
+    clip_denoised: Optional[float] = doc(None, "Clamp the denoiser's x0 prediction to [-c, c] at every step (images "
+                                         "are in [-1, 1]: 1.0 stops strong guidance from driving a sample out of "
+                                         "range); None: no clamp (the authors').")
     zone_fk_level: float = doc(0.05, "zone=fk: tumour-cell density level (0 < level < 0.2, the FK model's visible "
                                "threshold) bounding the zone: lower reaches further beyond the forecast tumour.")
 
@@ -283,6 +290,8 @@ def predict_config_problems(cfg: DictConfig) -> list[str]:
     for key in ("zone_margin_mm", "zone_edge_mm"):
         if not _finite(s[key]) or float(s[key]) < 0:
             bad(f"sampling.{key}", "must be a finite number >= 0", s[key])
+    if s.clip_denoised is not None and (not _finite(s.clip_denoised) or float(s.clip_denoised) <= 0):
+        bad("sampling.clip_denoised", "must be a finite number > 0 (or null: no clamp)", s.clip_denoised)
     if str(s.zone) not in ZONES:
         bad("sampling.zone", f"must be one of {', '.join(ZONES)}", s.zone)
     if not _finite(s.zone_fk_level) or not 0 < float(s.zone_fk_level) < FK_VISIBLE:

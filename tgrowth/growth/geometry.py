@@ -18,6 +18,8 @@ follow-up images must beat it to be worth its cost.
 In ``tgrowth predict`` (``methods``): ``grow-to-target`` grows the prior to the ODE's target area,
 ``grow-to-truth`` to the true follow-up area (an oracle: what geometry alone achieves with a perfect size).
 
+* :func:`enclosed_free`: the tumour-free voxels a mask encloses (its holes: on the phantom, CSF spaces the tumour
+  surrounds but cannot infiltrate); ``sampling.keep_prior_holes`` keeps them tumour-free in every forecast.
 * :func:`distance_to`, :func:`size_mask`, :func:`inward_fill`: the batched torch primitives (``[B, ...]``).
 """
 
@@ -189,6 +191,13 @@ def radial_growth_mm(area_from: float, area_to: float, ndim: int = 2) -> float:
     else:
         r = lambda a: np.cbrt(3.0 * max(a, 0.0) / (4.0 * np.pi))  # noqa: E731
     return float(max(0.0, r(area_to) - r(area_from)))
+
+
+def enclosed_free(mask) -> np.ndarray:
+    """The voxels outside ``mask`` that it encloses, 2D or 3D: the background components (face-connected) that do
+    not reach the array's border."""
+    m = np.asarray(mask).astype(bool)
+    return ndimage.binary_fill_holes(m) & ~m
 
 
 def change_zone(prior_mask, distance_mm: float, spacing: Sequence[float] | None = None, region=None,

@@ -5,7 +5,8 @@ chunked by ``sampling.batch_size``, segmented, and reduced once per arm by
 ``probability_map(groups=arm index)``. Generation g of every arm draws the same noise, keyed by
 (seed, subject, g): common random numbers make the paired comparison between methods less noisy, and the
 batch size never changes a result. With ``sampling.preserve_anatomy`` only the change zone is generated
-(``keep_mask``: the prior is kept outside it, exactly). With ``guidance.spatial_weight > 0`` a
+(``keep_mask``: the prior is kept outside it, exactly); every generation's mask leaves out ``case.free``
+(:meth:`~tgrowth.predict.methods.Case.admissible`). With ``guidance.spatial_weight > 0`` a
 :class:`~tgrowth.diffusion.guidance.SpatialGuidance` follows the area guidance (:func:`spatial_guidance`).
 """
 
@@ -82,13 +83,14 @@ def generate(cfg: DictConfig, case: Case, arms: list[Arm], device: torch.device)
     guidance = area_guidance(cfg, case, torch.cat(targets), scales, dt, device)
     spatial = spatial_guidance(cfg, case, arms, n, dt, device)
     s = cfg.sampling
+    whole = segmenter_from_logits(models.segmenter, autocast_dtype=dt)  # sigmoid of channel 0 = whole tumour
     pm = probability_map(
-        models.denoiser, models.schedule, sl.prior.image.to(device)[None],
-        segmenter_from_logits(models.segmenter, autocast_dtype=dt),  # sigmoid of channel 0 = whole tumour
+        models.denoiser, models.schedule, sl.prior.image.to(device)[None], lambda x: case.admissible(whole(x)),
         num_generations=n * len(arms), chunk_size=int(s.batch_size), noise_level=int(s.noise_level),
         num_steps=int(s.num_steps or s.noise_level), eta=float(s.eta), encode=ENCODE[str(s.encode)],
         callbacks=[guidance] if spatial is None else [guidance, spatial], y=models.class_label, pixel_area=sl.pixel_area, autocast_dtype=dt,
         invert_order=int(s.invert_order), refine_iters=int(s.invert_refine_iters),
+        clip_denoised=None if s.clip_denoised is None else float(s.clip_denoised),
         noise_seeds=[key_seed(int(cfg.seed), case.plan.subject, i) for _ in arms for i in range(n)],
         keep_mask=case.keep.to(device) if s.preserve_anatomy else None,
         groups=torch.arange(len(arms)).repeat_interleave(n))

@@ -47,7 +47,8 @@ class Arm:
 class Case:
     """What every stage after the plan knows about one subject; ``keep`` [H, W] is the change zone's keep weight
     (0 in the zone: see :func:`tgrowth.predict.targets.zone_keep`); ``fk`` the subject's FK forecast where the run
-    uses it (:func:`tgrowth.predict.targets.fk_prior`), else None."""
+    uses it (:func:`tgrowth.predict.targets.fk_prior`), else None; ``free`` [H, W] bool the pixels every forecast
+    leaves tumour-free (``sampling.keep_prior_holes``: the prior tumour's enclosed holes), else None."""
 
     plan: Plan
     slices: SubjectSlices
@@ -55,11 +56,16 @@ class Case:
     models: Models
     keep: torch.Tensor
     fk: FKPrior | None = None
+    free: torch.Tensor | None = None
 
     @property
     def zone(self) -> torch.Tensor:
         """The change zone as a mask (where the keep weight is below 1)."""
         return self.keep < 1
+
+    def admissible(self, masks: torch.Tensor) -> torch.Tensor:
+        """Tumour masks ``[..., H, W]`` without the pixels every forecast leaves tumour-free (unchanged without)."""
+        return masks if self.free is None else masks & ~self.free.to(masks.device)
 
 
 @dataclass
@@ -75,11 +81,11 @@ class MethodResult:
 
 
 # --------------------------------------------------------------------------- baselines
-def _fixed(mask: torch.Tensor, image: torch.Tensor, pixel_area: float) -> MethodResult:
-    """A deterministic forecast: a 0/1 map, an image, no spread."""
-    m = torch.as_tensor(mask).bool()
+def _fixed(case: Case, mask: torch.Tensor, image: torch.Tensor) -> MethodResult:
+    """A deterministic forecast: a 0/1 map (:meth:`Case.admissible`), an image, no spread."""
+    m = case.admissible(torch.as_tensor(mask).bool())
     return MethodResult(m.float(), image.float(), torch.zeros_like(image),
-                        torch.tensor([float(m.sum()) * pixel_area], dtype=torch.float64))
+                        torch.tensor([float(m.sum()) * case.slices.pixel_area], dtype=torch.float64))
 
 
 def _segment(case: Case, image: torch.Tensor) -> torch.Tensor:
@@ -99,7 +105,7 @@ def no_change(case: Case, day: int) -> MethodResult:
 def no_change_segmenter(case: Case, day: int) -> MethodResult:
     """The prior scan, its tumour measured by the learned segmenter (the segmenter error the generated rows carry)."""
     s = case.slices
-    return _fixed(_segment(case, s.prior.image), s.prior.image, s.pixel_area)
+    return _fixed(case, _segment(case, s.prior.image), s.prior.image)
 
 
 def segmenter_on_truth(case: Case, day: int) -> MethodResult:
@@ -107,17 +113,17 @@ def segmenter_on_truth(case: Case, day: int) -> MethodResult:
     its image metrics are trivially perfect). Without a follow-up: nothing to measure (empty map, prior image)."""
     s = case.slices
     if s.truth is None:
-        return _fixed(torch.zeros(s.prior.image.shape[1:], dtype=torch.bool), s.prior.image, s.pixel_area)
-    return _fixed(_segment(case, s.truth.image), s.truth.image, s.pixel_area)
+        return _fixed(case, torch.zeros(s.prior.image.shape[1:], dtype=torch.bool), s.prior.image)
+    return _fixed(case, _segment(case, s.truth.image), s.truth.image)
 
 
 def _grow(case: Case, area: float | None) -> MethodResult:
     s = case.slices
     if area is None:  # no follow-up area to grow to
         return no_change(case, 0)
-    brain = foreground(s.prior.image).numpy()
-    mask = grow_to_area(s.prior_mask.numpy(), area, s.prior.spacing_mm, region=brain)
-    return _fixed(torch.from_numpy(mask), s.prior.image, s.pixel_area)
+    region = case.admissible(foreground(s.prior.image)).numpy()  # the area is reached outside the kept holes
+    mask = grow_to_area(s.prior_mask.numpy(), area, s.prior.spacing_mm, region=region)
+    return _fixed(case, torch.from_numpy(mask), s.prior.image)
 
 
 def grow_to_target(case: Case, day: int) -> MethodResult:
@@ -138,7 +144,7 @@ def fk_forecast(case: Case, day: int) -> MethodResult:
     if case.fk is None:
         raise TgrowthError(f"subject {case.plan.subject}: the fk method needs the FK prior (targets.fk_prior)")
     s = case.slices
-    return _fixed(case.fk.mask_of(target_key(day)), s.prior.image, s.pixel_area)
+    return _fixed(case, case.fk.mask_of(target_key(day)), s.prior.image)
 
 
 GENERATIVE: dict[str, str] = {"tgrowth": "ode", "unguided": "unguided", "oracle-area": "oracle"}

@@ -27,6 +27,7 @@ from data_modules.longitudinal import LongitudinalDataModule
 from tgrowth.config.base import save_resolved_config
 from tgrowth.config.predict import check_predict_config
 from tgrowth.errors import DataError, TgrowthError
+from tgrowth.growth.geometry import enclosed_free
 from tgrowth.predict import evaluate, outputs, report, state, track
 from tgrowth.predict.dist import Dist, launch
 from tgrowth.predict.generate import generate
@@ -50,7 +51,10 @@ def predict_one(cfg: DictConfig, models: Models, dm: LongitudinalDataModule, fit
     fk = fk_prior(plan, slices, fk_sizes(cfg, slices, targets, arms), models.contrasts) if with_fk else None
     s = cfg.sampling
     keep = zone_keep(slices, targets, s.zone_margin_mm, s.zone_edge_mm, str(s.zone), fk, float(s.zone_fk_level))
-    case = Case(plan, slices, targets, models, keep, fk)
+    free = torch.from_numpy(enclosed_free(slices.prior_mask.numpy())) if s.keep_prior_holes else None
+    if free is not None:  # the prior's holes are kept from the prior scan, like the outside of the zone
+        keep = torch.maximum(keep, free.float())
+    case = Case(plan, slices, targets, models, keep, fk, free)
     results = {**generate(cfg, case, arms, device), **run_baselines(case, arms)}
     rows = evaluate.score(cfg, case, results)
     return outputs.write_subject(cfg, case, results, rows, fit, state.subject_dir(out, plan.subject),
