@@ -248,6 +248,16 @@ def device_name(device: str, threads: int | None = None) -> str:
             f"{threads or torch.get_num_threads()} torch thread(s) per run (torch {torch.__version__}), no GPU")
 
 
+def predict_cpu_steps() -> int:
+    """``sampling.num_steps`` of experiments/predict_cpu.yaml (read as text: GPU machines lack omegaconf)."""
+    import re
+
+    m = re.search(r"^\s+num_steps:\s*(\d+)", (ROOT / "experiments" / "predict_cpu.yaml").read_text(), re.M)
+    if m is None:
+        raise SystemExit("experiments/predict_cpu.yaml has no sampling.num_steps")
+    return int(m.group(1))
+
+
 def work_per_map(size: str, n: int, rows: list[str]) -> list[dict]:
     """Floating-point work of one map per row (device-independent; counted, not timed).
 
@@ -255,6 +265,10 @@ def work_per_map(size: str, n: int, rows: list[str]) -> list[dict]:
     forward + backward to the input (what guidance costs per step) and the segmenter forward. A row's map
     then costs: tgrowth = one shared inversion (``steps`` UNet calls) + N x steps x (UNet + regressor
     fwd/bwd) + N segmentations; baseline = N x (2 x steps UNet + steps regressor fwd/bwd + 1 segmentation).
+    A last row counts the recipe of ``experiments/predict_cpu.yaml`` at this size: q-sample encoding (no
+    inversion), its ``sampling.num_steps``, guidance by the segmenter's soft area on the x0 prediction
+    (segmenter forward + backward to the input per step): N x steps x (UNet + segmenter fwd/bwd) + N
+    segmentations. Anatomy preservation and the prior-hole rule cost no network call.
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -279,10 +293,14 @@ def work_per_map(size: str, n: int, rows: list[str]) -> list[dict]:
         xi = x.clone().requires_grad_(True)
         reg(xi, t).sum().backward()  # grads reach the input only (weights are frozen)
 
+    def seg_grad():
+        xi = x.clone().requires_grad_(True)
+        seg(xi)[:, 0].sigmoid().sum().backward()  # the soft area's gradient (segmenter guidance)
+
     with torch.no_grad():
         g_unet = count(lambda: unet(x, t, torch.ones(1, dtype=torch.long)))
         g_seg = count(lambda: seg(x))
-    g_reg = count(reg_grad)
+    g_reg, g_segg = count(reg_grad), count(seg_grad)
     out = []
     for r in rows:
         kind, steps = ROWS[r][0], ROWS[r][1]
@@ -291,9 +309,12 @@ def work_per_map(size: str, n: int, rows: list[str]) -> list[dict]:
         else:
             g = steps * g_unet + n * steps * (g_unet + g_reg) + n * g_seg
         out.append(dict(row=r, kind=kind, steps=steps, gflop=g))
+    cpu_steps = predict_cpu_steps()
+    out.append(dict(row="predict_cpu recipe (segmenter guidance, q-sample)", kind="segmenter", steps=cpu_steps,
+                    gflop=n * cpu_steps * (g_unet + g_segg) + n * g_seg))
     base = next((x["gflop"] for x in out if x["kind"] == "baseline"), None)
     print(f"# work per map, {size} size, N={n}: UNet forward {g_unet:.4f} GFLOP, regressor forward+backward "
-          f"{g_reg:.4f} GFLOP, segmenter forward {g_seg:.4f} GFLOP per image (torch FlopCounterMode)")
+          f"{g_reg:.4f} GFLOP, segmenter forward {g_seg:.4f} GFLOP, segmenter forward+backward {g_segg:.4f} GFLOP per image (torch FlopCounterMode)")
     print("| config | steps | TFLOP per map | work vs baseline |")
     print("|---|---|---|---|")
     for x in out:

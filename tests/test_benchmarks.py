@@ -32,6 +32,10 @@ def test_work_per_map_counts_the_shared_inversion_and_respacing():
     assert tflop["baseline"] * 1e3 == _approx(50 * (400 * u + 200 * r + s))
     assert tflop["fp32"] * 1e3 == _approx(200 * u + 50 * 200 * (u + r) + 50 * s)
     assert tflop["fp32 50 steps"] * 1e3 == _approx(50 * u + 50 * 50 * (u + r) + 50 * s)
+    sg = float(re.search(r"segmenter forward\+backward ([\d.]+) GFLOP", out).group(1))
+    assert sg > s  # a backward pass costs more than nothing
+    cpu = re.search(r"^\| predict_cpu recipe \(segmenter guidance, q-sample\) \| 25 \| ([\d.]+) \|", out, re.M)
+    assert float(cpu.group(1)) * 1e3 == _approx(50 * 25 * (u + sg) + 50 * s)  # no inversion: q-sample encoding
 
 
 def _approx(v):
