@@ -34,6 +34,7 @@ from tgrowth.predict.methods import Arm, Case, method_arms, run_baselines
 from tgrowth.predict.models import Models, check_models, load_models
 from tgrowth.predict.plan import Plan, load_slices, plan_subjects
 from tgrowth.predict.targets import fit_growth, fk_prior, fk_sizes, subject_targets, uses_fk, zone_keep
+from tgrowth.predict.volume import predict_volume
 
 log = logging.getLogger("tgrowth.predict")
 
@@ -43,6 +44,8 @@ __all__ = ["predict_one", "predict_run", "run"]
 def predict_one(cfg: DictConfig, models: Models, dm: LongitudinalDataModule, fit: Any, plan: Plan, arms: list[Arm],
                 out: Path, device: torch.device) -> dict[str, Any]:
     """All stages after the plan for one subject; returns its info.json record."""
+    if cfg.volume:  # 3D: every tumour slice in one batched pass (tgrowth.predict.volume)
+        return predict_volume(cfg, models, dm, fit, plan, arms, state.subject_dir(out, plan.subject), device)
     t0 = time.time()
     with_fk = uses_fk(cfg, arms)
     slices = load_slices(dm, plan, cfg.data.labels, history=with_fk)

@@ -29,7 +29,7 @@ from tgrowth.ode import fit_cohort
 from tgrowth.predict.plan import Plan, SubjectSlices
 
 __all__ = ["Targets", "FKPrior", "ode_rows", "fit_growth", "subject_targets", "zone_upper", "zone_keep", "uses_fk",
-           "fk_sizes", "fk_prior", "fk_forecast", "target_key"]
+           "fk_sizes", "fk_prior", "fk_forecast", "brain_of", "target_key"]
 
 #: the prior tumour dilated by this much (mm) is left out of the tissue fit (its oedema would pass for CSF)
 TISSUE_EXCLUDE_MM = 3.0
@@ -214,7 +214,7 @@ def fk_forecast(plan: Plan, image: torch.Tensor, prior_mask: torch.Tensor, segs:
     axial slices ``[C, S, H, W]`` (the brain found per slice)."""
     keys = list(sizes)
     shape = tuple(prior_mask.shape)
-    brain = _brain(image) | prior_mask
+    brain = brain_of(image) | prior_mask
     empty = FKPrior(sizes, torch.zeros((len(keys),) + shape), torch.zeros((len(keys),) + shape, dtype=torch.bool),
                     torch.zeros(len(keys), dtype=torch.bool), brain)
     if not keys or not bool(prior_mask.any()):
@@ -237,7 +237,7 @@ def fk_forecast(plan: Plan, image: torch.Tensor, prior_mask: torch.Tensor, segs:
     return FKPrior(sizes, fc.density, masks, fc.reached, brain, cal)
 
 
-def _brain(image: torch.Tensor) -> torch.Tensor:
+def brain_of(image: torch.Tensor) -> torch.Tensor:
     """The brain of ``[C, H, W]`` (one slice) or ``[C, S, H, W]`` (a stack of slices): any contrast above the
     background (:func:`~tgrowth.metrics.foreground`, per slice)."""
     return foreground(image) if image.dim() == 3 else foreground(image.transpose(0, 1))
