@@ -173,6 +173,7 @@ class VolumeCase:
     share: torch.Tensor
     prior_volume: float
     fk: FKPrior | None = None
+    zone_mm: float | None = None  # the isotropic change zone's reach beyond the prior tumour (mm; None: zone=fk)
 
     @property
     def true_volume(self) -> float | None:
@@ -210,18 +211,21 @@ def _fk_sizes(cfg: DictConfig, targets: Targets, prior_volume: float, true_volum
     return sizes
 
 
-def _keep(cfg: DictConfig, vs: VolumeSlices, targets: Targets, prior_volume: float, fk: FKPrior | None) -> torch.Tensor:
-    """The 3D change zone's keep weight ``[S, H, W]`` (as :func:`~tgrowth.predict.targets.zone_keep`, in 3D)."""
+def _keep(cfg: DictConfig, vs: VolumeSlices, targets: Targets, prior_volume: float,
+          fk: FKPrior | None) -> tuple[torch.Tensor, float | None]:
+    """The 3D change zone's keep weight ``[S, H, W]`` (as :func:`~tgrowth.predict.targets.zone_keep`, in 3D: the
+    radial growth of a ball from the prior volume to the ODE's upper band, plus ``zone_margin_mm``) and that reach
+    (mm; None for ``zone=fk``)."""
     s = cfg.sampling
     brain = brain_of(vs.images.transpose(0, 1)).numpy()
     prior = vs.prior_mask
     if str(s.zone) == "fk":
         region = (fk.density_of("zone") > float(s.zone_fk_level)) | prior
         keep = change_zone(region.numpy(), 0.0, vs.spacing, region=brain, edge_mm=float(s.zone_edge_mm))
-    else:
-        grow = radial_growth_mm(prior_volume, _zone_upper(targets, prior_volume), ndim=3) + float(s.zone_margin_mm)
-        keep = change_zone(prior.numpy(), grow, vs.spacing, region=brain, edge_mm=float(s.zone_edge_mm))
-    return torch.from_numpy(keep).float()
+        return torch.from_numpy(keep).float(), None
+    grow = radial_growth_mm(prior_volume, _zone_upper(targets, prior_volume), ndim=3) + float(s.zone_margin_mm)
+    keep = change_zone(prior.numpy(), grow, vs.spacing, region=brain, edge_mm=float(s.zone_edge_mm))
+    return torch.from_numpy(keep).float(), grow
 
 
 def volume_case(cfg: DictConfig, plan: Plan, vs: VolumeSlices, fit: Any, models: Models, arms: list[Arm]) -> VolumeCase:
@@ -242,8 +246,8 @@ def volume_case(cfg: DictConfig, plan: Plan, vs: VolumeSlices, fit: Any, models:
     else:
         per_slice = vs.prior_mask.flatten(1).sum(1).double()
     share = per_slice / per_slice.sum().clamp_min(1.0)
-    keep = _keep(cfg, vs, targets, prior_volume, fk)
-    return VolumeCase(plan, vs, targets, models, keep, share, prior_volume, fk)
+    keep, zone_mm = _keep(cfg, vs, targets, prior_volume, fk)
+    return VolumeCase(plan, vs, targets, models, keep, share, prior_volume, fk, zone_mm)
 
 
 # --------------------------------------------------------------------------- generation
@@ -409,7 +413,7 @@ def _info(cfg: DictConfig, vc: VolumeCase, results: dict[Arm, MethodResult], fit
         "volume": True, "slices": [int(k) for k in vs.indices], "contrasts": list(vc.models.contrasts),
         "volume_forecast_mm3": tg.band(0), "prior_volume_mm3": vc.prior_volume, "true_volume_mm3": vc.true_volume,
         "target_volume_mm3": float(tg.median[0]), "volume_distribution": str(cfg.volume_distribution),
-        "slice_share": [float(v) for v in vc.share],
+        "slice_share": [float(v) for v in vc.share], "change_zone_mm": vc.zone_mm,
         "ode": {"model": fit.model_name(plan.subject), **tg.band(0), "fit_days": [float(t.day) for t in plan.fit_timepoints],
                 "fit_sizes_mm3": [float(s) for s in plan.sizes], "n_bootstrap": int(np.asarray(tg.forecast.samples).shape[0])},
         "generated_volume_mm3": None if r is None else {"mean": float(r.areas.mean()), "p05": float(r.areas.quantile(0.05)),
