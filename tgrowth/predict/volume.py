@@ -268,7 +268,7 @@ def _spatial(cfg: DictConfig, vc: VolumeCase, arms: list[Arm], n: int, dt: torch
 def volume_generate(cfg: DictConfig, vc: VolumeCase, arms: list[Arm], device: torch.device) -> dict[Arm, MethodResult]:
     """Every generative arm on every slice in one batched pass; per arm a :class:`MethodResult` with ``prob [S, H, W]``,
     ``mean``/``std [S, C, H, W]``, ``areas`` = the N generations' VOLUMES (mm^3) and ``targets`` their target volumes."""
-    arms = [a for a in arms if a.source != "baseline" and not (a.source == "oracle" and vc.slices.truth is None)]
+    arms = [a for a in arms if a.source != "baseline" and not (a.source == "oracle" and vc.slices.truth_mask is None)]
     if not arms:
         return {}
     n, s, models, vs = int(cfg.sampling.num_generations), len(vc.slices.indices), vc.models, vc.slices
