@@ -80,6 +80,8 @@ def test_volume_prediction_end_to_end_with_3d_baselines(cohort, tmp_path):
     assert info["prior_volume_mm3"] == pytest.approx(prior3d.sum()) and info["true_volume_mm3"] == truth3d.sum()
     assert info["ode"]["fit_sizes_mm3"] == [float(seg_of(root, "000").sum()), float(prior3d.sum())]  # fitted on volumes
     assert sum(info["slice_share"]) == pytest.approx(1.0)
+    # volume_distribution=fk: the 3D FK forecast to the ODE volume reaches the margin slices (no prior tumour)
+    assert info["slice_share"][0] > 0 and info["slice_share"][-1] > 0 and info["fk"]["forecasts"]["target0"]["reached"]
     # the maps in the input geometry: every generated slice holds values, the others are 0
     ref = nib.load(str(root / "SUB02-002" / "SUB02-002-t1n.nii.gz"))
     prob, mean = (nib.load(str(out / "SUB02" / f"{k}.nii.gz")) for k in ("prob_map", "pred_mean"))
@@ -136,6 +138,8 @@ def test_unguided_preserve_anatomy_keeps_the_prior_outside_the_3d_zone(cohort, t
                    "volume_distribution=prior", "volume_margin_slices=2") == 0
     info = json.loads((out / "SUB02" / "info.json").read_text())
     assert info["slices"] == list(range(1, 11)) and info["change_zone_mm"] > 0
+    share = np.array(info["slice_share"])  # volume_distribution=prior: the prior's slice areas, none on the margins
+    assert share[[0, 1, 8, 9]].tolist() == [0, 0, 0, 0] and (share[2:8] > 0).all() and share.sum() == pytest.approx(1)
     sub = next(s for s in discover(root).subjects if s.subject == "SUB02")
     prior = [load_slice(sub.timepoints[1], k, CONTRASTS, 32) for k in info["slices"]]
     images = torch.stack([p.image for p in prior])
@@ -185,3 +189,18 @@ def test_one_batched_pass_with_the_same_noise_on_every_slice(cohort, tmp_path, m
     assert kw["noise_seeds"] == [key_seed(3, "SUB02", g) for _, _, g in rows]
     assert kw["prior_index"].tolist() == [k for _, k, _ in rows]
     assert kw["groups"].tolist() == [a * s + k for a, k, _ in rows]
+
+
+def test_one_native_window_for_all_slices(cohort, tmp_path):
+    """data.resize=window: one 32-pixel window of the 48 x 48 slices for every generated slice, pasted back into the
+    input grid: the 3D baselines score exactly as the masks in the files."""
+    root = write_longitudinal(tmp_path / "big", n_subjects=2, n_timepoints=3, shape=(48, 48, 12),
+                              radii=[2.0, 3.0, 4.0], splits={"SUB01": "train", "SUB02": "test"})
+    out = tmp_path / "win"
+    assert predict((root, cohort[1]), out, "data.resize=window", "methods=[no-change,grow-to-truth]",
+                   "volume_distribution=prior") == 0
+    rows = read_csv(out / "metrics.csv")
+    prior3d, truth3d = seg_of(root, "001"), seg_of(root, "002")
+    assert float(rows["no-change"]["dice_3d"]) == pytest.approx(M.dice(prior3d, truth3d))
+    assert float(rows["no-change"]["map_volume_mm3"]) == prior3d.sum()
+    assert abs(float(rows["grow-to-truth"]["map_volume_mm3"]) - truth3d.sum()) <= 0.5 + 1e-9
