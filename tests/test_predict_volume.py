@@ -111,9 +111,8 @@ def test_volume_prediction_end_to_end_with_3d_baselines(cohort, tmp_path):
 
 
 def test_no_change_scores_dice_one_against_itself(cohort, tmp_path):
-    """Predicting the prior timepoint from itself is impossible, but scoring the follow-up's own tumour is: the
-    grow-to-truth row grows the prior to the true volume; here the target IS a later scan of the same tumour
-    size when the follow-up equals the prior (radii 3, 3): no-change is then exact in 3D."""
+    """A follow-up with the prior's own tumour (radii 3 -> 3): no-change is scored against itself in 3D (Dice 1,
+    HD95 0, no volume error), and grow-to-truth has nothing to grow."""
     root = write_longitudinal(tmp_path / "same", n_subjects=2, n_timepoints=3, shape=(32, 32, 12),
                               radii=[2.0, 3.0, 3.0], splits={"SUB01": "train", "SUB02": "test"})
     out = tmp_path / "same_out"
