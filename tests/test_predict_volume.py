@@ -197,8 +197,13 @@ def test_one_native_window_for_all_slices(cohort, tmp_path):
                               radii=[2.0, 3.0, 4.0], splits={"SUB01": "train", "SUB02": "test"})
     out = tmp_path / "win"
     assert predict((root, cohort[1]), out, "data.resize=window", "methods=[no-change,grow-to-truth]",
-                   "volume_distribution=prior") == 0
+                   "volume_distribution=prior", "wandb.enabled=true", "wandb.mode=offline") == 0
     rows = read_csv(out / "metrics.csv")
+    from tests.test_tracking import read_run
+
+    got = read_run(out, ("predict/no-change/dice_3d",))["summary"]  # the 3D metrics reach wandb too
+    assert got["predict/no-change/dice_3d"] == pytest.approx(float(rows["no-change"]["dice_3d"]))
+    assert got["predict/grow-to-truth/volume_error"] == pytest.approx(0.0)
     prior3d, truth3d = seg_of(root, "001"), seg_of(root, "002")
     assert float(rows["no-change"]["dice_3d"]) == pytest.approx(M.dice(prior3d, truth3d))
     assert float(rows["no-change"]["map_volume_mm3"]) == prior3d.sum()
