@@ -142,3 +142,27 @@ def test_groups_reduce_once_per_group(setup):
         assert torch.allclose(pm.std[k], pm.images[rows].std(0, unbiased=False), atol=1e-5)
     with pytest.raises(ValueError, match=r"groups must use every index 0\.\.2 \(empty: \[1\]\)"):
         probability_map(model, SCHED, prior, bright, num_generations=3, num_steps=2, groups=[0, 2, 2])
+
+
+@pytest.mark.parametrize("encode,eta", [("invert", 0.5), ("qsample", 0.5)])
+def test_several_priors_in_one_pass_equal_one_pass_per_prior(setup, encode, eta):
+    """prior_index: every generation from its own prior (and keep mask), e.g. the slices of a volume in one
+    batched pass; each prior's group equals a separate single-prior map with the same noise seeds."""
+    model, prior = setup
+    other = prior.flip(-1) * 0.5
+    priors = torch.stack([prior, other])
+    keep = torch.zeros(2, 16, 16)
+    keep[1, :, :4] = 1.0  # the second prior keeps its four left columns
+    seeds = [11, 12, 13]
+    kw = dict(eta=eta, encode=encode, num_steps=10)
+    both = probability_map(model, SCHED, priors, bright, num_generations=6, chunk_size=4, keep_mask=keep,
+                           noise_seeds=seeds * 2, prior_index=[0, 0, 0, 1, 1, 1], groups=[0, 0, 0, 1, 1, 1], **kw)
+    for i, p in enumerate((prior, other)):
+        one = probability_map(model, SCHED, p, bright, num_generations=3, noise_seeds=seeds, keep_mask=keep[i], **kw)
+        assert torch.allclose(both.mean[i], one.mean, atol=1e-5) and torch.equal(both.frequency[i], one.frequency)
+        assert torch.allclose(both.areas[3 * i:3 * i + 3], one.areas)
+    assert torch.allclose(both.mean[1][..., :4], other[..., :4], atol=1e-5)  # kept exactly where keep is 1
+    with pytest.raises(ValueError, match="prior_index must be 6 indices into the 2 priors"):
+        probability_map(model, SCHED, priors, bright, num_generations=6, prior_index=[0, 1, 2, 0, 1, 0], **kw)
+    with pytest.raises(ValueError, match="several need prior_index"):
+        probability_map(model, SCHED, priors, bright, num_generations=6, **kw)

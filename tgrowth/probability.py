@@ -82,6 +82,30 @@ def _as_mask(m: torch.Tensor, b: int) -> torch.Tensor:
     return m if m.dtype == torch.bool else m >= 0.5
 
 
+def _prior_rows(x_prior: torch.Tensor, prior_index, keep_mask: torch.Tensor | None, n: int) -> torch.Tensor | None:
+    """The checked per-generation prior index ``[N]`` (None with one prior)."""
+    if prior_index is None:
+        if x_prior.ndim != 4 or x_prior.shape[0] != 1:
+            raise ValueError(f"x_prior must be one slice [C, H, W] or [1, C, H, W] (several need prior_index), "
+                             f"got {tuple(x_prior.shape)}")
+        return None
+    if x_prior.ndim != 4:
+        raise ValueError(f"x_prior must be [P, C, H, W] with prior_index, got {tuple(x_prior.shape)}")
+    idx = torch.as_tensor(prior_index, device=x_prior.device).long().reshape(-1)
+    p = x_prior.shape[0]
+    if idx.shape != (n,) or bool((idx < 0).any()) or bool((idx >= p).any()):
+        raise ValueError(f"prior_index must be {n} indices into the {p} priors, got shape {tuple(idx.shape)}")
+    if keep_mask is not None and torch.as_tensor(keep_mask).ndim == 3 and torch.as_tensor(keep_mask).shape[0] != p:
+        raise ValueError(f"keep_mask has {torch.as_tensor(keep_mask).shape[0]} masks for {p} priors")
+    return idx
+
+
+def _keep_rows(keep_mask: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """The keep masks ``[b, 1, H, W]`` of rows whose priors are ``idx`` (``[H, W]``: one mask for all)."""
+    k = torch.as_tensor(keep_mask)
+    return k[None, None].expand(idx.shape[0], 1, *k.shape) if k.ndim == 2 else k.to(idx.device)[idx][:, None]
+
+
 def probability_map(
     model,
     schedule: NoiseSchedule,
@@ -106,6 +130,7 @@ def probability_map(
     noise_seeds: Sequence[int] | torch.Tensor | None = None,
     keep_mask: torch.Tensor | None = None,
     groups: Sequence[int] | torch.Tensor | None = None,
+    prior_index: Sequence[int] | torch.Tensor | None = None,
 ) -> ProbabilityMap:
     """N generations from one prior slice -> frequency, mean, std images and per-generation areas.
 
@@ -125,15 +150,17 @@ def probability_map(
         groups: length-N group index (0..G-1) of each generation, e.g. the method it belongs to when several
             methods share one batched pass: ``frequency``/``mean``/``std`` are then reduced per group
             (``[G, H, W]``, ``[G, C, H, W]``); ``areas`` stays ``[N]``.
+        prior_index: length-N index of each generation's prior when ``x_prior`` holds several, ``[P, C, H, W]``
+            (e.g. the axial slices of a volume sampled in one pass); ``keep_mask`` may then be ``[P, H, W]``
+            (one per prior). With ``encode="invert"`` each prior is inverted once. None: one prior (``[1, C, H, W]``).
         Other arguments as in :func:`~tgrowth.diffusion.sampler.sample_known_image`.
     """
     if x_prior.ndim == 3:
         x_prior = x_prior[None]
-    if x_prior.ndim != 4 or x_prior.shape[0] != 1:
-        raise ValueError(f"x_prior must be one slice [C, H, W] or [1, C, H, W], got {tuple(x_prior.shape)}")
     n = int(num_generations)
     if n < 1:
         raise ValueError(f"num_generations must be >= 1, got {n}")
+    pidx = _prior_rows(x_prior, prior_index, keep_mask, n)
     chunk = n if chunk_size is None else max(1, min(int(chunk_size), n))
     dev = x_prior.device
     eta_all = torch.as_tensor(eta, dtype=x_prior.dtype, device=dev)
@@ -149,7 +176,8 @@ def probability_map(
     x_enc = None
     if encode == "invert":  # one deterministic inversion shared by all generations
         x_enc = encode_prior(model, schedule, x_prior, noise_level, num_steps, "invert", y=None if y_all is None
-                             else y_all.reshape(-1)[:1], refine_iters=refine_iters,
+                             else y_all.reshape(-1)[:1], num_samples=None if pidx is None else x_prior.shape[0],
+                             refine_iters=refine_iters,
                              invert_order=invert_order, autocast_dtype=autocast_dtype, channels_last=channels_last)
 
     grouped = groups is not None
@@ -170,11 +198,16 @@ def probability_map(
         b = rows.shape[0]
         eta_k = eta_all[rows] if eta_all.ndim == 1 else eta_all
         y_k = None if y_all is None else (y_all[rows] if y_all.ndim == 1 and y_all.shape[0] == n else y_all)
-        x_start = None if x_enc is None else x_enc.expand(b, -1, -1, -1).clone()
-        imgs = sample_known_image(model, schedule, x_prior, noise_level, num_steps, eta=eta_k, encode=encode,
+        if pidx is None:
+            x_k, keep_k = x_prior, keep_mask
+            x_start = None if x_enc is None else x_enc.expand(b, -1, -1, -1).clone()
+        else:  # each row's own prior (and keep mask)
+            x_k, keep_k = x_prior[pidx[rows]], None if keep_mask is None else _keep_rows(keep_mask, pidx[rows])
+            x_start = None if x_enc is None else x_enc[pidx[rows]].clone()
+        imgs = sample_known_image(model, schedule, x_k, noise_level, num_steps, eta=eta_k, encode=encode,
                                   callbacks=callbacks, generator=noise, y=y_k, num_samples=b,
                                   clip_denoised=clip_denoised, autocast_dtype=autocast_dtype,
-                                  channels_last=channels_last, rows=rows, x_start=x_start, keep_mask=keep_mask)
+                                  channels_last=channels_last, rows=rows, x_start=x_start, keep_mask=keep_k)
         with torch.no_grad():
             m = _as_mask(segmenter(imgs), b)
         imgs64, g = imgs.detach().double(), group[rows]

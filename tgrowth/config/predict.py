@@ -34,6 +34,7 @@ GUIDANCE_FORMS = ("authors", "loss", "x0", "x0_detached", "segmenter")
 GUIDANCE_TARGETS = ("median", "bootstrap")
 ENCODE_MODES = ("noise", "invert")
 ZONES = ("isotropic", "fk")
+VOLUME_DISTRIBUTIONS = ("fk", "prior")
 #: the FK model's visible threshold (tgrowth.growth.VISIBLE_THRESHOLD): a zone level must lie below it
 FK_VISIBLE = 0.2
 #: contrasts the tissue estimate of the FK prior can use (tgrowth.growth.tissue.TISSUE_CONTRASTS)
@@ -149,6 +150,17 @@ class PredictConfig(RunConfig):
     sampling: SamplingConfig = doc(SamplingConfig(), "DDIM sampling and probability maps.")
     methods: list[str] = doc(list(METHODS), "Methods in metrics.csv, all on the same subjects and slices: "
                              + "; ".join(f"{k} ({v})" for k, v in METHODS.items()) + ".")
+    volume: bool = doc(False, "3D prediction: every axial slice holding tumour on the prior scan (the range from the "
+                       "first to the last, plus volume_margin_slices each side) is generated in one batched pass "
+                       "(slices x generations); the growth ODE is fitted to tumour VOLUMES (mm^3) and each slice's "
+                       "guidance target is the ODE volume distributed over the slices (volume_distribution); maps "
+                       "and 3D metrics (dice_3d, hd95_3d, volume_error_vs_truth) in the input geometry "
+                       "(docs/predict.md, '3D prediction'). Not with target.days nor data.slice_index.")
+    volume_margin_slices: int = doc(1, "volume=true: extra axial slices generated above and below the prior tumour.")
+    volume_distribution: str = doc("fk", "volume=true: how the ODE's volume is split into per-slice target areas: fk "
+                                   "(the slices' shares of the patient Fisher-Kolmogorov forecast, run in 3D on the "
+                                   "generated slices to the ODE's median volume) or prior (the prior tumour's slice "
+                                   "areas scaled by the ODE's volume ratio: margin slices get no tumour).")
     num_threads: Optional[int] = doc(None, "torch intra-op CPU threads (None: torch's default; 1 is fastest for tiny "
                                      "models on a busy 2-core machine).")
     resume: bool = doc(False, "Continue an interrupted run in output_dir: finished subjects are kept, not redone.")
@@ -313,10 +325,35 @@ def predict_config_problems(cfg: DictConfig) -> list[str]:
     if uses_fk and not any(str(c) in TISSUE_CONTRASTS for c in cfg.data.contrasts):
         bad("data.contrasts", f"must include one of {', '.join(TISSUE_CONTRASTS)} for the FK prior's tissue estimate "
             f"({'; '.join(uses_fk)})", list(cfg.data.contrasts))
+    out += _volume_problems(cfg)
     if int(cfg.target.min_timepoints) < 1:
         bad("target.min_timepoints", "must be >= 1", cfg.target.min_timepoints)
     if any(not _finite(d) or float(d) <= 0 for d in cfg.target.days):
         bad("target.days", "must be positive numbers of days after the prior scan", list(cfg.target.days))
+    return out
+
+
+def _volume_problems(cfg: DictConfig) -> list[str]:
+    """The ``volume`` keys' problems (none when volume is false: the keys are then unused)."""
+    if int(cfg.volume_margin_slices) < 0:
+        return [f"config key 'volume_margin_slices' must be >= 0, got {cfg.volume_margin_slices!r}"]
+    if str(cfg.volume_distribution) not in VOLUME_DISTRIBUTIONS:
+        return [f"config key 'volume_distribution' must be one of {', '.join(VOLUME_DISTRIBUTIONS)}, "
+                f"got {cfg.volume_distribution!r}"]
+    if not cfg.volume:
+        return []
+    out = []
+    if list(cfg.target.days):
+        out.append(f"config key 'target.days' is not supported with volume=true (3D prediction needs a real "
+                   f"follow-up timepoint), got {list(cfg.target.days)!r}")
+    if cfg.data.slice_index is not None:
+        out.append(f"config key 'data.slice_index' picks one slice, but volume=true generates every tumour slice: "
+                   f"set it to null, got {cfg.data.slice_index!r}")
+    if cfg.sampling.keep_prior_holes:
+        out.append("config key 'sampling.keep_prior_holes' is 2D only for now: set it to false with volume=true")
+    if str(cfg.volume_distribution) == "fk" and not any(str(c) in TISSUE_CONTRASTS for c in cfg.data.contrasts):
+        out.append(f"config key 'data.contrasts' must include one of {', '.join(TISSUE_CONTRASTS)} for "
+                   f"volume_distribution=fk (the FK model's tissue estimate), got {list(cfg.data.contrasts)!r}")
     return out
 
 

@@ -35,6 +35,7 @@ from tgrowth.predict.methods import Arm, Case, method_arms, run_baselines
 from tgrowth.predict.models import Models, check_models, load_models
 from tgrowth.predict.plan import Plan, load_slices, plan_subjects
 from tgrowth.predict.targets import fit_growth, fk_prior, fk_sizes, subject_targets, uses_fk, zone_keep
+from tgrowth.predict.volume import predict_volume
 
 log = logging.getLogger("tgrowth.predict")
 
@@ -44,6 +45,8 @@ __all__ = ["predict_one", "predict_run", "run"]
 def predict_one(cfg: DictConfig, models: Models, dm: LongitudinalDataModule, fit: Any, plan: Plan, arms: list[Arm],
                 out: Path, device: torch.device) -> dict[str, Any]:
     """All stages after the plan for one subject; returns its info.json record."""
+    if cfg.volume:  # 3D: every tumour slice in one batched pass (tgrowth.predict.volume)
+        return predict_volume(cfg, models, dm, fit, plan, arms, state.subject_dir(out, plan.subject), device)
     t0 = time.time()
     with_fk = uses_fk(cfg, arms)
     slices = load_slices(dm, plan, cfg.data.labels, history=with_fk)
@@ -146,7 +149,7 @@ def _print_outputs(cfg: DictConfig, res: dict[str, Any], seconds: float, wandb_o
     print(report.format_table(res["summary"]))
     print(f"\npredict: {len(res['infos'])} subject(s) in {seconds:.1f} s; outputs in {out}/:")
     print("  <subject>/prob_map.nii.gz, pred_mean.nii.gz, pred_std.nii.gz (input geometry; contrasts on axis 4), "
-          "info.json, panel.png, growth_curve.png")
+          + ("info.json (every generated slice; no plots)" if cfg.volume else "info.json, panel.png, growth_curve.png"))
     print(f"  metrics.csv, summary.json, errors.csv ({len(res['errors'])} problem(s))")
     if wandb_on:
         print(f"  wandb ({cfg.wandb.mode}): {Path(cfg.wandb.dir or out) / 'wandb'}")

@@ -22,14 +22,16 @@ from data_modules.volumes import tumour_mask
 from tgrowth.errors import DataError, TgrowthError
 from tgrowth.metrics import foreground
 
-__all__ = ["Plan", "SubjectSlices", "plan_subjects", "plan_subject", "load_slices", "subject_seed"]
+__all__ = ["Plan", "SubjectSlices", "plan_subjects", "plan_subject", "load_slices", "subject_seed", "volume_slices"]
 
 
 @dataclass
 class Plan:
     """One subject's prediction: from ``prior`` (its last segmented scan before the target) to ``target`` (a real
     follow-up timepoint; None when predicting ``target_days`` after the prior), on axial slice ``slice_index``;
-    the ODE is fitted to ``sizes`` (mm^2 on that slice) at ``fit_timepoints``."""
+    the ODE is fitted to ``sizes`` (mm^2 on that slice) at ``fit_timepoints``. With ``volume=true``: ``sizes``
+    are tumour volumes (mm^3), ``slices`` the axial indices generated (:func:`volume_slices`) and
+    ``slice_index`` the prior's largest-tumour slice (for reference)."""
 
     subject: str
     prior: Timepoint
@@ -40,6 +42,7 @@ class Plan:
     sizes: list[float]
     rt: tuple[float | None, float | None]
     seed: int
+    slices: list[int] = field(default_factory=list)  # volume=true: the generated axial indices (sizes in mm^3)
 
     @property
     def multi_day(self) -> bool:
@@ -170,13 +173,39 @@ def plan_subject(cfg: DictConfig, dm: LongitudinalDataModule, subj: Subject) -> 
         where = f"before the target timepoint {target.timepoint}" if target is not None else "with a segmentation"
         raise DataError(f"subject {name}: only {len(before)} usable timepoint(s) ({tp_list}) {where}; the growth ODE "
                         f"needs at least {n_min}. Skipped (set ode.population_prior=true for a prior-only forecast)")
-    index = _slice_index(cfg, dm, name, prior, target)
-    sizes = [dm.load_slice(t, index).area_mm2(cfg.data.labels) for t in before]
+    slices: list[int] = []
+    if cfg.volume:
+        index, slices, sizes = _volume_plan(cfg, dm, name, prior, before)
+    else:
+        index = _slice_index(cfg, dm, name, prior, target)
+        sizes = [dm.load_slice(t, index).area_mm2(cfg.data.labels) for t in before]
     before, sizes = _visible_from_first(cfg, name, index, before, sizes)
     days = list(cfg.target.days)
     target_days = [float(prior.day) + float(d) for d in days] if days else [float(target.day)]
     return Plan(name, prior, target, before, target_days, index, sizes, (subj.rt_start_day, subj.rt_end_day),
-                subject_seed(cfg.seed, name))
+                subject_seed(cfg.seed, name), slices)
+
+
+def volume_slices(areas_mm2, margin: int) -> list[int]:
+    """The axial indices generated with ``volume=true``: from the first to the last slice with tumour
+    (``areas_mm2 > 0``, per axial slice), widened by ``margin`` slices each side, inside the volume (contiguous,
+    so the slices stack into a regular 3D grid); empty without tumour."""
+    hit = [i for i, a in enumerate(areas_mm2) if a > 0]
+    if not hit:
+        return []
+    return list(range(max(0, hit[0] - int(margin)), min(len(areas_mm2), hit[-1] + int(margin) + 1)))
+
+
+def _volume_plan(cfg: DictConfig, dm: LongitudinalDataModule, name: str, prior: Timepoint,
+                 before: list[Timepoint]) -> tuple[int, list[int], list[float]]:
+    """(the prior's largest-tumour slice, the generated slices, the tumour volumes (mm^3) of ``before``)."""
+    sizes = {s.timepoint: s for s in dm.sizes(name)}
+    ps = sizes[prior.timepoint]
+    slices = volume_slices(ps.areas_mm2, int(cfg.volume_margin_slices))
+    if not slices:
+        raise DataError(f"subject {name}: no tumour on the prior scan {prior.timepoint} "
+                        f"({cfg.data.labels} labels); volume=true generates the slices that hold it")
+    return int(ps.max_area_slice), slices, [float(sizes[t.timepoint].volume_mm3) for t in before]
 
 
 def load_slices(dm: LongitudinalDataModule, plan: Plan, labels: Any, history: bool = False) -> SubjectSlices:

@@ -19,6 +19,20 @@ TABLE = [("hd95", "HD95 mm", True), ("dice", "Dice", False), ("ssim", "SSIM", Fa
          ("mae", "MAE", True), ("area_error_vs_truth", "AreaErr/true", True),
          ("area_error_vs_target", "AreaErr/ODE", True)]
 ERROR_COLUMNS = ["subject", "stage", "error"]
+# volume=true (tgrowth.predict.volume): 3D metrics in the input grid and the slice-to-slice consistency
+VOLUME_METRICS = ["dice_3d", "hd95_3d", "volume_error_vs_truth", "volume_error_vs_target", "ode_volume_error",
+                  "adjacent_dice", "adjacent_dice_truth"]
+VOLUME_COLUMNS = ["subject", "method", *VOLUME_METRICS, "ssim", "psnr", "mae", "pred_volume_mm3", "map_volume_mm3",
+                  "true_volume_mm3", "target_volume_mm3", "prior_volume_mm3", "scale", "prior_timepoint",
+                  "target_timepoint", "target_day", "slice_index", "n_slices"]
+VOLUME_TABLE = [("hd95_3d", "HD95 3D mm", True), ("dice_3d", "Dice 3D", False), ("ssim", "SSIM", False),
+                ("volume_error_vs_truth", "VolErr/true", True), ("volume_error_vs_target", "VolErr/ODE", True),
+                ("adjacent_dice", "AdjDice", False)]
+
+
+def is_volume(rows: Sequence[dict[str, Any]]) -> bool:
+    """Rows of a volume=true run (3D metrics)."""
+    return any("pred_volume_mm3" in r for r in rows)
 
 
 def _finite(values: Sequence[Any]) -> list[float]:
@@ -45,12 +59,14 @@ def summarise(rows: Sequence[dict[str, Any]], methods: Sequence[str] | None = No
     """Per method and metric: mean, median, n (finite values), n_nonfinite (e.g. HD95 of an empty map)."""
     methods = list(methods) if methods else list(dict.fromkeys(r["method"] for r in rows))
     out: dict[str, Any] = {"n_subjects": len({r["subject"] for r in rows}), "methods": {}}
+    volume = is_volume(rows)
+    columns = METRIC_COLUMNS + VOLUME_METRICS if volume else METRIC_COLUMNS
     for m in methods:
         mrows = [r for r in rows if r["method"] == m]
         if not mrows:
             continue
         stats: dict[str, Any] = {"n_subjects": len({r["subject"] for r in mrows}), "n_rows": len(mrows)}
-        for c in METRIC_COLUMNS:
+        for c in columns:
             vals = [r.get(c) for r in mrows]
             fin = _finite(vals)
             present = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
@@ -58,6 +74,19 @@ def summarise(rows: Sequence[dict[str, Any]], methods: Sequence[str] | None = No
                         "n": len(fin), "n_nonfinite": len(present) - len(fin)}
         out["methods"][m] = stats
     ms = out["methods"]
+    out["checks"] = _volume_checks(ms) if volume else _checks(ms)
+    return out
+
+
+def _volume_checks(ms: dict[str, Any]) -> dict[str, Any]:
+    checks: dict[str, Any] = {}
+    if "tgrowth" in ms and "no-change" in ms:
+        t, n = ms["tgrowth"]["hd95_3d"]["mean"], ms["no-change"]["hd95_3d"]["mean"]
+        checks["tgrowth_beats_no_change_on_hd95_3d"] = {"tgrowth": t, "no-change": n, "holds": bool(t < n)}
+    return checks
+
+
+def _checks(ms: dict[str, Any]) -> dict[str, Any]:
     checks: dict[str, Any] = {}
     if "tgrowth" in ms and "unguided" in ms:
         g, u = ms["tgrowth"]["area_error_vs_target"]["mean"], ms["unguided"]["area_error_vs_target"]["mean"]
@@ -65,8 +94,7 @@ def summarise(rows: Sequence[dict[str, Any]], methods: Sequence[str] | None = No
     if "tgrowth" in ms and "no-change" in ms:
         t, n = ms["tgrowth"]["hd95"]["mean"], ms["no-change"]["hd95"]["mean"]
         checks["tgrowth_beats_no_change_on_hd95"] = {"tgrowth": t, "no-change": n, "holds": bool(t < n)}
-    out["checks"] = checks
-    return out
+    return checks
 
 
 def write_tables(out: Path, rows: list[dict[str, Any]], errors: list[dict[str, Any]], methods: Sequence[str],
@@ -78,7 +106,7 @@ def write_tables(out: Path, rows: list[dict[str, Any]], errors: list[dict[str, A
         summary.update(extra)
     summary["n_errors"] = len(errors)
     if rows:
-        write_csv(Path(out) / "metrics.csv", rows, COLUMNS)
+        write_csv(Path(out) / "metrics.csv", rows, VOLUME_COLUMNS if is_volume(rows) else COLUMNS)
     write_csv(Path(out) / "errors.csv", errors, ERROR_COLUMNS)
     write_json(Path(out) / "summary.json", summary)
     return summary
@@ -97,11 +125,12 @@ def format_table(summary: dict[str, Any]) -> str:
     ms = summary.get("methods", {})
     if not ms:
         return "(no metrics: no subject had a real follow-up to compare with)"
-    heads = ["method", "n"] + [h for _, h, _ in TABLE]
+    table = VOLUME_TABLE if any("dice_3d" in st for st in ms.values()) else TABLE
+    heads = ["method", "n"] + [h for _, h, _ in table]
     lines = []
     for m, st in ms.items():
         cells = [m, str(st["n_subjects"])]
-        for c, _, _ in TABLE:
+        for c, _, _ in table:
             cells.append(_fmt(st[c]["mean"]) + ("" if not st[c]["n_nonfinite"] else f" ({st[c]['n_nonfinite']} inf)"))
         lines.append(cells)
     widths = [max(len(h), *(len(r[i]) for r in lines)) for i, h in enumerate(heads)]

@@ -29,7 +29,7 @@ from tgrowth.ode import fit_cohort
 from tgrowth.predict.plan import Plan, SubjectSlices
 
 __all__ = ["Targets", "FKPrior", "ode_rows", "fit_growth", "subject_targets", "zone_upper", "zone_keep", "uses_fk",
-           "fk_sizes", "fk_prior", "target_key"]
+           "fk_sizes", "fk_prior", "fk_forecast", "brain_of", "target_key"]
 
 #: the prior tumour dilated by this much (mm) is left out of the tissue fit (its oedema would pass for CSF)
 TISSUE_EXCLUDE_MM = 3.0
@@ -198,26 +198,36 @@ def fk_prior(plan: Plan, slices: SubjectSlices, sizes: dict[str, float], contras
     defaults. Forecast: :func:`~tgrowth.growth.forecast_density` from :func:`~tgrowth.growth.initial_density` of
     the prior, every size one row of one batch.
     """
+    if list(sizes) and bool(slices.prior_mask.any()) and len(slices.history) != len(plan.fit_timepoints):
+        raise TgrowthError(f"subject {plan.subject}: the FK prior needs the fitted timepoints' slices "
+                           "(load_slices(..., history=True))")
+    segs = [torch.where(tumour_mask(s.seg, slices.labels), s.seg, 0).long() for s in slices.history]
+    return fk_forecast(plan, slices.prior.image, slices.prior_mask, segs, tuple(float(v) for v in slices.prior.spacing_mm),
+                       sizes, contrasts)
+
+
+def fk_forecast(plan: Plan, image: torch.Tensor, prior_mask: torch.Tensor, segs: list[torch.Tensor],
+                spacing: tuple[float, ...], sizes: dict[str, float], contrasts: list[str]) -> FKPrior:
+    """:func:`fk_prior` on any grid, 2D or 3D: ``image [C, *grid]`` the prior scan, ``prior_mask [*grid]`` its
+    tumour, ``segs`` the fitted timepoints' labels (restricted to ``data.labels``; the prior last) on the same
+    grid, ``spacing`` mm per grid axis, ``sizes`` mm^2 (2D) or mm^3 (3D); a 3D ``image`` is a stack of
+    axial slices ``[C, S, H, W]`` (the brain found per slice)."""
     keys = list(sizes)
-    shape = tuple(slices.prior.image.shape[1:])
-    prior_mask = slices.prior_mask
-    brain = foreground(slices.prior.image) | prior_mask
+    shape = tuple(prior_mask.shape)
+    brain = brain_of(image) | prior_mask
     empty = FKPrior(sizes, torch.zeros((len(keys),) + shape), torch.zeros((len(keys),) + shape, dtype=torch.bool),
                     torch.zeros(len(keys), dtype=torch.bool), brain)
     if not keys or not bool(prior_mask.any()):
         return empty
-    if len(slices.history) != len(plan.fit_timepoints):
-        raise TgrowthError(f"subject {plan.subject}: the FK prior needs the fitted timepoints' slices "
-                           "(load_slices(..., history=True))")
-    h = tuple(float(v) for v in slices.prior.spacing_mm)
-    segs = torch.stack([torch.where(tumour_mask(s.seg, slices.labels), s.seg, 0).long() for s in slices.history])[None]
+    h = spacing
+    segs_t = torch.stack(segs)[None]
     days = torch.tensor([[float(t.day) for t in plan.fit_timepoints]], dtype=torch.float64)
     exclude = distance_to(prior_mask[None], h) <= TISSUE_EXCLUDE_MM
-    tissue = estimate_tissue(slices.prior.image[None].float(), brain[None], exclude, list(contrasts),
+    tissue = estimate_tissue(image[None].float(), brain[None], exclude, list(contrasts),
                              subjects=[f"subject {plan.subject}"])
-    cal = calibrate(segs, days, tissue, h, subjects=[f"subject {plan.subject}"])
+    cal = calibrate(segs_t, days, tissue, h, subjects=[f"subject {plan.subject}"])
     p = cal.params
-    state = initial_density(segs[:, -1], h, p.lam, tissue, p.grey_white_ratio)
+    state = initial_density(segs_t[:, -1], h, p.lam, tissue, p.grey_white_ratio)
     rows = torch.zeros(len(keys), dtype=torch.long)
     target = torch.tensor([sizes[k] for k in keys], dtype=torch.float32)
     fc = forecast_density(state[rows], tissue.select(rows), p.select(rows), target, h)
@@ -225,3 +235,9 @@ def fk_prior(plan: Plan, slices: SubjectSlices, sizes: dict[str, float], contras
     score = torch.where(fc.density > 0, fc.density, -distance_to(prior_mask[None], h).expand_as(fc.density))
     masks = fk_mask(score, target, h, allowed=brain[None].expand_as(fc.density))
     return FKPrior(sizes, fc.density, masks, fc.reached, brain, cal)
+
+
+def brain_of(image: torch.Tensor) -> torch.Tensor:
+    """The brain of ``[C, H, W]`` (one slice) or ``[C, S, H, W]`` (a stack of slices): any contrast above the
+    background (:func:`~tgrowth.metrics.foreground`, per slice)."""
+    return foreground(image) if image.dim() == 3 else foreground(image.transpose(0, 1))

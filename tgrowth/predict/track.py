@@ -2,7 +2,8 @@
 
 Summary keys (what a dashboard or a sweep optimises): ``predict/hd95``, ``predict/ssim``, ``predict/psnr``,
 ``predict/mae``, ``predict/dice``, ``predict/area_error`` (vs the true follow-up), ``predict/area_error_vs_target``,
-``predict/ode_forecast_error`` for the tgrowth method; ``predict/<method>/<metric>`` for every method.
+``predict/ode_forecast_error`` for the tgrowth method (with ``volume=true``: ``predict/dice_3d``, ``predict/hd95_3d``,
+``predict/volume_error``, ``predict/adjacent_dice``); ``predict/<method>/<metric>`` for every method.
 Per subject: a ``predict/subjects`` table (one row per subject and method, with the panel PNG as an image)
 and the panels as ``predict/panel/<subject>`` images.
 """
@@ -18,7 +19,10 @@ from omegaconf import DictConfig
 
 STABLE = {"hd95": "hd95", "ssim": "ssim", "ssim_brain": "ssim_brain", "psnr": "psnr", "mae": "mae", "dice": "dice",
           "area_error_vs_truth": "area_error", "area_error_vs_target": "area_error_vs_target",
-          "ode_forecast_error": "ode_forecast_error"}
+          "ode_forecast_error": "ode_forecast_error",
+          # volume=true runs (tgrowth.predict.volume); absent from 2D summaries, so nothing is logged for them there
+          "dice_3d": "dice_3d", "hd95_3d": "hd95_3d", "volume_error_vs_truth": "volume_error",
+          "adjacent_dice": "adjacent_dice"}
 
 
 def start(cfg: DictConfig, command: str):
@@ -37,6 +41,8 @@ def summary_metrics(summary: dict[str, Any], main_method: str = "tgrowth") -> di
     out: dict[str, float] = {}
     for method, stats in summary.get("methods", {}).items():
         for col, name in STABLE.items():
+            if col not in stats:
+                continue
             v = stats[col]["mean"]
             if v is None or (isinstance(v, float) and math.isnan(v)):
                 continue
@@ -57,6 +63,9 @@ def log_predict(run: Any, rows: list[dict[str, Any]], infos: list[dict[str, Any]
               if i.get("files", {}).get("panel")}
     cols = ["subject", "method", "hd95", "ssim", "dice", "psnr", "mae", "area_error_vs_truth",
             "area_error_vs_target", "ode_forecast_error", "panel"]
+    if any("dice_3d" in r for r in rows):  # volume=true
+        cols = ["subject", "method", "hd95_3d", "dice_3d", "ssim", "volume_error_vs_truth", "volume_error_vs_target",
+                "adjacent_dice", "adjacent_dice_truth", "panel"]
     table = wandb.Table(columns=cols)
     for r in rows:
         p = panels.get(r["subject"])
