@@ -8,12 +8,15 @@ in-family control). Both methods grow the prior tumour to the same (ODE) area, s
 shape alone. Per cohort: both methods' mean (median) map HD95 and Dice, the paired difference ``method -
 baseline`` (Student-t 95 % CI over the subjects, the demo's rule) and on how many subjects the method is
 better / equal / worse. Then, where the cohorts hold the same subjects (same synth seed: only the growth law differs), the
-change of that per-subject difference against the reference: does the edge shrink out of family?
+change of that per-subject difference against the reference: does the edge shrink out of family? Last,
+from each subject's ``info.json``, how well the calibrated FK model reproduced the earlier scans (its
+calibration score) in each cohort, paired against the reference.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -103,6 +106,40 @@ def shift_table(runs: dict[str, list[dict[str, Any]]], method: str, baseline: st
     return "\n".join(lines)
 
 
+def calibration_rows(run: Path) -> list[dict[str, Any]]:
+    """Per subject of a predict run (``<subject>/info.json``, key ``fk``): calibrated, score, lambda, rho."""
+    out = []
+    for f in sorted(run.glob("*/info.json")):
+        fk = json.loads(f.read_text()).get("fk")
+        if fk:
+            out.append({"subject": f.parent.name, "calibrated": bool(fk.get("calibrated")), "score": fk.get("score"),
+                        "lambda_mm": fk.get("lambda_mm"), "rho_per_day": fk.get("rho_per_day")})
+    return out
+
+
+def calibration_table(cal: dict[str, list[dict[str, Any]]]) -> str:
+    """Per cohort: how many subjects the FK model was fitted to, and how well it reproduced their earlier scans
+    (the calibration score: mean Dice of its forecasts of the earlier segmentations), paired against the
+    reference cohort (the first)."""
+    ref_name = next(iter(cal))
+    lines = ["| cohort | calibrated | score: mean (median) | score change vs " + ref_name + " [95% CI] | verdict | "
+             "lambda mm: median | rho 1/day: median |", "|---|---|---|---|---|---|---|"]
+    for name, rows in cal.items():
+        fitted = [r for r in rows if r["calibrated"] and _value(r["score"]) is not None]
+        sc = [float(r["score"]) for r in fitted]
+        if not sc:
+            lines.append(f"| {name} | 0/{len(rows)} | - | - | - | - | - |")
+            continue
+        pairs = [{"subject": r["subject"], "method": who, "score": r["score"]}
+                 for who, rr in ((name, fitted), (ref_name, [r for r in cal[ref_name] if r["calibrated"]])) for r in rr]
+        v = None if name == ref_name else paired_verdict(pairs, "score", ref_name, name, lower_is_better=False)
+        lam = statistics.median(float(r["lambda_mm"]) for r in fitted)
+        rho = statistics.median(float(r["rho_per_day"]) for r in fitted)
+        lines.append(f"| {name} | {len(fitted)}/{len(rows)} | {statistics.fmean(sc):.3f} ({statistics.median(sc):.3f}) | "
+                     f"{_ci(v) if v else '-'} | {v['verdict'] if v else '-'} | {lam:.2f} | {rho:.4f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", metavar="NAME=RUN_DIR")
@@ -110,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline", default="grow-to-target")
     a = ap.parse_args(argv)
     runs: dict[str, list[dict[str, Any]]] = {}
+    cal: dict[str, list[dict[str, Any]]] = {}
     for spec in a.runs:
         name, eq, path = spec.partition("=")
         if not eq or not name or not path:
@@ -120,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"stress_table: no metrics.csv in {path}", file=sys.stderr)
             return 2
         runs[name] = read_csv(f)
+        cal[name] = calibration_rows(f.parent)
     print(f"runs: {', '.join(a.runs)}")
     print(f"cells: mean (median) over subjects; differences {a.method} - {a.baseline}, paired by subject")
     print()
@@ -127,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     if len(runs) > 1:
         print()
         print(shift_table(runs, a.method, a.baseline))
+    if any(cal.values()):
+        print()
+        print(calibration_table(cal))
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 from scipy.stats import t as student_t
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from stress_table import cohort_table, differences, main, shift_table  # noqa: E402
+from stress_table import calibration_rows, calibration_table, cohort_table, differences, main, shift_table  # noqa: E402
 
 from tgrowth.predict.report import write_tables  # noqa: E402
 
@@ -66,3 +67,20 @@ def test_cli_reads_run_folders_and_names_a_bad_argument(tmp_path, capsys):
     assert "expected NAME=RUN_DIR" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--method"])
+
+
+def test_calibration_table_reads_info_json_and_pairs_the_scores(tmp_path):
+    def run(name, scores):
+        for i, sc in enumerate(scores):
+            d = tmp_path / name / f"S{i}"
+            d.mkdir(parents=True)
+            fk = {"calibrated": sc is not None, "score": sc or 0.0, "lambda_mm": 2.0 + i, "rho_per_day": 0.02}
+            (d / "info.json").write_text(json.dumps({"subject": f"S{i}", "fk": fk}))
+        return calibration_rows(tmp_path / name)
+
+    cal = {"control": run("c", [0.9, 0.8, None]), "variant": run("v", [0.7, 0.7, 0.6])}
+    lines = calibration_table(cal).splitlines()
+    assert lines[2] == "| control | 2/3 | 0.850 (0.850) | - | - | 2.50 | 0.0200 |"
+    # S0 and S1 pair (S2 is not calibrated in the control): differences -0.2 and -0.1
+    h = _half([-0.2, -0.1])
+    assert lines[3] == (f"| variant | 3/3 | 0.667 (0.700) | -0.150 [{-0.15 - h:+.3f}, {-0.15 + h:+.3f}] | tie | 3.00 | 0.0200 |")
