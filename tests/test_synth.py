@@ -172,6 +172,8 @@ def test_overwrite_replaces_its_own_earlier_output(cohort: Path, tmp_path: Path,
     ("schedule.pre_rt_scans=0", "schedule.pre_rt_scans"),
     ("split_fractions=[1,0]", "split_fractions"),
     ("device=tpu9", "device"),
+    ("growth.anisotropy=[0.5,2]", "growth.anisotropy"),
+    ("growth.anisotropy=[3,2]", "growth.anisotropy"),
 ])
 def test_bad_config_names_the_key(override, key, tmp_path: Path, capsys):
     kwargs = dict(_parse(a) for a in TINY)
@@ -328,3 +330,48 @@ def test_rough_diffusivity_at_the_stable_step_matches_a_fine_step():
     assert float(u.min()) >= 0.0 and float(u.max()) <= 1.0 + 1e-5
     assert float((u - ref).abs().max()) < 0.01
     assert float((run(1) - ref).abs().max()) > 0.05  # dt 6 D / h^2 = 3.6: the bound matters
+
+
+def test_anisotropic_phantom_spreads_with_variance_two_d_s_t_per_axis():
+    """The phantom's solver with a diagonal tensor (growth.anisotropy): pure diffusion from a point in white
+    matter has variance exactly 2 D s_a t along axis a (a Gaussian with those variances), mass conserved."""
+    n, d, t = 33, 0.2, 10
+    tissue = torch.zeros(2, 2, n, n, n)
+    tissue[:, 1] = 1.0
+    u0 = torch.zeros(2, n, n, n)
+    u0[:, n // 2, n // 2, n // 2] = 1.0
+    scale = torch.tensor([[4.0, 1.0, 1.0], [1.0, 2.5, 1.0]])
+    sched = Schedule(scan_days=[0, t], fraction_days=[], target_visible_voxels=1)
+    p = _params(d_white=d, d_grey=d, rho=0.0)
+    p = {k: v.expand(2) for k, v in p.items()}
+    res = simulate(tissue, u0, p, [sched, sched], 1.0, steps_per_day=4, dose_per_fraction_gy=0.0, margin_mm=0.0,
+                   axis_scale=scale)
+    u = res.snapshots[:, 1, 0].double()  # [2, n, n, n]
+    x = torch.arange(n, dtype=torch.float64) - n // 2
+    for b in range(2):
+        assert float(u[b].sum()) == pytest.approx(1.0, rel=1e-4)
+        for axis in range(3):
+            marginal = u[b].sum(dim=tuple(a for a in range(3) if a != axis))
+            var = float((marginal * x**2).sum() / marginal.sum())
+            assert var == pytest.approx(2.0 * d * float(scale[b, axis]) * t, rel=2e-3), (b, axis)
+
+
+def test_anisotropy_draws_leave_every_other_draw_unchanged(cohort: Path, tmp_path: Path):
+    """growth.anisotropy draws from its own stream: same seed, same schedules and seed points as the default
+    cohort; the ratio and axis are recorded in ground_truth.csv (a default cohort has no such columns), and
+    the tumour is longer along the drawn axis than across it."""
+    out = tmp_path / "aniso"
+    assert main(["synth", *TINY, f"output_dir={out}", "seed=3", "growth.anisotropy=[6,6]", "growth.mass_effect=0"]) == 0
+    assert (out / "timeline.csv").read_text() == (cohort / "timeline.csv").read_text()
+    truth, plain = _rows(out / "ground_truth.csv"), _rows(cohort / "ground_truth.csv")
+    assert "anisotropy" not in plain[0]
+    for a, b in zip(truth, plain):
+        assert (a["seed_x_mm"], a["seed_y_mm"], a["seed_z_mm"]) == (b["seed_x_mm"], b["seed_y_mm"], b["seed_z_mm"])
+        assert a["d_white_mm2_per_day"] == b["d_white_mm2_per_day"] and float(a["anisotropy"]) == 6.0
+        assert a["anisotropy_axis"] in ("x", "y")
+    for s in sorted({r["subject"] for r in truth}):
+        row = [r for r in truth if r["subject"] == s][-1]
+        lab = np.asarray(nib.load(str(out / f"{s}-{row['timepoint']}" / f"{s}-{row['timepoint']}-seg.nii.gz")).dataobj) > 0
+        ext = [int(np.count_nonzero(lab.any(axis=tuple(a for a in range(3) if a != k)))) for k in range(2)]
+        along = 0 if row["anisotropy_axis"] == "x" else 1
+        assert ext[along] > ext[1 - along], (s, row["anisotropy_axis"], ext)

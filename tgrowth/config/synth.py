@@ -19,6 +19,7 @@ class GrowthRanges:
     initial_volume_ml: list[float] = doc([4.0, 25.0], "Visible tumour volume at the first scan (ml).")
     heterogeneity: float = doc(0.35, "Log-amplitude of a smooth random field that multiplies D and rho locally (0: homogeneous tissue classes).")
     mass_effect: float = doc(1.0, "Scale of the mass effect (tissue pushed away from the tumour, up to about 3 mm at 1.0); 0: none.")
+    anisotropy: list[float] = doc([1.0, 1.0], "Out-of-family growth (stress tests): ratio (>= 1) of the diffusivity along one in-plane axis to that across it, drawn uniformly per subject from [low, high]; the axis (x: left-right or y: anterior-posterior of the simulation grid) is drawn 50/50 per subject. [1, 1]: isotropic (default; the cohort is then byte-identical to one written without the key).")
     max_pregrowth_days: int = doc(3000, "Cap on the simulated time from the seed to the first scan (days).")
 
 

@@ -106,20 +106,34 @@ def diffusivity(p_wm: torch.Tensor, p_gm: torch.Tensor, d_white: torch.Tensor | 
     return dw * p_wm + dg * p_gm
 
 
-def face_coefficients(diff: torch.Tensor, spacing: float | Sequence[float]) -> list[torch.Tensor]:
+def face_coefficients(diff: torch.Tensor, spacing: float | Sequence[float],
+                      axis_scale: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Harmonic-mean face diffusivities divided by ``h_a^2``, one tensor per spatial axis of ``diff [B, ...]``.
 
     The tensor for axis ``a`` is one shorter along ``a`` (face ``i`` joins voxels ``i`` and ``i + 1``); a face
     touching a voxel with ``D = 0`` gets 0 (no flux).
+
+    ``axis_scale [B, ndim]`` (optional, positive): a diagonal diffusion tensor ``D(x) diag(s_1, ..., s_n)``
+    per subject, i.e. axis ``a``'s faces are multiplied by ``s_a`` (anisotropic spread along the grid axes;
+    with ``rho = 0`` and constant ``D`` the variance along axis ``a`` grows by exactly ``2 D s_a t``).
     """
     nd = spatial_ndim(diff, "diffusivity")
     h = as_spacing(spacing, nd)
+    if axis_scale is not None:
+        axis_scale = torch.as_tensor(axis_scale, dtype=diff.dtype, device=diff.device)
+        if axis_scale.shape != (diff.shape[0], nd):
+            raise TgrowthError(f"axis_scale: expected shape {(diff.shape[0], nd)} (subjects x spatial axes), got {tuple(axis_scale.shape)}")
+        if not bool((axis_scale > 0).all()) or not bool(torch.isfinite(axis_scale).all()):
+            raise TgrowthError(f"axis_scale: factors must be positive and finite, got {axis_scale.tolist()}")
     out = []
     for axis in range(1, nd + 1):
         factor = 1.0 / h[axis - 1] ** 2
         n = diff.shape[axis]
         a, b = diff.narrow(axis, 0, n - 1), diff.narrow(axis, 1, n - 1)
-        out.append(factor * 2.0 * a * b / (a + b).clamp_min(1e-12))
+        face = factor * 2.0 * a * b / (a + b).clamp_min(1e-12)
+        if axis_scale is not None:
+            face = face * axis_scale[:, axis - 1].reshape((-1,) + (1,) * nd)
+        out.append(face)
     return out
 
 
@@ -237,6 +251,7 @@ def simulate_fk(
     dt: float | None = None,
     fraction_days: Sequence[Sequence[float]] | None = None,
     survival: torch.Tensor | float | None = None,
+    axis_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run ``du/dt = div(D grad u) + rho u (1 - u)`` and return ``u`` at ``days`` (``[B, T, ...]``; day 0 = ``u0``).
 
@@ -247,6 +262,8 @@ def simulate_fk(
     Radiotherapy (optional, the simple patient kill): ``fraction_days[b]`` lists subject ``b``'s fraction
     days; at each, after the snapshot of that day, ``u <- survival u`` (``survival`` a float, ``[B]`` or a
     ``[B, ...]`` field, e.g. :func:`lq_survival` of a :func:`planning_dose`).
+    ``axis_scale [B, ndim]`` (optional): a diagonal diffusion tensor, see :func:`face_coefficients`; the
+    default ``dt`` then uses the largest ``D s_a``.
     """
     nd = spatial_ndim(u0, "u0")
     if diff.shape != u0.shape:
@@ -261,7 +278,8 @@ def simulate_fk(
     if any(d < 0 for d in days) or any(b < a for a, b in zip(days, days[1:])):
         raise TgrowthError(f"simulate_fk: days must be non-negative and increasing, got {days}")
     if dt is None:
-        dt = stable_dt(float(diff.max()), h, float(rho_t.max()))
+        s_max = 1.0 if axis_scale is None else float(torch.as_tensor(axis_scale).max())
+        dt = stable_dt(float(diff.max()) * max(s_max, 1.0), h, float(rho_t.max()))
     if not dt > 0:
         raise TgrowthError(f"simulate_fk: dt must be positive, got {dt}")
     snap_steps = [int(round(d / dt)) for d in days]
@@ -278,7 +296,7 @@ def simulate_fk(
         surv = torch.as_tensor(survival, dtype=u0.dtype, device=u0.device)
         if surv.dim() <= 1:
             surv = surv.reshape(-1).expand(bsz).reshape(col)
-    faces = face_coefficients(diff, h)
+    faces = face_coefficients(diff, h, axis_scale)
     rho_dt = rho_t * dt
     u = u0.to(torch.float32).clamp(0.0, 1.0).masked_fill(u0 < TRUNCATION, 0.0)
     out = torch.zeros((bsz, len(days)) + tuple(u0.shape[1:]), dtype=u.dtype, device=u.device)

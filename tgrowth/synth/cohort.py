@@ -45,6 +45,7 @@ MIDLINE_REGIONS = {
 OEDEMA_SIGMA_MAX_MM = 5.0
 MASS_SIGMA_MM = 8.0  # smoothing of the tumour burden whose gradient displaces tissue (mass effect)
 HEMISPHERIC_BOX = ((20.0, 45.0), (-60.0, 30.0), (0.0, 42.0))  # |x|, y, z ranges
+ANISOTROPY_STREAM = 7919  # third SeedSequence entry of the anisotropy draws (growth.anisotropy)
 
 
 # --------------------------------------------------------------------------- config
@@ -145,6 +146,10 @@ def validate(cfg: Any) -> None:
     for key in ("schedule.pre_rt_gap_days", "schedule.post_rt_gap_days"):
         if _range(cfg, key, positive=False)[0] < 1:
             raise ConfigError(f"config key '{key}' must be at least 1 day (days strictly increase), got {list(cfg.schedule[key.split('.')[1]])}")
+    if _range(cfg, "growth.anisotropy")[0] < 1:
+        raise ConfigError(f"config key 'growth.anisotropy' must be a ratio range with low >= 1 (along / across the drawn axis), got {list(cfg.growth.anisotropy)}")
+    if cfg.growth.anisotropy[1] > 20:
+        raise ConfigError(f"config key 'growth.anisotropy' must be at most 20, got {list(cfg.growth.anisotropy)}")
     if cfg.growth.grey_white_ratio[1] > 1:
         raise ConfigError(f"config key 'growth.grey_white_ratio' must be at most 1 (white matter diffuses faster), got {list(cfg.growth.grey_white_ratio)}")
     if not 1 <= cfg.schedule.pre_rt_scans < cfg.n_timepoints:
@@ -195,6 +200,19 @@ def _loguniform(rng: np.random.Generator, lo: float, hi: float) -> float:
 
 def _fraction_days(start: int, n: int, per_week: int) -> list[int]:
     return [start + 7 * (k // per_week) + (k % per_week) for k in range(n)]
+
+
+def anisotropic(cfg: Any) -> bool:
+    """Whether ``growth.anisotropy`` asks for anisotropic spread (anything but the default ``[1, 1]``)."""
+    return float(cfg.growth.anisotropy[1]) > 1.0
+
+
+def axis_scale(draws: list[SubjectDraw]) -> torch.Tensor:
+    """``[B, 3]`` diffusion factors per simulation axis: the drawn ratio on each subject's axis, 1 elsewhere."""
+    out = torch.ones(len(draws), 3)
+    for i, d in enumerate(draws):
+        out[i, d.params["anisotropy_axis"]] = d.params["anisotropy"]
+    return out
 
 
 def draw_subject(cfg: Any, index: int, lattice: tuple[int, int, int], sim_voxel: float) -> SubjectDraw:
@@ -254,6 +272,10 @@ def draw_subject(cfg: Any, index: int, lattice: tuple[int, int, int], sim_voxel:
         "bias_strength": float(rng.uniform(*im.bias_strength)),
     }
     torch_seed = int(ss.generate_state(1, dtype=np.uint64)[0] % (2**63 - 1))
+    if anisotropic(cfg):  # its own stream: every other draw (and so the default cohort) is unchanged
+        arng = np.random.default_rng([int(cfg.seed), index, ANISOTROPY_STREAM])
+        params["anisotropy"] = float(arng.uniform(*g.anisotropy))
+        params["anisotropy_axis"] = int(arng.integers(2))  # 0: x (left-right), 1: y (anterior-posterior)
     subject = f"{cfg.subject_prefix}-{index + 1:05d}"
     return SubjectDraw(subject, index, "midline" if midline else "hemispheric", region, side, params,
                        Schedule(days, fraction_days, target), rt_start, rt_end, warp, imaging, rng, torch_seed)
@@ -400,6 +422,8 @@ def _grid(cfg: Any) -> _Grid:
     offsets = A.grid_points((n_sim,) * 3, np.diag([sim_h, sim_h, sim_h, 1.0])) - sim_h * (n_sim - 1) / 2.0
     het_max = math.exp(2.0 * float(cfg.growth.heterogeneity))  # the heterogeneity field is clamped to [-2, 2] sd
     d_max, rho_max = float(cfg.growth.d_white_mm2_per_day[1]) * het_max, float(cfg.growth.rho_per_day[1]) * het_max
+    if anisotropic(cfg):  # the fastest face: D times the largest anisotropy ratio
+        d_max *= float(cfg.growth.anisotropy[1])
     steps_per_day = stable_steps_per_day(d_max, sim_h, rho_max=rho_max)
     pre_step = pregrowth_days_per_step(d_max, sim_h, steps_per_day, rho_max=rho_max)
     return _Grid(voxel, sim_h, template, shape, affine, out_points, lattice, n_sim, offsets, steps_per_day, pre_step,
@@ -453,6 +477,7 @@ def _simulate_batch(cfg: Any, g: _Grid, batch: list[SubjectDraw], device: torch.
         [d.schedule for d in batch], g.sim_h, g.steps_per_day, float(cfg.rt.dose_per_fraction_gy),
         float(cfg.rt.margin_mm), int(cfg.growth.max_pregrowth_days), pregrowth_days_per_step=g.pre_step,
         heterogeneity=None if het is None else het.to(device),
+        axis_scale=axis_scale(batch).to(device) if anisotropic(cfg) else None,
     )
     t_sim = time.perf_counter() - t_sim
     # output voxel -> this subject's simulation box, as grid_sample coordinates
@@ -564,6 +589,9 @@ def _truth_row(cfg: Any, g: _Grid, bt: _Batch, i: int, tp: str, day: int, split:
         "mass_effect": d.params["mass_effect"] * float(cfg.growth.mass_effect),
         "initial_volume_ml_target": d.params["initial_volume_ml"],
         "pregrowth_days": res.pregrowth_days[i], "reached_initial_volume": res.reached_target[i],
+        # only with growth.anisotropy (so a default cohort's table is unchanged)
+        **({"anisotropy": d.params["anisotropy"], "anisotropy_axis": "xy"[d.params["anisotropy_axis"]]}
+           if "anisotropy" in d.params else {}),
     }
 
 

@@ -83,19 +83,23 @@ def simulate(
     hypoxia_threshold: float = 0.7,
     pregrowth_days_per_step: int = 1,
     heterogeneity: torch.Tensor | None = None,
+    axis_scale: torch.Tensor | None = None,
 ) -> SimResult:
     """Run the batch until every subject has had its last scan.
 
     ``tissue [B, 2, X, Y, Z]``: grey- and white-matter probabilities (CSF/outside get D = 0);
     ``u0 [B, X, Y, Z]``: the seed density; ``heterogeneity [B, X, Y, Z]`` (optional): a positive field that
     multiplies ``D`` and ``rho`` locally; ``params``: per-subject ``[B]`` tensors ``d_white``, ``d_grey``
-    (mm^2/day), ``rho`` (1/day), ``alpha`` (1/Gy), ``beta`` (1/Gy^2), ``k_clear``, ``k_nec`` (1/day).
+    (mm^2/day), ``rho`` (1/day), ``alpha`` (1/Gy), ``beta`` (1/Gy^2), ``k_clear``, ``k_nec`` (1/day);
+    ``axis_scale [B, 3]`` (optional): a diagonal diffusion tensor (anisotropic spread, see
+    :func:`tgrowth.growth.fk.face_coefficients`); ``steps_per_day`` must then be stable for ``D s_max``.
     """
     # tiny densities far from the tumour would otherwise become denormal floats, which are ~100x slower
     torch.set_flush_denormal(True)
     try:
         return _simulate(tissue, u0, params, schedules, spacing_mm, steps_per_day, dose_per_fraction_gy,
-                         margin_mm, max_pregrowth_days, hypoxia_threshold, pregrowth_days_per_step, heterogeneity)
+                         margin_mm, max_pregrowth_days, hypoxia_threshold, pregrowth_days_per_step, heterogeneity,
+                         axis_scale)
     finally:
         torch.set_flush_denormal(False)  # torch's default
 
@@ -128,7 +132,7 @@ class _Clock:
         return [None if self.day0[b] is None else self.days[b] - self.day0[b] for b in rows]
 
 
-def _initial_state(tissue, u0, params, spacing_mm, heterogeneity) -> dict[str, torch.Tensor]:
+def _initial_state(tissue, u0, params, spacing_mm, heterogeneity, axis_scale=None) -> dict[str, torch.Tensor]:
     """Per-row state (u, n, d, RT survival) and coefficients (rates, face diffusivities) at the seed."""
     bsz = u0.shape[0]
     col = {k: v.to(torch.float32).reshape(bsz, 1, 1, 1) for k, v in params.items()}
@@ -147,7 +151,7 @@ def _initial_state(tissue, u0, params, spacing_mm, heterogeneity) -> dict[str, t
         "rho": rho.expand_as(u0).contiguous() if heterogeneity is not None else rho, "k_nec": col["k_nec"], "k_clear": col["k_clear"],
         "alpha": col["alpha"], "beta": col["beta"],
     }
-    for axis, f in zip((1, 2, 3), face_coefficients(diff, spacing_mm)):
+    for axis, f in zip((1, 2, 3), face_coefficients(diff, spacing_mm, axis_scale)):
         st[f"face{axis}"] = f
     return st
 
@@ -225,13 +229,13 @@ def _advance_box(st: dict[str, torch.Tensor], box, dt_row: torch.Tensor, steps_p
 
 
 def _simulate(tissue, u0, params, schedules, spacing_mm, steps_per_day, dose_per_fraction_gy, margin_mm,
-              max_pregrowth_days, hypoxia_threshold, pregrowth_days_per_step, heterogeneity) -> SimResult:
+              max_pregrowth_days, hypoxia_threshold, pregrowth_days_per_step, heterogeneity, axis_scale) -> SimResult:
     """The day loop of :func:`simulate`: events at each subject's day, then one (or several pre-growth) days of growth."""
     bsz = u0.shape[0]
     dev = u0.device
     dt = 1.0 / steps_per_day
     # per-row state and coefficients; rows are dropped once their subject has had its last scan
-    st = _initial_state(tissue, u0, params, spacing_mm, heterogeneity)
+    st = _initial_state(tissue, u0, params, spacing_mm, heterogeneity, axis_scale)
     rows = list(range(bsz))  # row -> subject
     n_scans = len(schedules[0].scan_days)
     snaps = torch.zeros((bsz, n_scans, 3) + tuple(u0.shape[1:]), dtype=torch.float32)
