@@ -89,6 +89,7 @@ def test_volume_prediction_end_to_end_with_3d_baselines(cohort, tmp_path):
     mm = mean.get_fdata()
     filled = [k for k in range(12) if np.abs(mm[:, :, k]).max() > 0]
     assert filled == info["slices"] and 0 <= prob.get_fdata().min() and prob.get_fdata().max() <= 1
+    assert info["files"]["montage"] == "montage.png" and (out / "SUB02" / "montage.png").stat().st_size > 0
     rows = read_csv(out / "metrics.csv")
     assert set(rows) == set(ALL[1:-1].split(","))
     for r in rows.values():

@@ -149,7 +149,7 @@ def _print_outputs(cfg: DictConfig, res: dict[str, Any], seconds: float, wandb_o
     print(report.format_table(res["summary"]))
     print(f"\npredict: {len(res['infos'])} subject(s) in {seconds:.1f} s; outputs in {out}/:")
     print("  <subject>/prob_map.nii.gz, pred_mean.nii.gz, pred_std.nii.gz (input geometry; contrasts on axis 4), "
-          + ("info.json (every generated slice; no plots)" if cfg.volume else "info.json, panel.png, growth_curve.png"))
+          + ("info.json, montage.png (a few generated slices)" if cfg.volume else "info.json, panel.png, growth_curve.png"))
     print(f"  metrics.csv, summary.json, errors.csv ({len(res['errors'])} problem(s))")
     if wandb_on:
         print(f"  wandb ({cfg.wandb.mode}): {Path(cfg.wandb.dir or out) / 'wandb'}")

@@ -104,3 +104,28 @@ def montage(path: Path, *, subject: str, prior: np.ndarray, means: Sequence[np.n
         _show(axes[1, j], p, "p(tumour)", cmap="magma", vmin=0, vmax=1)
     fig.suptitle(f"{subject}: predicted follow-ups over time", fontsize=10)
     return save_figure(fig, path)
+
+
+def volume_montage(path: Path, *, subject: str, slices: Sequence[int], images: np.ndarray, prob: np.ndarray,
+                   truth_seg: np.ndarray | None, prior_seg: np.ndarray, threshold: float = 0.5,
+                   max_slices: int = 6) -> Path:
+    """A 3D prediction, a few axial slices evenly spread over the generated ones: the probability map in colour
+    over the real follow-up (``images [S, H, W]``; the prior where there is none), the real tumour (cyan dashed)
+    and the prior tumour (yellow); ``prob`` / ``truth_seg`` / ``prior_seg`` are ``[S, H, W]`` on the same stack."""
+    from tgrowth.io import save_figure
+
+    plt = _plt()
+    pick = np.unique(np.linspace(0, len(slices) - 1, min(max_slices, len(slices))).round().astype(int))
+    fig, axes = plt.subplots(1, len(pick), figsize=(2.6 * len(pick), 3.0), squeeze=False)
+    for ax, i in zip(axes[0], pick):
+        _show(ax, images[i], f"slice {slices[i]}", vmin=-1, vmax=1)
+        ax.imshow(np.ma.masked_less(prob[i], 0.05), cmap="autumn_r", vmin=0, vmax=1, alpha=0.55, origin="lower")
+        if prior_seg[i].any():
+            ax.contour(prior_seg[i].astype(float), levels=[0.5], colors="yellow", linewidths=0.7)
+        if truth_seg is not None and truth_seg[i].any():
+            ax.contour(truth_seg[i].astype(float), levels=[0.5], colors="cyan", linewidths=1.0, linestyles="--")
+        if prob[i].max() >= threshold:
+            ax.contour(prob[i], levels=[threshold], colors="red", linewidths=0.8)
+    fig.suptitle(f"{subject}: p(tumour) (colour; red = {threshold}) over the real follow-up; cyan dashed = real "
+                 "tumour, yellow = prior", fontsize=9)
+    return save_figure(fig, path)

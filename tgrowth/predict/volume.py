@@ -48,6 +48,7 @@ from tgrowth.diffusion.sampler import key_seed
 from tgrowth.errors import DataError, TgrowthError
 from tgrowth.growth.geometry import change_zone, grow_to_area, radial_growth_mm
 from tgrowth.io import save_nifti, write_json
+from tgrowth.predict import plots
 from tgrowth.predict.generate import ENCODE, area_guidance
 from tgrowth.predict.methods import BASELINES, Arm, MethodResult
 from tgrowth.predict.models import Models, autocast_dtype
@@ -427,9 +428,21 @@ def _info(cfg: DictConfig, vc: VolumeCase, results: dict[Arm, MethodResult], fit
     }
 
 
+def _montage(cfg: DictConfig, vc: VolumeCase, r: MethodResult, path: Path) -> Path:
+    """montage.png: a few generated slices, the map over the real follow-up (the prior's t2f or first contrast)."""
+    vs, contrasts = vc.slices, list(vc.models.contrasts)
+    ci = contrasts.index("t2f") if "t2f" in contrasts else 0
+    back = vs.truth_images if vs.truth_images is not None else vs.images
+    tm = vs.truth_mask
+    return plots.volume_montage(path, subject=vc.plan.subject, slices=vs.indices, images=back[:, ci].numpy(),
+                                prob=r.prob.cpu().numpy(), truth_seg=None if tm is None else tm.numpy(),
+                                prior_seg=vs.prior_mask.numpy(), threshold=float(cfg.sampling.threshold))
+
+
 def write_volume_subject(cfg: DictConfig, vc: VolumeCase, results: dict[Arm, MethodResult], rows: list[dict[str, Any]],
                          fit: Any, sdir: Path, extra: dict[str, Any]) -> dict[str, Any]:
-    """The main (first ODE-guided) arm's maps in the input geometry, metrics.json, then info.json (last)."""
+    """The main (first ODE-guided) arm's maps in the input geometry, montage.png (with ``plots``), metrics.json,
+    then info.json (last)."""
     main = next((a for a in results if a.source == "ode"), None)
     files = {}
     if main is not None:
@@ -437,6 +450,8 @@ def write_volume_subject(cfg: DictConfig, vc: VolumeCase, results: dict[Arm, Met
         for name, arr in (("prob_map", r.prob), ("pred_mean", r.mean), ("pred_std", r.std)):
             vc.slices.save(sdir / f"{name}.nii.gz", vc.slices.to_grid(arr))
             files[name] = f"{name}.nii.gz"
+        if cfg.plots:
+            files["montage"] = _montage(cfg, vc, r, sdir / "montage.png").name
     info = {**_info(cfg, vc, results, fit, main), "files": files, **extra}
     write_json(sdir / "metrics.json", rows)
     write_json(sdir / "info.json", info)
