@@ -22,9 +22,17 @@ from tgrowth.predict.models import autocast_dtype, guidance_units
 from tgrowth.predict.targets import target_key
 from tgrowth.probability import probability_map, segmenter_from_logits
 
-__all__ = ["generative_arms", "arm_targets", "area_guidance", "spatial_guidance", "generate"]
+__all__ = ["generative_arms", "arm_targets", "area_guidance", "spatial_guidance", "sampler_kwargs", "generate"]
 
 ENCODE = {"noise": "qsample", "invert": "invert"}  # config name -> the sampler's name
+
+
+def sampler_kwargs(s: DictConfig) -> dict:
+    """The ``sampling`` section as :func:`~tgrowth.probability.probability_map` arguments (the ones every pass shares)."""
+    return dict(chunk_size=int(s.batch_size), noise_level=int(s.noise_level), num_steps=int(s.num_steps or s.noise_level),
+                eta=float(s.eta), encode=ENCODE[str(s.encode)], invert_order=int(s.invert_order),
+                refine_iters=int(s.invert_refine_iters),
+                clip_denoised=None if s.clip_denoised is None else float(s.clip_denoised))
 
 
 def generative_arms(case: Case, arms: list[Arm]) -> list[Arm]:
@@ -86,11 +94,9 @@ def generate(cfg: DictConfig, case: Case, arms: list[Arm], device: torch.device)
     whole = segmenter_from_logits(models.segmenter, autocast_dtype=dt)  # sigmoid of channel 0 = whole tumour
     pm = probability_map(
         models.denoiser, models.schedule, sl.prior.image.to(device)[None], lambda x: case.admissible(whole(x)),
-        num_generations=n * len(arms), chunk_size=int(s.batch_size), noise_level=int(s.noise_level),
-        num_steps=int(s.num_steps or s.noise_level), eta=float(s.eta), encode=ENCODE[str(s.encode)],
-        callbacks=[guidance] if spatial is None else [guidance, spatial], y=models.class_label, pixel_area=sl.pixel_area, autocast_dtype=dt,
-        invert_order=int(s.invert_order), refine_iters=int(s.invert_refine_iters),
-        clip_denoised=None if s.clip_denoised is None else float(s.clip_denoised),
+        num_generations=n * len(arms), **sampler_kwargs(s),
+        callbacks=[guidance] if spatial is None else [guidance, spatial], y=models.class_label, pixel_area=sl.pixel_area,
+        autocast_dtype=dt,
         noise_seeds=[key_seed(int(cfg.seed), case.plan.subject, i) for _ in arms for i in range(n)],
         keep_mask=case.keep.to(device) if s.preserve_anatomy else None,
         groups=torch.arange(len(arms)).repeat_interleave(n))

@@ -88,11 +88,15 @@ def _fixed(case: Case, mask: torch.Tensor, image: torch.Tensor) -> MethodResult:
                         torch.tensor([float(m.sum()) * case.slices.pixel_area], dtype=torch.float64))
 
 
+def segment(models: Models, images: torch.Tensor) -> torch.Tensor:
+    """The trained segmenter's whole-tumour masks ``[B, H, W]`` (CPU) of slice images ``[B, C, H, W]``."""
+    net = models.segmenter
+    return segmenter_from_logits(net)(images.to(next(net.parameters()).device)).cpu()
+
+
 def _segment(case: Case, image: torch.Tensor) -> torch.Tensor:
-    """The trained segmenter's whole-tumour mask of one slice image."""
-    net = case.models.segmenter
-    device = next(net.parameters()).device
-    return segmenter_from_logits(net)(image[None].to(device))[0].cpu()
+    """The whole-tumour mask of one slice image."""
+    return segment(case.models, image[None])[0]
 
 
 def no_change(case: Case, day: int) -> MethodResult:

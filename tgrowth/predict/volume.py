@@ -49,8 +49,8 @@ from tgrowth.errors import DataError, TgrowthError
 from tgrowth.growth.geometry import change_zone, grow_to_area, radial_growth_mm
 from tgrowth.io import save_nifti, write_json
 from tgrowth.predict import plots
-from tgrowth.predict.generate import ENCODE, area_guidance
-from tgrowth.predict.methods import BASELINES, Arm, MethodResult
+from tgrowth.predict.generate import area_guidance, sampler_kwargs
+from tgrowth.predict.methods import BASELINES, Arm, MethodResult, segment
 from tgrowth.predict.models import Models, autocast_dtype
 from tgrowth.predict.plan import Plan
 from tgrowth.predict.targets import FKPrior, Targets, brain_of, fk_forecast, subject_targets, target_key
@@ -283,13 +283,9 @@ def volume_generate(cfg: DictConfig, vc: VolumeCase, arms: list[Arm], device: to
     rows = len(arms) * s * n  # row = (arm a, slice k, generation g), g fastest
     pm = probability_map(
         models.denoiser, models.schedule, vs.images.to(device),
-        segmenter_from_logits(models.segmenter, autocast_dtype=dt), num_generations=rows,
-        chunk_size=int(sp.batch_size), noise_level=int(sp.noise_level), num_steps=int(sp.num_steps or sp.noise_level),
-        eta=float(sp.eta), encode=ENCODE[str(sp.encode)],
+        segmenter_from_logits(models.segmenter, autocast_dtype=dt), num_generations=rows, **sampler_kwargs(sp),
         callbacks=[guidance] if spatial is None else [guidance, spatial], y=models.class_label,
-        pixel_area=vs.pixel_area, autocast_dtype=dt, invert_order=int(sp.invert_order),
-        refine_iters=int(sp.invert_refine_iters),
-        clip_denoised=None if sp.clip_denoised is None else float(sp.clip_denoised),
+        pixel_area=vs.pixel_area, autocast_dtype=dt,
         noise_seeds=[key_seed(int(cfg.seed), vc.plan.subject, g) for _ in arms for _ in range(s) for g in range(n)],
         keep_mask=vc.keep.to(device) if sp.preserve_anatomy else None,
         groups=torch.arange(len(arms) * s).repeat_interleave(n),
@@ -304,11 +300,6 @@ def _fixed(vc: VolumeCase, mask: torch.Tensor, images: torch.Tensor) -> MethodRe
     m = torch.as_tensor(mask).bool()
     return MethodResult(m.float(), images.float(), torch.zeros_like(images),
                         torch.tensor([float(m.sum()) * vc.slices.voxel_volume], dtype=torch.float64))
-
-
-def _segment(vc: VolumeCase, images: torch.Tensor) -> torch.Tensor:
-    net = vc.models.segmenter
-    return segmenter_from_logits(net)(images.to(next(net.parameters()).device)).cpu()
 
 
 def _grow(vc: VolumeCase, volume: float | None) -> MethodResult:
@@ -329,13 +320,13 @@ def _on_truth(vc: VolumeCase) -> MethodResult:
     vs = vc.slices
     if vs.truth is None:
         return _fixed(vc, torch.zeros_like(vs.prior_mask), vs.images)
-    return _fixed(vc, _segment(vc, vs.truth_images), vs.truth_images)
+    return _fixed(vc, segment(vc.models, vs.truth_images), vs.truth_images)
 
 
 #: the baselines of tgrowth.predict.methods in 3D, on the stack of generated slices
 VOLUME_BASELINES = {
     "no-change": lambda vc, day: _fixed(vc, vc.slices.prior_mask, vc.slices.images),
-    "no-change-segmenter": lambda vc, day: _fixed(vc, _segment(vc, vc.slices.images), vc.slices.images),
+    "no-change-segmenter": lambda vc, day: _fixed(vc, segment(vc.models, vc.slices.images), vc.slices.images),
     "segmenter-on-truth": lambda vc, day: _on_truth(vc),
     "grow-to-target": lambda vc, day: _grow(vc, float(vc.targets.median[day])),
     "grow-to-truth": lambda vc, day: _grow(vc, vc.true_volume),
