@@ -29,7 +29,7 @@ from tgrowth.predict.plan import Plan, SubjectSlices
 from tgrowth.predict.targets import FKPrior, Targets, target_key
 from tgrowth.probability import segmenter_from_logits
 
-__all__ = ["Arm", "Case", "MethodResult", "GENERATIVE", "BASELINES", "method_arms"]
+__all__ = ["Arm", "Forecastable", "Case", "MethodResult", "GENERATIVE", "BASELINES", "method_arms"]
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,24 @@ class Arm:
     day_index: int = 0
 
 
+class Forecastable:
+    """What the baselines read of one subject, the same in 2D (:class:`Case`: one slice) and in 3D
+    (:class:`tgrowth.predict.volume.VolumeCase`: the stack of generated slices), so each baseline is written once.
+
+    Subclasses provide ``models``, ``targets`` (sizes in the unit of :attr:`cell`), ``fk``, ``free`` and the
+    properties ``subject``, ``prior_mask`` ``[..., H, W]``, ``images`` ``[..., C, H, W]`` (the prior scan),
+    ``truth_images`` (None without a follow-up), ``spacing`` (mm per mask axis), ``cell`` (mm^2 per pixel or
+    mm^3 per voxel), ``prior_size`` and ``true_size`` (None without a segmented follow-up)."""
+
+    free: torch.Tensor | None
+
+    def admissible(self, masks: torch.Tensor) -> torch.Tensor:
+        """Tumour masks ``[..., H, W]`` without the pixels every forecast leaves tumour-free (unchanged without)."""
+        return masks if self.free is None else masks & ~self.free.to(masks.device)
+
+
 @dataclass
-class Case:
+class Case(Forecastable):
     """What every stage after the plan knows about one subject; ``keep`` [H, W] is the change zone's keep weight
     (0 in the zone: see :func:`tgrowth.predict.targets.zone_keep`); ``fk`` the subject's FK forecast where the run
     uses it (:func:`tgrowth.predict.targets.fk_prior`), else None; ``free`` [H, W] bool the pixels every forecast
@@ -63,9 +79,15 @@ class Case:
         """The change zone as a mask (where the keep weight is below 1)."""
         return self.keep < 1
 
-    def admissible(self, masks: torch.Tensor) -> torch.Tensor:
-        """Tumour masks ``[..., H, W]`` without the pixels every forecast leaves tumour-free (unchanged without)."""
-        return masks if self.free is None else masks & ~self.free.to(masks.device)
+    # the Forecastable view of one slice
+    subject = property(lambda self: self.plan.subject)
+    prior_mask = property(lambda self: self.slices.prior_mask)
+    images = property(lambda self: self.slices.prior.image)
+    truth_images = property(lambda self: None if self.slices.truth is None else self.slices.truth.image)
+    spacing = property(lambda self: self.slices.prior.spacing_mm)
+    cell = property(lambda self: self.slices.pixel_area)
+    prior_size = property(lambda self: self.slices.prior_area)
+    true_size = property(lambda self: self.slices.true_area)
 
 
 @dataclass
@@ -80,75 +102,70 @@ class MethodResult:
     targets: torch.Tensor | None = None
 
 
-# --------------------------------------------------------------------------- baselines
-def _fixed(case: Case, mask: torch.Tensor, image: torch.Tensor) -> MethodResult:
-    """A deterministic forecast: a 0/1 map (:meth:`Case.admissible`), an image, no spread."""
+# --------------------------------------------------------------------------- baselines (2D and 3D)
+def _fixed(case: Forecastable, mask: torch.Tensor, image: torch.Tensor) -> MethodResult:
+    """A deterministic forecast: a 0/1 map (:meth:`Forecastable.admissible`), an image, no spread."""
     m = case.admissible(torch.as_tensor(mask).bool())
     return MethodResult(m.float(), image.float(), torch.zeros_like(image),
-                        torch.tensor([float(m.sum()) * case.slices.pixel_area], dtype=torch.float64))
+                        torch.tensor([float(m.sum()) * case.cell], dtype=torch.float64))
 
 
 def segment(models: Models, images: torch.Tensor) -> torch.Tensor:
-    """The trained segmenter's whole-tumour masks ``[B, H, W]`` (CPU) of slice images ``[B, C, H, W]``."""
+    """The trained segmenter's whole-tumour masks ``[..., H, W]`` (CPU) of images ``[..., C, H, W]`` (one slice,
+    a batch or a stack)."""
     net = models.segmenter
-    return segmenter_from_logits(net)(images.to(next(net.parameters()).device)).cpu()
+    flat = images.reshape(-1, *images.shape[-3:])
+    masks = segmenter_from_logits(net)(flat.to(next(net.parameters()).device)).cpu()
+    return masks.reshape(*images.shape[:-3], *masks.shape[-2:])
 
 
-def _segment(case: Case, image: torch.Tensor) -> torch.Tensor:
-    """The whole-tumour mask of one slice image."""
-    return segment(case.models, image[None])[0]
-
-
-def no_change(case: Case, day: int) -> MethodResult:
+def no_change(case: Forecastable, day: int) -> MethodResult:
     """The prior scan and its tumour as the forecast."""
-    s = case.slices
-    return MethodResult(s.prior_mask.float(), s.prior.image.float(), torch.zeros_like(s.prior.image),
-                        torch.tensor([s.prior_area], dtype=torch.float64))
+    return MethodResult(case.prior_mask.float(), case.images.float(), torch.zeros_like(case.images),
+                        torch.tensor([case.prior_size], dtype=torch.float64))
 
 
-def no_change_segmenter(case: Case, day: int) -> MethodResult:
+def no_change_segmenter(case: Forecastable, day: int) -> MethodResult:
     """The prior scan, its tumour measured by the learned segmenter (the segmenter error the generated rows carry)."""
-    s = case.slices
-    return _fixed(case, _segment(case, s.prior.image), s.prior.image)
+    return _fixed(case, segment(case.models, case.images), case.images)
 
 
-def segmenter_on_truth(case: Case, day: int) -> MethodResult:
+def segmenter_on_truth(case: Forecastable, day: int) -> MethodResult:
     """The learned segmenter on the REAL follow-up: the floor any generated image is measured through (an oracle;
     its image metrics are trivially perfect). Without a follow-up: nothing to measure (empty map, prior image)."""
-    s = case.slices
-    if s.truth is None:
-        return _fixed(case, torch.zeros(s.prior.image.shape[1:], dtype=torch.bool), s.prior.image)
-    return _fixed(case, _segment(case, s.truth.image), s.truth.image)
+    truth = case.truth_images
+    if truth is None:
+        return _fixed(case, torch.zeros_like(case.prior_mask, dtype=torch.bool), case.images)
+    return _fixed(case, segment(case.models, truth), truth)
 
 
-def _grow(case: Case, area: float | None) -> MethodResult:
-    s = case.slices
-    if area is None:  # no follow-up area to grow to
+def _grow(case: Forecastable, size: float | None) -> MethodResult:
+    if size is None:  # no follow-up size to grow to
         return no_change(case, 0)
-    region = case.admissible(foreground(s.prior.image)).numpy()  # the area is reached outside the kept holes
-    mask = grow_to_area(s.prior_mask.numpy(), area, s.prior.spacing_mm, region=region)
-    return _fixed(case, torch.from_numpy(mask), s.prior.image)
+    region = case.admissible(foreground(case.images)).numpy()  # the size is reached outside the kept holes
+    mask = grow_to_area(case.prior_mask.numpy(), size, case.spacing, region=region)
+    return _fixed(case, torch.from_numpy(mask), case.images)
 
 
-def grow_to_target(case: Case, day: int) -> MethodResult:
-    """The prior tumour grown or shrunk along its signed distance, inside the brain, to the ODE's target area (no
-    images, no learning); the prior scan as the image."""
+def grow_to_target(case: Forecastable, day: int) -> MethodResult:
+    """The prior tumour grown or shrunk along its signed distance, inside the brain, to the ODE's target area (in
+    3D: volume; no images, no learning); the prior scan as the image."""
     return _grow(case, float(case.targets.median[day]))
 
 
-def grow_to_truth(case: Case, day: int) -> MethodResult:
-    """As grow-to-target, to the TRUE follow-up area (an oracle: what geometry alone does with a perfect size)."""
-    return _grow(case, case.slices.true_area)
+def grow_to_truth(case: Forecastable, day: int) -> MethodResult:
+    """As grow-to-target, to the TRUE follow-up size (an oracle: what geometry alone does with a perfect size)."""
+    return _grow(case, case.true_size)
 
 
-def fk_forecast(case: Case, day: int) -> MethodResult:
-    """The patient Fisher-Kolmogorov forecast at the ODE's target area (the ODE is the size clock, the FK model the
-    shape): its ``round(target / pixel area)`` densest pixels inside the brain (:class:`~tgrowth.predict.targets.FKPrior`);
-    the prior scan as the image. An empty prior slice gives an empty mask (as grow-to-target)."""
+def fk_forecast(case: Forecastable, day: int) -> MethodResult:
+    """The patient Fisher-Kolmogorov forecast at the ODE's target size (the ODE is the size clock, the FK model the
+    shape): its ``round(target / cell)`` densest pixels (voxels) inside the brain
+    (:class:`~tgrowth.predict.targets.FKPrior`); the prior scan as the image. An empty prior gives an empty mask
+    (as grow-to-target)."""
     if case.fk is None:
-        raise TgrowthError(f"subject {case.plan.subject}: the fk method needs the FK prior (targets.fk_prior)")
-    s = case.slices
-    return _fixed(case, case.fk.mask_of(target_key(day)), s.prior.image)
+        raise TgrowthError(f"subject {case.subject}: the fk method needs the FK prior (targets.fk_prior)")
+    return _fixed(case, case.fk.mask_of(target_key(day)), case.images)
 
 
 GENERATIVE: dict[str, str] = {"tgrowth": "ode", "unguided": "unguided", "oracle-area": "oracle"}
@@ -172,6 +189,6 @@ def method_arms(cfg: DictConfig) -> list[Arm]:
     return arms
 
 
-def run_baselines(case: Case, arms: list[Arm]) -> dict[Arm, Any]:
-    """The baseline arms' results."""
+def run_baselines(case: Forecastable, arms: list[Arm]) -> dict[Arm, Any]:
+    """The baseline arms' results (2D or 3D)."""
     return {a: BASELINES[a.method](case, a.day_index) for a in arms if a.source == "baseline"}

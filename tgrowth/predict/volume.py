@@ -18,7 +18,8 @@ The stages of :mod:`tgrowth.predict.pipeline`, in 3D, for one subject (:func:`pr
    Row (arm, slice k, generation g) is guided to ``V_g share_k / thickness`` mm^2 (``V_g`` the ODE volume of
    generation g: the median or bootstrap replicate g) and draws the noise keyed (seed, subject, g): the
    SAME noise on every slice (and every arm), which is how neighbouring slices are kept consistent;
-5. :data:`VOLUME_BASELINES`: the baselines in 3D on the stack; :func:`volume_rows`: every method scored in
+5. the baselines of :mod:`tgrowth.predict.methods` on the stack (a :class:`VolumeCase` is their
+   :class:`~tgrowth.predict.methods.Forecastable` in 3D); :func:`volume_rows`: every method scored in
    the input volume's grid (``dice_3d``, ``hd95_3d`` at the voxel spacing, ``volume_error_vs_truth``), plus
    the slice-to-slice consistency (``adjacent_dice``: mean Dice between neighbouring slices' thresholded maps,
    ``adjacent_dice_truth`` the same of the real follow-up);
@@ -46,17 +47,17 @@ from tgrowth import metrics as M
 from tgrowth.diffusion.guidance import SoftArea, SpatialGuidance
 from tgrowth.diffusion.sampler import key_seed
 from tgrowth.errors import DataError, TgrowthError
-from tgrowth.growth.geometry import change_zone, grow_to_area, radial_growth_mm
+from tgrowth.growth.geometry import change_zone, radial_growth_mm
 from tgrowth.io import save_nifti, write_json
 from tgrowth.predict import plots
 from tgrowth.predict.generate import area_guidance, sampler_kwargs
-from tgrowth.predict.methods import BASELINES, Arm, MethodResult, segment
+from tgrowth.predict.methods import Arm, Forecastable, MethodResult, run_baselines
 from tgrowth.predict.models import Models, autocast_dtype
 from tgrowth.predict.plan import Plan
 from tgrowth.predict.targets import FKPrior, Targets, brain_of, fk_forecast, subject_targets, target_key
 from tgrowth.probability import probability_map, segmenter_from_logits
 
-__all__ = ["VolumeSlices", "VolumeCase", "load_volume_slices", "volume_case", "volume_generate", "VOLUME_BASELINES",
+__all__ = ["VolumeSlices", "VolumeCase", "load_volume_slices", "volume_case", "volume_generate",
            "volume_rows", "adjacent_dice", "write_volume_subject", "predict_volume"]
 
 
@@ -113,6 +114,12 @@ class VolumeSlices:
     def voxel_volume(self) -> float:
         return self.spacing[0] * self.pixel_area
 
+    @property
+    def true_volume(self) -> float | None:
+        """The real follow-up's whole-tumour volume (mm^3) in the input grid (None without a segmented one)."""
+        m = self.grid_mask("truth")
+        return None if m is None else float(m.sum()) * float(np.prod(self.truth_grid.spacing_mm))
+
     def grid_mask(self, which: str) -> np.ndarray | None:
         """The prior's or the follow-up's whole tumour (``data.labels``) in the input grid ``[X, Y, Z]``."""
         vol = self.prior_grid if which == "prior" else self.truth_grid
@@ -161,10 +168,11 @@ def load_volume_slices(dm: LongitudinalDataModule, plan: Plan, labels: Any, hist
 
 # --------------------------------------------------------------------------- targets
 @dataclass
-class VolumeCase:
+class VolumeCase(Forecastable):
     """What the 3D stages know about one subject: ``targets`` in mm^3 (the ODE's volume forecast relative to
     ``prior_volume``, the fitted prior volume), ``share [S]`` each slice's part of the target volume, ``keep
-    [S, H, W]`` the change zone's keep weight, ``fk`` the 3D FK forecast on the stack (None when unused)."""
+    [S, H, W]`` the change zone's keep weight, ``fk`` the 3D FK forecast on the stack (None when unused). As a
+    :class:`~tgrowth.predict.methods.Forecastable` it is the stack, so the baselines run on it in 3D."""
 
     plan: Plan
     slices: VolumeSlices
@@ -175,11 +183,17 @@ class VolumeCase:
     prior_volume: float
     fk: FKPrior | None = None
     zone_mm: float | None = None  # the isotropic change zone's reach beyond the prior tumour (mm; None: zone=fk)
+    free: torch.Tensor | None = None  # no kept holes in 3D (sampling.keep_prior_holes is 2D only)
 
-    @property
-    def true_volume(self) -> float | None:
-        m = self.slices.grid_mask("truth")
-        return None if m is None else float(m.sum()) * float(np.prod(self.slices.truth_grid.spacing_mm))
+    # the Forecastable view of the stack
+    subject = property(lambda self: self.plan.subject)
+    prior_mask = property(lambda self: self.slices.prior_mask)
+    images = property(lambda self: self.slices.images)
+    truth_images = property(lambda self: self.slices.truth_images)
+    spacing = property(lambda self: self.slices.spacing)
+    cell = property(lambda self: self.slices.voxel_volume)
+    prior_size = property(lambda self: float(self.slices.prior_mask.sum()) * self.slices.voxel_volume)
+    true_size = property(lambda self: self.slices.true_volume)
 
     def slice_targets(self, mode: str, n: int) -> torch.Tensor:
         """``[S, n]`` per-slice guidance targets (mm^2): generation g's volume x the slice's share / thickness."""
@@ -237,8 +251,7 @@ def volume_case(cfg: DictConfig, plan: Plan, vs: VolumeSlices, fit: Any, models:
         raise DataError(f"subject {plan.subject}: the ODE's forecast has no positive prior volume")
     fk = None
     if _uses_fk(cfg, arms):
-        true_volume = VolumeCase(plan, vs, targets, models, torch.ones(1), torch.ones(1), prior_volume).true_volume
-        sizes = _fk_sizes(cfg, targets, prior_volume, true_volume, arms)
+        sizes = _fk_sizes(cfg, targets, prior_volume, vs.true_volume, arms)
         segs = [torch.stack([torch.where(tumour_mask(s.seg, vs.labels), s.seg, 0).long() for s in h])
                 for h in vs.history]
         fk = fk_forecast(plan, vs.images.transpose(0, 1), vs.prior_mask, segs, vs.spacing, sizes, models.contrasts)
@@ -295,48 +308,6 @@ def volume_generate(cfg: DictConfig, vc: VolumeCase, arms: list[Arm], device: to
                             vols[i], per_arm[i].sum(0) * vs.spacing[0]) for i, a in enumerate(arms)}
 
 
-# --------------------------------------------------------------------------- baselines in 3D
-def _fixed(vc: VolumeCase, mask: torch.Tensor, images: torch.Tensor) -> MethodResult:
-    m = torch.as_tensor(mask).bool()
-    return MethodResult(m.float(), images.float(), torch.zeros_like(images),
-                        torch.tensor([float(m.sum()) * vc.slices.voxel_volume], dtype=torch.float64))
-
-
-def _grow(vc: VolumeCase, volume: float | None) -> MethodResult:
-    vs = vc.slices
-    if volume is None:
-        return _fixed(vc, vs.prior_mask, vs.images)
-    brain = brain_of(vs.images.transpose(0, 1)).numpy()
-    return _fixed(vc, torch.from_numpy(grow_to_area(vs.prior_mask.numpy(), volume, vs.spacing, region=brain)), vs.images)
-
-
-def _fk(vc: VolumeCase, day: int) -> MethodResult:
-    if vc.fk is None:
-        raise TgrowthError(f"subject {vc.plan.subject}: the fk method needs the 3D FK forecast")
-    return _fixed(vc, vc.fk.mask_of(target_key(day)), vc.slices.images)
-
-
-def _on_truth(vc: VolumeCase) -> MethodResult:
-    vs = vc.slices
-    if vs.truth is None:
-        return _fixed(vc, torch.zeros_like(vs.prior_mask), vs.images)
-    return _fixed(vc, segment(vc.models, vs.truth_images), vs.truth_images)
-
-
-#: the baselines of tgrowth.predict.methods in 3D, on the stack of generated slices
-VOLUME_BASELINES = {
-    "no-change": lambda vc, day: _fixed(vc, vc.slices.prior_mask, vc.slices.images),
-    "no-change-segmenter": lambda vc, day: _fixed(vc, segment(vc.models, vc.slices.images), vc.slices.images),
-    "segmenter-on-truth": lambda vc, day: _on_truth(vc),
-    "grow-to-target": lambda vc, day: _grow(vc, float(vc.targets.median[day])),
-    "grow-to-truth": lambda vc, day: _grow(vc, vc.true_volume),
-    "fk": _fk,
-}
-if set(VOLUME_BASELINES) != set(BASELINES):
-    raise ImportError(f"tgrowth.predict.volume implements {sorted(VOLUME_BASELINES)} in 3D, but the baselines are "
-                      f"{sorted(BASELINES)}")
-
-
 # --------------------------------------------------------------------------- evaluation
 def adjacent_dice(masks: torch.Tensor) -> float | None:
     """Mean Dice between neighbouring slices of ``masks [S, H, W]`` over the pairs where either is non-empty
@@ -368,7 +339,7 @@ def volume_row(vc: VolumeCase, arm: Arm, r: MethodResult, threshold: float) -> d
     plan, vs = vc.plan, vc.slices
     tgt, pred = float(vc.targets.median[arm.day_index]), float(r.areas.mean())
     pgrid = vs.to_grid(r.prob) >= threshold
-    true_volume = vc.true_volume
+    true_volume = vc.true_size
     row: dict[str, Any] = {
         "subject": plan.subject, "method": arm.method, "scale": arm.scale,
         "pred_volume_mm3": pred, "map_volume_mm3": float(pgrid.sum()) * float(np.prod(vs.prior_grid.spacing_mm)),
@@ -404,7 +375,7 @@ def _info(cfg: DictConfig, vc: VolumeCase, results: dict[Arm, MethodResult], fit
         "target_timepoint": plan.target.timepoint if plan.target is not None else None,
         "prior_day": float(plan.prior.day), "target_day": plan.target_days[0], "slice_index": int(plan.slice_index),
         "volume": True, "slices": [int(k) for k in vs.indices], "contrasts": list(vc.models.contrasts),
-        "volume_forecast_mm3": tg.band(0), "prior_volume_mm3": vc.prior_volume, "true_volume_mm3": vc.true_volume,
+        "volume_forecast_mm3": tg.band(0), "prior_volume_mm3": vc.prior_volume, "true_volume_mm3": vc.true_size,
         "target_volume_mm3": float(tg.median[0]), "volume_distribution": str(cfg.volume_distribution),
         "slice_share": [float(v) for v in vc.share], "change_zone_mm": vc.zone_mm,
         "ode": {"model": fit.model_name(plan.subject), **tg.band(0), "fit_days": [float(t.day) for t in plan.fit_timepoints],
@@ -458,7 +429,7 @@ def predict_volume(cfg: DictConfig, models: Models, dm: LongitudinalDataModule, 
     vs = load_volume_slices(dm, plan, cfg.data.labels, history=_uses_fk(cfg, arms))
     vc = volume_case(cfg, plan, vs, fit, models, arms)
     results = volume_generate(cfg, vc, arms, device)
-    results.update({a: VOLUME_BASELINES[a.method](vc, a.day_index) for a in arms if a.source == "baseline"})
+    results.update(run_baselines(vc, arms))
     rows = volume_rows(cfg, vc, results)
     return write_volume_subject(cfg, vc, results, rows, fit, sdir,
                                 {"seconds": round(time.time() - t0, 2), "device": str(device)})
