@@ -68,6 +68,9 @@ def test_predict_end_to_end(tiny, tmp_path):
             ("001", "002", 30.0, 75.0)
         assert info["contrasts"] == CONTRASTS and set(info["ode"]) >= {"model", "median", "p05", "p95"}
         assert info["ode"]["p05"] <= info["ode"]["median"] <= info["ode"]["p95"]
+        stages = info["stage_seconds"]  # where the subject's time went, in stage order
+        assert list(stages) == ["load", "targets", "generate", "baselines", "evaluate"]
+        assert min(stages.values()) >= 0 and sum(stages.values()) <= info["seconds"] + 0.05
         # NIfTI in the input geometry: same affine and shape, the slice at its index, the rest zero
         ref = nib.load(str(root / f"{s}-002" / f"{s}-002-t1n.nii.gz"))
         prob = nib.load(str(d / "prob_map.nii.gz"))

@@ -145,3 +145,18 @@ def test_read_only_output_dir_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "write_bytes", denied)
     with pytest.raises(TgrowthError, match=r"output_dir .*ro cannot be written: Permission denied"):
         state.prepare_predict_dir(_cfg(tmp_path / "ro"))
+
+
+def test_stopwatch_laps_and_stage_medians():
+    from tgrowth.predict.state import Stopwatch, stage_medians
+
+    clock = Stopwatch()
+    clock.lap("a")
+    clock.lap("b")
+    clock.lap("a")  # a stage seen twice adds up
+    rec = clock.record(device="cpu")
+    assert list(rec["stage_seconds"]) == ["a", "b"] and rec["device"] == "cpu"
+    assert sum(rec["stage_seconds"].values()) <= rec["seconds"] + 0.02
+    infos = [{"stage_seconds": {"load": 1.0, "generate": 10.0}}, {"stage_seconds": {"load": 3.0, "generate": 20.0}},
+             {"stage_seconds": {"load": 2.0}}, {}]  # an info.json without stages (an older run) is left out
+    assert stage_medians(infos) == {"load": 2.0, "generate": 15.0}

@@ -74,6 +74,7 @@ def test_volume_prediction_end_to_end_with_3d_baselines(cohort, tmp_path):
     assert predict(cohort, out, f"methods={ALL}", "sampling.preserve_anatomy=true", "volume_margin_slices=1") == 0
     info = json.loads((out / "SUB02" / "info.json").read_text())
     assert info["slices"] == list(range(2, 10))  # the prior's tumour slices 3..8, one more each side
+    assert list(info["stage_seconds"]) == ["load", "targets", "generate", "baselines", "evaluate"]
     vf = info["volume_forecast_mm3"]
     assert set(vf) == {"median", "p05", "p95"} and vf["p05"] <= vf["median"] <= vf["p95"]
     prior3d, truth3d = seg_of(root, "001"), seg_of(root, "002")

@@ -47,9 +47,10 @@ def predict_one(cfg: DictConfig, models: Models, dm: LongitudinalDataModule, fit
     """All stages after the plan for one subject; returns its info.json record."""
     if cfg.volume:  # 3D: every tumour slice in one batched pass (tgrowth.predict.volume)
         return predict_volume(cfg, models, dm, fit, plan, arms, state.subject_dir(out, plan.subject), device)
-    t0 = time.time()
+    clock = state.Stopwatch()
     with_fk = uses_fk(cfg, arms)
     slices = load_slices(dm, plan, cfg.data.labels, history=with_fk)
+    clock.lap("load")
     targets = subject_targets(fit, plan, slices.prior_area)
     fk = fk_prior(plan, slices, fk_sizes(cfg, slices, targets, arms), models.contrasts) if with_fk else None
     s = cfg.sampling
@@ -58,10 +59,15 @@ def predict_one(cfg: DictConfig, models: Models, dm: LongitudinalDataModule, fit
     if free is not None:  # the prior's holes are kept from the prior scan, like the outside of the zone
         keep = torch.maximum(keep, free.float())
     case = Case(plan, slices, targets, models, keep, fk, free)
-    results = {**generate(cfg, case, arms, device), **run_baselines(case, arms)}
+    clock.lap("targets")  # the ODE targets, the FK calibration and forecast (where used), the change zone
+    results = generate(cfg, case, arms, device)
+    clock.lap("generate")
+    results.update(run_baselines(case, arms))
+    clock.lap("baselines")
     rows = evaluate.score(cfg, case, results)
+    clock.lap("evaluate")
     return outputs.write_subject(cfg, case, results, rows, fit, state.subject_dir(out, plan.subject),
-                                 {"seconds": round(time.time() - t0, 2), "device": str(device)})
+                                 clock.record(device=str(device)))
 
 
 def _fit(cfg: DictConfig, plans: list[Plan], skipped: dict[str, str]) -> tuple[Any, list[Plan]]:
@@ -148,6 +154,9 @@ def _print_outputs(cfg: DictConfig, res: dict[str, Any], seconds: float, wandb_o
     print()
     print(report.format_table(res["summary"]))
     print(f"\npredict: {len(res['infos'])} subject(s) in {seconds:.1f} s; outputs in {out}/:")
+    stages = state.stage_medians(res["infos"])
+    if stages:
+        print("  seconds per subject (median): " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
     print("  <subject>/prob_map.nii.gz, pred_mean.nii.gz, pred_std.nii.gz (input geometry; contrasts on axis 4), "
           + ("info.json, montage.png (a few generated slices)" if cfg.volume else "info.json, panel.png, growth_curve.png"))
     print(f"  metrics.csv, summary.json, errors.csv ({len(res['errors'])} problem(s))")

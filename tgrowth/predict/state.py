@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import statistics
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -153,3 +155,28 @@ def collect(out: Path, subjects: Sequence[str]) -> tuple[list[dict[str, Any]], l
         if e.is_file():
             errors.append(json.loads(e.read_text()))
     return rows, infos, errors
+
+
+class Stopwatch:
+    """Wall seconds of one subject's stages, for its info.json record: ``seconds`` (all) and ``stage_seconds``
+    (``lap(name)`` closes the stage that ran since the previous lap; e.g. ``targets`` includes the FK calibration
+    and ``generate`` the sampling), so a run says where its time per subject goes."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.stages: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.stages[name] = round(self.stages.get(name, 0.0) + now - self.last, 2)
+        self.last = now
+
+    def record(self, **extra: Any) -> dict[str, Any]:
+        return {"seconds": round(time.perf_counter() - self.start, 2), "stage_seconds": dict(self.stages), **extra}
+
+
+def stage_medians(infos: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """The median over subjects of each stage's seconds (``stage_seconds`` of their info.json records)."""
+    names = list(dict.fromkeys(k for i in infos for k in i.get("stage_seconds", {})))
+    return {k: statistics.median(i["stage_seconds"][k] for i in infos if k in i.get("stage_seconds", {}))
+            for k in names}

@@ -31,7 +31,6 @@ Everything outside the generated slices (and the window) is predicted as no tumo
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +53,7 @@ from tgrowth.predict.generate import area_guidance, sampler_kwargs
 from tgrowth.predict.methods import Arm, Forecastable, MethodResult, run_baselines
 from tgrowth.predict.models import Models, autocast_dtype
 from tgrowth.predict.plan import Plan
+from tgrowth.predict.state import Stopwatch
 from tgrowth.predict.targets import FKPrior, Targets, brain_of, fk_forecast, subject_targets, target_key
 from tgrowth.probability import probability_map, segmenter_from_logits
 
@@ -423,14 +423,17 @@ def write_volume_subject(cfg: DictConfig, vc: VolumeCase, results: dict[Arm, Met
 def predict_volume(cfg: DictConfig, models: Models, dm: LongitudinalDataModule, fit: Any, plan: Plan,
                    arms: list[Arm], sdir: Path, device: torch.device) -> dict[str, Any]:
     """All stages after the plan for one subject in 3D; returns its info.json record."""
-    t0 = time.time()
+    clock = Stopwatch()
     if plan.multi_day:
         raise TgrowthError("volume=true needs a real follow-up timepoint (target.days is not supported)")
     vs = load_volume_slices(dm, plan, cfg.data.labels, history=_uses_fk(cfg, arms))
+    clock.lap("load")
     vc = volume_case(cfg, plan, vs, fit, models, arms)
+    clock.lap("targets")  # the ODE volume targets, the 3D FK calibration and forecast (where used), the zone
     results = volume_generate(cfg, vc, arms, device)
+    clock.lap("generate")
     results.update(run_baselines(vc, arms))
+    clock.lap("baselines")
     rows = volume_rows(cfg, vc, results)
-    return write_volume_subject(cfg, vc, results, rows, fit, sdir,
-                                {"seconds": round(time.time() - t0, 2), "device": str(device)})
-
+    clock.lap("evaluate")
+    return write_volume_subject(cfg, vc, results, rows, fit, sdir, clock.record(device=str(device)))
