@@ -50,3 +50,16 @@ def test_the_cpu_predict_configs_load_clean_and_differ_only_as_documented():
     assert fk.guidance.spatial_weight == 1.0e6 and fk.experiment == "predict_cpu_fk"
     fk.guidance.spatial_weight, fk.experiment = 0.0, cpu.experiment
     assert fk == cpu
+
+
+def test_the_cpu_volume_config_is_the_fk_one_in_3d():
+    """predict_cpu_volume.yaml passes the predict checks (keep_prior_holes off: refused in 3D) and differs from
+    predict_cpu_fk.yaml only in the 3D keys and N."""
+    vol, fk = (load_config(PredictConfig, [str(REPO / "experiments" / f"{n}.yaml")], NEEDED)
+               for n in ("predict_cpu_volume", "predict_cpu_fk"))
+    assert predict_config_problems(vol) == []
+    assert vol.volume and vol.volume_margin_slices == 1 and vol.volume_distribution == "fk"
+    assert not vol.sampling.keep_prior_holes and vol.sampling.num_generations == 4
+    vol.volume, vol.sampling.keep_prior_holes, vol.experiment = False, True, fk.experiment
+    vol.sampling.num_generations = fk.sampling.num_generations
+    assert vol == fk
