@@ -37,6 +37,7 @@ BASE = ["data.root=/nowhere", "checkpoints.denoiser=a", "checkpoints.regressor=b
                                  "model's visible threshold), got 0.0"),
     ("sampling.clip_denoised=0", "config key 'sampling.clip_denoised' must be a finite number > 0 (or null: no clamp)"),
     ("sampling.clip_denoised=inf", "config key 'sampling.clip_denoised' must be a finite number > 0"),
+    ("sampling.clip_stage=after", "config key 'sampling.clip_stage' must be one of step, denoiser, got 'after'"),
     ("sampling.zone_fk_level=0.3", "config key 'sampling.zone_fk_level' must be strictly between 0 and 0.2"),
     ("sampling.zone_fk_level=nan", "config key 'sampling.zone_fk_level' must be strictly between 0 and 0.2"),
     ("guidance.spatial_weight=-1", "config key 'guidance.spatial_weight' must be a finite number >= 0, got -1.0"),
@@ -63,12 +64,15 @@ def test_the_fk_prior_needs_a_tissue_contrast(uses):
 
 
 def test_config_constants_mirror_the_growth_module():
-    """The schema does not import torch (fast --help): its copies of the FK constants must match tgrowth.growth."""
-    from tgrowth.config.predict import FK_VISIBLE, TISSUE_CONTRASTS
+    """The schema does not import torch (fast --help): its copies of the FK constants must match tgrowth.growth,
+    its clamp stages the sampler's."""
+    from tgrowth.config.predict import CLIP_STAGES, FK_VISIBLE, TISSUE_CONTRASTS
+    from tgrowth.diffusion.sampler import CLIP_STAGES as SAMPLER_CLIP_STAGES
     from tgrowth.growth import VISIBLE_THRESHOLD
     from tgrowth.growth.tissue import TISSUE_CONTRASTS as GROWTH_TISSUE
 
     assert FK_VISIBLE == VISIBLE_THRESHOLD and set(TISSUE_CONTRASTS) == set(GROWTH_TISSUE)
+    assert CLIP_STAGES == SAMPLER_CLIP_STAGES
 
 
 def test_defaults_are_valid_and_all_problems_come_in_one_message(tmp_path, capsys):

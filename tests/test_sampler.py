@@ -173,6 +173,51 @@ def test_keep_mask_preserves_the_prior_exactly_outside_the_change_zone(encode, e
         sample_known_image(model, sched, prior, 200, 5, keep_mask=keep * 2)
 
 
+def _x0_model(sched, value):
+    """An eps model whose x0 prediction is ``value`` at every step (eps = (x - sqrt(abar) value) / sqrt(1 - abar))."""
+    def model(x, t, y=None):
+        abar = sched.abar(t.clamp(min=0), like=x)
+        return (x - abar.sqrt() * value) / (1 - abar).sqrt()
+    return model
+
+
+def test_clip_stage_denoiser_clamps_before_guidance_and_keeps_its_step():
+    """The denoiser predicts x0 = -5 everywhere; a callback raises x0 by 0.5. clip_stage="step" (the default)
+    clamps after the callback: -4.5 -> -1. clip_stage="denoiser" clamps the denoiser's -5 to -1 before the
+    callback, which sees -1 (also through eps_fn) and whose +0.5 stays: the clean image is -0.5."""
+    sched = make_schedule("linear", 100)
+    model, prior, seen = _x0_model(sched, -5.0), torch.zeros(1, 1, 6, 6), {}
+
+    def raise_x0(step):
+        seen.setdefault("x0", []).append(float(step.x0.min()))
+        seen.setdefault("eps_fn_x0", []).append(float(sched.predict_x0(step.x_t, step.eps_fn(step.x_t, step.t),
+                                                                       step.t).min()))
+        return sched.eps_from_x0(step.x_t, step.x0 + 0.5, step.t)
+
+    kw = dict(noise_level=20, num_steps=5, eta=0.0, encode="qsample", num_samples=2, callbacks=[raise_x0],
+              clip_denoised=1.0)
+    out = sample_known_image(model, sched, prior, generator=torch.Generator().manual_seed(0), **kw)
+    assert torch.allclose(out, torch.full_like(out, -1.0), atol=1e-5)
+    assert min(seen["x0"]) == pytest.approx(-5.0, abs=1e-4)  # the callback saw the raw prediction
+    seen.clear()
+    out = sample_known_image(model, sched, prior, generator=torch.Generator().manual_seed(0), clip_stage="denoiser", **kw)
+    assert torch.allclose(out, torch.full_like(out, -0.5), atol=1e-5)
+    assert seen["x0"] == pytest.approx([-1.0] * 5, abs=1e-4) and seen["eps_fn_x0"] == pytest.approx([-1.0] * 5, abs=1e-4)
+    with pytest.raises(ValueError, match="unknown clip_stage 'after'"):
+        sample_known_image(model, sched, prior, 20, 5, encode="qsample", clip_stage="after")
+
+
+def test_clip_stages_agree_without_guidance(gauss):
+    """With no callback both stages clamp the same x0 at every step: the samples agree to rounding."""
+    sched, model, x0 = gauss
+    x0 = x0.float() * 3  # partly outside [-1, 1]
+    kw = dict(noise_level=300, num_steps=10, eta=0.5, encode="qsample", clip_denoised=1.0)
+    a = sample_known_image(model, sched, x0, generator=torch.Generator().manual_seed(1), **kw)
+    b = sample_known_image(model, sched, x0, generator=torch.Generator().manual_seed(1), clip_stage="denoiser", **kw)
+    free = sample_known_image(model, sched, x0, generator=torch.Generator().manual_seed(1), **{**kw, "clip_denoised": None})
+    assert torch.allclose(a, b, atol=1e-4) and float((a - free).abs().max()) > 0.1
+
+
 _BLOCK_HEAVY = """
 import sys
 from importlib.abc import MetaPathFinder

@@ -124,6 +124,7 @@ def probability_map(
     refine_iters: int = 0,
     invert_order: int = 2,
     clip_denoised: float | None = None,
+    clip_stage: str = "step",
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     keep_generations: bool = False,
@@ -206,7 +207,7 @@ def probability_map(
             x_start = None if x_enc is None else x_enc[pidx[rows]].clone()
         imgs = sample_known_image(model, schedule, x_k, noise_level, num_steps, eta=eta_k, encode=encode,
                                   callbacks=callbacks, generator=noise, y=y_k, num_samples=b,
-                                  clip_denoised=clip_denoised, autocast_dtype=autocast_dtype,
+                                  clip_denoised=clip_denoised, clip_stage=clip_stage, autocast_dtype=autocast_dtype,
                                   channels_last=channels_last, rows=rows, x_start=x_start, keep_mask=keep_k)
         with torch.no_grad():
             m = _as_mask(segmenter(imgs), b)

@@ -34,6 +34,7 @@ GUIDANCE_FORMS = ("authors", "loss", "x0", "x0_detached", "segmenter")
 GUIDANCE_TARGETS = ("median", "bootstrap")
 ENCODE_MODES = ("noise", "invert")
 ZONES = ("isotropic", "fk")
+CLIP_STAGES = ("step", "denoiser")  # tgrowth.diffusion.sampler.CLIP_STAGES
 VOLUME_DISTRIBUTIONS = ("fk", "prior")
 #: the FK model's visible threshold (tgrowth.growth.VISIBLE_THRESHOLD): a zone level must lie below it
 FK_VISIBLE = 0.2
@@ -134,6 +135,9 @@ class SamplingConfig:
     clip_denoised: Optional[float] = doc(None, "Clamp the denoiser's x0 prediction to [-c, c] at every step (images "
                                          "are in [-1, 1]: 1.0 stops strong guidance from driving a sample out of "
                                          "range); None: no clamp (the authors').")
+    clip_stage: str = doc("step", "Where clip_denoised clamps: step (the x0 of each DDIM step, after guidance, as "
+                          "guided-diffusion; the clamp can take back part of a guidance step) or denoiser (the "
+                          "denoiser's own x0 prediction, before guidance, whose step is then kept as it is).")
     zone_fk_level: float = doc(0.05, "zone=fk: tumour-cell density level (0 < level < 0.2, the FK model's visible "
                                "threshold) bounding the zone: lower reaches further beyond the forecast tumour.")
 
@@ -304,6 +308,8 @@ def predict_config_problems(cfg: DictConfig) -> list[str]:
             bad(f"sampling.{key}", "must be a finite number >= 0", s[key])
     if s.clip_denoised is not None and (not _finite(s.clip_denoised) or float(s.clip_denoised) <= 0):
         bad("sampling.clip_denoised", "must be a finite number > 0 (or null: no clamp)", s.clip_denoised)
+    if str(s.clip_stage) not in CLIP_STAGES:
+        bad("sampling.clip_stage", f"must be one of {', '.join(CLIP_STAGES)}", s.clip_stage)
     if str(s.zone) not in ZONES:
         bad("sampling.zone", f"must be one of {', '.join(ZONES)}", s.zone)
     if not _finite(s.zone_fk_level) or not 0 < float(s.zone_fk_level) < FK_VISIBLE:

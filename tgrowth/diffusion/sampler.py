@@ -52,6 +52,7 @@ __all__ = [
     "encode_prior",
     "sample_known_image",
     "sampling_steps",
+    "CLIP_STAGES",
     "RowNoise",
     "key_seed",
 ]
@@ -211,6 +212,21 @@ class _EpsModel:
         return eps.to(x.dtype)
 
 
+class _ClampedEps:
+    """An eps model whose x0 prediction is clamped to ``[-c, c]`` (eps recomputed from the clamped x0)."""
+
+    def __init__(self, f, schedule: NoiseSchedule, c: float):
+        self.f, self.schedule, self.c = f, schedule, float(c)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, y: Any = "default") -> torch.Tensor:
+        eps, t = self.f(x, t, y), t.clamp(min=0)  # the model reads -1 (clean) as step 0, so does this
+        x0 = self.schedule.predict_x0(x, eps, t).clamp(-self.c, self.c)
+        return self.schedule.eps_from_x0(x, x0, t).to(x.dtype)
+
+
+CLIP_STAGES = ("step", "denoiser")
+
+
 def _half_log_snr(abar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (abar.log() - (-abar).log1p())
 
@@ -327,6 +343,7 @@ def sample_known_image(
     invert_steps: int | None = None, refine_iters: int = 0, clip_denoised: float | None = None,
     autocast_dtype: torch.dtype | None = None, channels_last: bool = False, rows: torch.Tensor | None = None,
     x_start: torch.Tensor | None = None, invert_order: int = 2, keep_mask: torch.Tensor | None = None,
+    clip_stage: str = "step",
 ) -> torch.Tensor:
     """The authors' inference: encode ``x_prior`` to noise level ``noise_level``, then guided DDIM to 0.
 
@@ -347,6 +364,10 @@ def sample_known_image(
         refine_iters: fixed-point refinement iterations of the inversion (see :func:`ddim_invert`).
         invert_order: 1 (plain DDIM inversion, the authors') or 2 (log-SNR extrapolated eps, same cost).
         clip_denoised: clamp the x0 prediction to ``[-c, c]`` at each step (None: no clamp).
+        clip_stage: where ``clip_denoised`` clamps. ``"step"``: the x0 of each DDIM step, after the guidance
+            callbacks (guided-diffusion's ``clip_denoised``; the clamp can take back part of a guidance step).
+            ``"denoiser"``: the denoiser's own x0 prediction, before the callbacks, which then see an in-range
+            x0 (and an ``eps_fn`` that clamps too) and whose step is kept as it is.
         autocast_dtype: e.g. ``torch.bfloat16`` to run the model under autocast (state kept in float32).
         channels_last: feed the model channels-last tensors (convert the model too for full effect).
         rows: the samples' indices in the whole run, passed to callbacks (default ``arange(B)``).
@@ -365,6 +386,8 @@ def sample_known_image(
     for cb in callbacks:
         if not callable(cb):
             raise TypeError(f"guidance callback {cb!r} is not callable")
+    if clip_stage not in CLIP_STAGES:
+        raise ValueError(f"unknown clip_stage {clip_stage!r}; choose one of {list(CLIP_STAGES)}")
     if rows is not None:
         rows = torch.as_tensor(rows, device=x_prior.device)
     if x_start is None:
@@ -375,6 +398,8 @@ def sample_known_image(
     b = x.shape[0]
     prior = x_prior if x_prior.shape[0] == b else x_prior.expand(b, *x_prior.shape[1:])
     f = _EpsModel(model, y, autocast_dtype, channels_last)
+    if clip_denoised is not None and clip_stage == "denoiser":
+        f, clip_denoised = _ClampedEps(f, schedule, clip_denoised), None  # clamped once, before the callbacks
     rows = torch.arange(b, device=x.device) if rows is None else rows.to(x.device)
     steps = sampling_steps(schedule, noise_level, num_steps).tolist()
     keep, z_known = _known_region(keep_mask, schedule, x, prior, steps[0])

@@ -32,7 +32,7 @@ def sampler_kwargs(s: DictConfig) -> dict:
     return dict(chunk_size=int(s.batch_size), noise_level=int(s.noise_level), num_steps=int(s.num_steps or s.noise_level),
                 eta=float(s.eta), encode=ENCODE[str(s.encode)], invert_order=int(s.invert_order),
                 refine_iters=int(s.invert_refine_iters),
-                clip_denoised=None if s.clip_denoised is None else float(s.clip_denoised))
+                clip_denoised=None if s.clip_denoised is None else float(s.clip_denoised), clip_stage=str(s.clip_stage))
 
 
 def generative_arms(case: Case, arms: list[Arm]) -> list[Arm]:
