@@ -40,7 +40,8 @@ def test_tgrowth_paper_pipeline_differs_only_in_inference():
 
 def test_the_cpu_predict_configs_load_clean_and_differ_only_as_documented():
     """predict_cpu.yaml and predict_cpu_fk.yaml pass the predict checks; the _fk one adds the spatial weight chosen
-    on validation subjects (1e6) and keeps the x0 clamp at the step (each chosen on validation), nothing else."""
+    on validation subjects (1e6), keeps the x0 clamp at the step and the isotropic change zone (each chosen on
+    validation), nothing else."""
     cfgs = {name: load_config(PredictConfig, [str(REPO / "experiments" / f"{name}.yaml")], NEEDED)
             for name in ("predict_cpu", "predict_cpu_fk")}
     for cfg in cfgs.values():
@@ -48,8 +49,10 @@ def test_the_cpu_predict_configs_load_clean_and_differ_only_as_documented():
     cpu, fk = cfgs["predict_cpu"], cfgs["predict_cpu_fk"]
     assert cpu.sampling.keep_prior_holes and cpu.sampling.clip_denoised == 1.0 and cpu.guidance.spatial_weight == 0
     assert cpu.sampling.clip_stage == "denoiser" and fk.sampling.clip_stage == "step"
+    assert cpu.sampling.zone == "fk" and cpu.sampling.zone_fk_level == 0.15 and fk.sampling.zone == "isotropic"
     assert fk.guidance.spatial_weight == 1.0e6 and fk.experiment == "predict_cpu_fk"
     fk.guidance.spatial_weight, fk.experiment, fk.sampling.clip_stage = 0.0, cpu.experiment, "denoiser"
+    fk.sampling.zone = "fk"
     assert fk == cpu
 
 
