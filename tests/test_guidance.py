@@ -194,6 +194,39 @@ def test_spatial_guidance_gradient_equals_the_hand_computed_one():
         SpatialGuidance(_pixel_proxy, maps, 1.0, groups=torch.tensor([0, 2]))
 
 
+def test_spatial_guidance_tolerance_and_schedule_against_the_hand_computed_gradient():
+    """With tolerance tol the per-pixel loss is 0.5 relu(|s - m| - tol)^2: pixels within tol of the target get no
+    push, the others (s - m - tol sign(s - m)) / P * a s (1 - s) / sqrt(abar); the schedule one_minus_abar
+    multiplies the weight by 1 - abar. tol = 0 with the constant schedule is the squared error bit for bit."""
+    from tgrowth.diffusion.guidance import SpatialGuidance
+    from tgrowth.diffusion.sampler import DiffusionStep
+
+    g = torch.Generator().manual_seed(5)
+    x, eps = torch.randn(2, 1, 4, 4, generator=g), torch.randn(2, 1, 4, 4, generator=g)
+    m = (torch.rand(4, 4, generator=g) > 0.5).float()
+    abar = torch.tensor(0.49)
+
+    def step():
+        return DiffusionStep(x, torch.full((2,), 50), torch.full((2,), 40), abar.reshape(1, 1, 1, 1), abar, eps,
+                             x, 0, 1, torch.arange(2), None, None, {})
+
+    x0 = (x - (1 - abar).sqrt() * eps) / abar.sqrt()
+    s = torch.sigmoid(3 * x0[:, 0])
+    d = s - m
+    tol = 0.45
+    assert bool(((d.abs() <= tol).any())) and bool((d.abs() > tol).any())  # both kinds of pixel occur
+    push = torch.where(d.abs() > tol, d - tol * d.sign(), torch.zeros_like(d))
+    grad = (push / 16 * 3 * s * (1 - s) / abar.sqrt())[:, None]
+    out = SpatialGuidance(_pixel_proxy, m, 4.0, tolerance=tol, scale_schedule="one_minus_abar")(step())
+    assert torch.allclose(out, eps + 4.0 * (1 - abar) * (1 - abar).sqrt() * grad, rtol=1e-5, atol=1e-7)
+    within = (d.abs() <= tol)[:, None]
+    assert torch.equal(out[within], eps[within])  # pixels already on the right side are not pushed
+    plain = SpatialGuidance(_pixel_proxy, m, 4.0)(step())
+    assert torch.equal(SpatialGuidance(_pixel_proxy, m, 4.0, tolerance=0.0, scale_schedule="constant")(step()), plain)
+    with pytest.raises(ValueError, match="tolerance must be in"):
+        SpatialGuidance(_pixel_proxy, m, 1.0, tolerance=1.0)
+
+
 def test_zero_spatial_weight_leaves_sampling_bitwise_unchanged(setup):
     from tgrowth.diffusion.guidance import SpatialGuidance
 

@@ -42,6 +42,9 @@ BASE = ["data.root=/nowhere", "checkpoints.denoiser=a", "checkpoints.regressor=b
     ("sampling.zone_fk_level=nan", "config key 'sampling.zone_fk_level' must be strictly between 0 and 0.2"),
     ("guidance.spatial_weight=-1", "config key 'guidance.spatial_weight' must be a finite number >= 0, got -1.0"),
     ("guidance.spatial_weight=inf", "config key 'guidance.spatial_weight' must be a finite number >= 0, got inf"),
+    ("guidance.spatial_tolerance=1", "config key 'guidance.spatial_tolerance' must be in [0, 1), got 1.0"),
+    ("guidance.spatial_schedule=late", "config key 'guidance.spatial_schedule' must be one of constant, "
+                                       "sqrt_one_minus_abar, one_minus_abar, abar, got 'late'"),
     ("checkpoints.regressor=null", "config key 'checkpoints.regressor' is needed by guidance.form=authors (only "
                                    "form=segmenter works without one), got None"),
 ])
@@ -65,14 +68,16 @@ def test_the_fk_prior_needs_a_tissue_contrast(uses):
 
 def test_config_constants_mirror_the_growth_module():
     """The schema does not import torch (fast --help): its copies of the FK constants must match tgrowth.growth,
-    its clamp stages the sampler's."""
-    from tgrowth.config.predict import CLIP_STAGES, FK_VISIBLE, TISSUE_CONTRASTS
+    its clamp stages the sampler's, its schedule names the guidance module's."""
+    from tgrowth.config.predict import CLIP_STAGES, FK_VISIBLE, SCALE_SCHEDULES, TISSUE_CONTRASTS
+    from tgrowth.diffusion.guidance import SCALE_SCHEDULES as GUIDANCE_SCHEDULES
     from tgrowth.diffusion.sampler import CLIP_STAGES as SAMPLER_CLIP_STAGES
     from tgrowth.growth import VISIBLE_THRESHOLD
     from tgrowth.growth.tissue import TISSUE_CONTRASTS as GROWTH_TISSUE
 
     assert FK_VISIBLE == VISIBLE_THRESHOLD and set(TISSUE_CONTRASTS) == set(GROWTH_TISSUE)
     assert CLIP_STAGES == SAMPLER_CLIP_STAGES
+    assert SCALE_SCHEDULES == tuple(GUIDANCE_SCHEDULES)
 
 
 def test_defaults_are_valid_and_all_problems_come_in_one_message(tmp_path, capsys):

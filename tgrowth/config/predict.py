@@ -35,6 +35,7 @@ GUIDANCE_TARGETS = ("median", "bootstrap")
 ENCODE_MODES = ("noise", "invert")
 ZONES = ("isotropic", "fk")
 CLIP_STAGES = ("step", "denoiser")  # tgrowth.diffusion.sampler.CLIP_STAGES
+SCALE_SCHEDULES = ("constant", "sqrt_one_minus_abar", "one_minus_abar", "abar")  # tgrowth.diffusion.guidance
 VOLUME_DISTRIBUTIONS = ("fk", "prior")
 #: the FK model's visible threshold (tgrowth.growth.VISIBLE_THRESHOLD): a zone level must lie below it
 FK_VISIBLE = 0.2
@@ -100,6 +101,12 @@ class GuidanceConfig:
                                 "target (tgrowth.diffusion.guidance.SpatialGuidance); composes with the area "
                                 "guidance; same units as scale. Not applied to unguided nor to a prior slice without "
                                 "tumour.")
+    spatial_tolerance: float = doc(0.0, "Spatial guidance: per-pixel errors |s - m| up to this are not pushed "
+                                   "(the loss is 0.5 relu(|s - m| - tolerance)^2; 0: the squared error). Just under "
+                                   "0.5 pushes only the pixels the segmenter puts on the wrong side of the FK mask.")
+    spatial_schedule: str = doc("constant", "Spatial guidance: the weight times f(t, abar_t), one of "
+                                "tgrowth.diffusion.guidance.SCALE_SCHEDULES (one_minus_abar: strong at high noise, "
+                                "vanishing as the image gets clean).")
 
 
 @dataclass
@@ -317,6 +324,10 @@ def predict_config_problems(cfg: DictConfig) -> list[str]:
             "threshold)", s.zone_fk_level)
     if not _finite(g.spatial_weight) or float(g.spatial_weight) < 0:
         bad("guidance.spatial_weight", "must be a finite number >= 0", g.spatial_weight)
+    if not _finite(g.spatial_tolerance) or not 0 <= float(g.spatial_tolerance) < 1:
+        bad("guidance.spatial_tolerance", "must be in [0, 1)", g.spatial_tolerance)
+    if str(g.spatial_schedule) not in SCALE_SCHEDULES:
+        bad("guidance.spatial_schedule", f"must be one of {', '.join(SCALE_SCHEDULES)}", g.spatial_schedule)
     methods = [str(m) for m in cfg.methods]
     if not methods:
         bad("methods", f"must name at least one of {', '.join(METHODS)}", methods)

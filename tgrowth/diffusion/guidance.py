@@ -46,8 +46,13 @@ tumour mask ``S`` (e.g. :meth:`SoftArea.soft_mask`, the segmenter's sigmoid) rea
 eps held fixed, and a target map ``m`` per sample (e.g. the patient Fisher-Kolmogorov forecast mask)::
 
       x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)          (eps fixed: d x0_hat / d x_t = 1 / sqrt(abar_t))
-      s = S(x0_hat) [B, H, W];  L_b = 0.5 * mean_p (s_bp - m_bp)^2   (mean over the P pixels)
-      eps <- eps + weight_b * sqrt(1 - abar_t) * grad_{x_t} L_b
+      s = S(x0_hat) [B, H, W];  L_b = 0.5 * mean_p relu(|s_bp - m_bp| - tol)^2   (mean over the P pixels)
+      eps <- eps + weight_b * f(t, abar_t) * sqrt(1 - abar_t) * grad_{x_t} L_b
+
+``tol`` (``tolerance``, default 0: the plain squared error) leaves pixels alone that the soft mask already
+gets within ``tol`` of the target: with a binary target and ``tol`` just under 0.5 only the pixels the
+segmenter puts on the wrong side of the map are pushed, so the image is not pushed further once the shape
+is right. ``f`` is ``scale_schedule`` (a name of :data:`SCALE_SCHEDULES` or a callable, default constant).
 
 (the weighting of the ``"x0_detached"`` area form, so ``weight`` is in the same units as an area ``scale``
 with areas as fractions of the slice). ``weight`` is a scalar or per-sample ``[N]``; rows with weight 0 keep
@@ -217,12 +222,17 @@ class SpatialGuidance:
         weight: scalar or ``[N]`` per-sample weights (0: that sample is left exactly as it is).
         groups: ``[N]`` long, the target map of each sample of the run (with a ``[K, H, W]`` target).
         autocast_dtype: run ``soft_mask`` under autocast with this dtype (gradients still float32).
+        tolerance: in [0, 1); per-pixel errors ``|s - m|`` up to this are not pushed (0: squared error).
+        scale_schedule: multiplies ``weight`` by ``f(t, abar_t)`` (a name of :data:`SCALE_SCHEDULES`).
 
     After a step, ``state["last_loss"]`` holds ``L_b`` of the batch.
     """
 
     def __init__(self, soft_mask, target: torch.Tensor, weight, groups: torch.Tensor | None = None,
-                 autocast_dtype: torch.dtype | None = None):
+                 autocast_dtype: torch.dtype | None = None, tolerance: float = 0.0, scale_schedule=None):
+        if not 0 <= float(tolerance) < 1:
+            raise ValueError(f"tolerance must be in [0, 1), got {tolerance}")
+        self.tolerance, self.schedule = float(tolerance), _schedule_fn(scale_schedule)
         target = torch.as_tensor(target)
         if target.ndim not in (2, 3):
             raise ValueError(f"target must be [H, W], [N, H, W] or [K, H, W], got shape {tuple(target.shape)}")
@@ -258,10 +268,13 @@ class SpatialGuidance:
                 s = self.soft_mask(x0)
             s = s.float().reshape(x.shape[0], -1)
             m = self._target(step.rows, s).reshape(s.shape)
-            loss = 0.5 * ((s - m) ** 2).mean(1)
+            err = s - m
+            if self.tolerance:
+                err = (err.abs() - self.tolerance).clamp_min(0)
+            loss = 0.5 * (err ** 2).mean(1)
             (grad,) = torch.autograd.grad(loss.sum(), x)
         step.state["last_loss"] = loss.detach()
-        weight = w * (1 - abar).sqrt()
+        weight = w * self.schedule(step.t, abar).to(w.dtype) * (1 - abar).sqrt()
         new = eps + broadcast_batch(weight, eps) * grad.to(eps.dtype)
         return torch.where(on.reshape((-1,) + (1,) * (eps.ndim - 1)), new, eps)
 

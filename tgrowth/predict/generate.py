@@ -74,9 +74,11 @@ def spatial_guidance(cfg: DictConfig, case: Case, arms: list[Arm], n: int, dt: t
         return None
     maps = torch.stack([case.fk.mask_of("truth" if a.source == "oracle" else target_key(a.day_index)) for a in arms])
     weights = torch.cat([torch.full((n,), 0.0 if a.source == "unguided" else w) for a in arms])
-    soft = SoftArea(case.models.segmenter, temperature=float(cfg.guidance.segmenter_temperature))
+    g = cfg.guidance
+    soft = SoftArea(case.models.segmenter, temperature=float(g.segmenter_temperature))
     return SpatialGuidance(soft.soft_mask, maps.float().to(device), weights.to(device),
-                           groups=torch.arange(len(arms)).repeat_interleave(n), autocast_dtype=dt)
+                           groups=torch.arange(len(arms)).repeat_interleave(n), autocast_dtype=dt,
+                           tolerance=float(g.spatial_tolerance), scale_schedule=str(g.spatial_schedule))
 
 
 def generate(cfg: DictConfig, case: Case, arms: list[Arm], device: torch.device) -> dict[Arm, MethodResult]:
