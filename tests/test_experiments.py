@@ -39,9 +39,8 @@ def test_tgrowth_paper_pipeline_differs_only_in_inference():
 
 
 def test_the_cpu_predict_configs_load_clean_and_differ_only_as_documented():
-    """predict_cpu.yaml and predict_cpu_fk.yaml pass the predict checks; the _fk one adds the spatial weight chosen
-    on validation subjects (1e6), keeps the x0 clamp at the step and the isotropic change zone (each chosen on
-    validation), nothing else."""
+    """predict_cpu.yaml and predict_cpu_fk.yaml pass the predict checks; the _fk one adds the spatial weight and
+    tolerance chosen on validation subjects (1e6, 0.45) and keeps the x0 clamp at the step, nothing else."""
     cfgs = {name: load_config(PredictConfig, [str(REPO / "experiments" / f"{name}.yaml")], NEEDED)
             for name in ("predict_cpu", "predict_cpu_fk")}
     for cfg in cfgs.values():
@@ -49,21 +48,25 @@ def test_the_cpu_predict_configs_load_clean_and_differ_only_as_documented():
     cpu, fk = cfgs["predict_cpu"], cfgs["predict_cpu_fk"]
     assert cpu.sampling.keep_prior_holes and cpu.sampling.clip_denoised == 1.0 and cpu.guidance.spatial_weight == 0
     assert cpu.sampling.clip_stage == "denoiser" and fk.sampling.clip_stage == "step"
-    assert cpu.sampling.zone == "fk" and cpu.sampling.zone_fk_level == 0.15 and fk.sampling.zone == "isotropic"
-    assert fk.guidance.spatial_weight == 1.0e6 and fk.experiment == "predict_cpu_fk"
-    fk.guidance.spatial_weight, fk.experiment, fk.sampling.clip_stage = 0.0, cpu.experiment, "denoiser"
-    fk.sampling.zone = "fk"
+    assert cpu.sampling.zone == "fk" and cpu.sampling.zone_fk_level == 0.15 and fk.sampling.zone == "fk"
+    assert fk.guidance.spatial_weight == 1.0e6 and fk.guidance.spatial_tolerance == 0.45
+    assert fk.guidance.spatial_schedule == "constant" and fk.experiment == "predict_cpu_fk"
+    fk.guidance.spatial_weight, fk.guidance.spatial_tolerance = 0.0, 0.0
+    fk.experiment, fk.sampling.clip_stage = cpu.experiment, "denoiser"
     assert fk == cpu
 
 
 def test_the_cpu_volume_config_is_the_fk_one_in_3d():
     """predict_cpu_volume.yaml passes the predict checks (keep_prior_holes off: refused in 3D) and differs from
-    predict_cpu_fk.yaml only in the 3D keys and N."""
+    predict_cpu_fk.yaml only in the 3D keys and N, and in keeping the spatial loss (no tolerance) and isotropic
+    zone its 3D figures were measured with."""
     vol, fk = (load_config(PredictConfig, [str(REPO / "experiments" / f"{n}.yaml")], NEEDED)
                for n in ("predict_cpu_volume", "predict_cpu_fk"))
     assert predict_config_problems(vol) == []
     assert vol.volume and vol.volume_margin_slices == 1 and vol.volume_distribution == "fk"
     assert not vol.sampling.keep_prior_holes and vol.sampling.num_generations == 4
+    assert vol.guidance.spatial_tolerance == 0 and vol.sampling.zone == "isotropic"
     vol.volume, vol.sampling.keep_prior_holes, vol.experiment = False, True, fk.experiment
     vol.sampling.num_generations = fk.sampling.num_generations
+    vol.guidance.spatial_tolerance, vol.sampling.zone = fk.guidance.spatial_tolerance, fk.sampling.zone
     assert vol == fk
