@@ -214,7 +214,7 @@ def test_spatial_guidance_tolerance_and_schedule_against_the_hand_computed_gradi
     s = torch.sigmoid(3 * x0[:, 0])
     d = s - m
     tol = 0.45
-    assert bool(((d.abs() <= tol).any())) and bool((d.abs() > tol).any())  # both kinds of pixel occur
+    assert bool((d.abs() <= tol).any()) and bool((d.abs() > tol).any())  # both kinds of pixel occur
     push = torch.where(d.abs() > tol, d - tol * d.sign(), torch.zeros_like(d))
     grad = (push / 16 * 3 * s * (1 - s) / abar.sqrt())[:, None]
     out = SpatialGuidance(_pixel_proxy, m, 4.0, tolerance=tol, scale_schedule="one_minus_abar")(step())

@@ -374,6 +374,28 @@ def test_fk_prior_method_zone_and_spatial_guidance_end_to_end(tiny, tmp_path):
     assert rows["fk"] == rows_off["fk"] and rows["grow-to-target"] == rows_off["grow-to-target"]
 
 
+def test_the_spatial_terms_settings_reach_the_2d_sampler(tiny, tmp_path, monkeypatch):
+    """guidance.spatial_tolerance and spatial_schedule reach the spatial term of the one 2D sampling pass; the
+    unguided arm's weight is 0."""
+    import tgrowth.predict.generate as G
+    from tgrowth.diffusion.guidance import SCALE_SCHEDULES, SpatialGuidance
+
+    calls = []
+    real = G.probability_map
+
+    def spy(*args, **kw):
+        calls.append(kw)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(G, "probability_map", spy)
+    assert predict(tiny, tmp_path / "sp", "data.subjects=[SUB02]", "methods=[tgrowth,unguided]",
+                   "sampling.num_generations=2", "guidance.spatial_weight=2e4", "guidance.spatial_tolerance=0.3",
+                   "guidance.spatial_schedule=sqrt_one_minus_abar", "plots=false") == 0
+    (spatial,) = [c for c in calls[0]["callbacks"] if isinstance(c, SpatialGuidance)]
+    assert spatial.tolerance == 0.3 and spatial.schedule is SCALE_SCHEDULES["sqrt_one_minus_abar"]
+    assert spatial.weight.tolist() == [2e4, 2e4, 0.0, 0.0]
+
+
 def test_fk_method_in_native_windows_at_the_scans_spacing(tmp_path, tiny):
     """data.resize=window at 0.8 mm pixels: the fk forecast works on the same window and spacing as the other
     baselines (its mask holds the target area to half a 0.64 mm^2 pixel); with target.days the FK prior and the

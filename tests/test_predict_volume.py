@@ -212,3 +212,25 @@ def test_one_native_window_for_all_slices(cohort, tmp_path):
     assert float(rows["no-change"]["dice_3d"]) == pytest.approx(M.dice(prior3d, truth3d))
     assert float(rows["no-change"]["map_volume_mm3"]) == prior3d.sum()
     assert abs(float(rows["grow-to-truth"]["map_volume_mm3"]) - truth3d.sum()) <= 0.5 + 1e-9
+
+
+def test_the_spatial_terms_settings_reach_the_3d_sampler(cohort, tmp_path, monkeypatch):
+    """guidance.spatial_tolerance and spatial_schedule reach the 3D pass's spatial term (built by the same helper
+    as in 2D), with weight 0 on the unguided rows."""
+    import tgrowth.predict.volume as V
+    from tgrowth.diffusion.guidance import SCALE_SCHEDULES, SpatialGuidance
+
+    calls = []
+    real = V.probability_map
+
+    def spy(*args, **kw):
+        calls.append(kw)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(V, "probability_map", spy)
+    assert predict(cohort, tmp_path / "sp", "methods=[tgrowth,unguided]", "volume_distribution=prior",
+                   "sampling.num_generations=1", "guidance.spatial_weight=2e4", "guidance.spatial_tolerance=0.45",
+                   "guidance.spatial_schedule=one_minus_abar", "plots=false") == 0
+    (spatial,) = [c for c in calls[0]["callbacks"] if isinstance(c, SpatialGuidance)]
+    assert spatial.tolerance == 0.45 and spatial.schedule is SCALE_SCHEDULES["one_minus_abar"]
+    assert spatial.weight.tolist() == [2e4] * 8 + [0.0] * 8  # 8 slices, tgrowth then unguided

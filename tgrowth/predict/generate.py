@@ -22,7 +22,8 @@ from tgrowth.predict.models import autocast_dtype, guidance_units
 from tgrowth.predict.targets import target_key
 from tgrowth.probability import probability_map, segmenter_from_logits
 
-__all__ = ["generative_arms", "arm_targets", "area_guidance", "spatial_guidance", "sampler_kwargs", "generate"]
+__all__ = ["generative_arms", "arm_targets", "area_guidance", "spatial_guidance", "spatial_callback", "sampler_kwargs",
+           "generate"]
 
 ENCODE = {"noise": "qsample", "invert": "invert"}  # config name -> the sampler's name
 
@@ -74,11 +75,18 @@ def spatial_guidance(cfg: DictConfig, case: Case, arms: list[Arm], n: int, dt: t
         return None
     maps = torch.stack([case.fk.mask_of("truth" if a.source == "oracle" else target_key(a.day_index)) for a in arms])
     weights = torch.cat([torch.full((n,), 0.0 if a.source == "unguided" else w) for a in arms])
+    return spatial_callback(cfg, case.models, maps, weights, torch.arange(len(arms)).repeat_interleave(n), dt, device)
+
+
+def spatial_callback(cfg: DictConfig, models, maps: torch.Tensor, weights: torch.Tensor, groups: torch.Tensor,
+                     dt: torch.dtype | None, device: torch.device) -> SpatialGuidance:
+    """The ``guidance`` section's spatial term toward ``maps`` ``[K, H, W]`` (``groups`` [N]: each sample's map,
+    ``weights`` [N]), measured by the segmenter's soft mask; the one place 2D and 3D build it."""
     g = cfg.guidance
-    soft = SoftArea(case.models.segmenter, temperature=float(g.segmenter_temperature))
-    return SpatialGuidance(soft.soft_mask, maps.float().to(device), weights.to(device),
-                           groups=torch.arange(len(arms)).repeat_interleave(n), autocast_dtype=dt,
-                           tolerance=float(g.spatial_tolerance), scale_schedule=str(g.spatial_schedule))
+    soft = SoftArea(models.segmenter, temperature=float(g.segmenter_temperature))
+    return SpatialGuidance(soft.soft_mask, maps.float().to(device), weights.to(device), groups=groups,
+                           autocast_dtype=dt, tolerance=float(g.spatial_tolerance),
+                           scale_schedule=str(g.spatial_schedule))
 
 
 def generate(cfg: DictConfig, case: Case, arms: list[Arm], device: torch.device) -> dict[Arm, MethodResult]:

@@ -43,13 +43,13 @@ from data_modules.geometry import SliceSample, centroid
 from data_modules.longitudinal import LongitudinalDataModule
 from data_modules.volumes import Volume, tumour_mask
 from tgrowth import metrics as M
-from tgrowth.diffusion.guidance import SoftArea, SpatialGuidance
+from tgrowth.diffusion.guidance import SpatialGuidance
 from tgrowth.diffusion.sampler import key_seed
 from tgrowth.errors import DataError, TgrowthError
 from tgrowth.growth.geometry import change_zone, radial_growth_mm
 from tgrowth.io import save_nifti, write_json
 from tgrowth.predict import plots
-from tgrowth.predict.generate import area_guidance, sampler_kwargs
+from tgrowth.predict.generate import area_guidance, sampler_kwargs, spatial_callback
 from tgrowth.predict.methods import Arm, Forecastable, MethodResult, run_baselines
 from tgrowth.predict.models import Models, autocast_dtype
 from tgrowth.predict.plan import Plan
@@ -274,9 +274,7 @@ def _spatial(cfg: DictConfig, vc: VolumeCase, arms: list[Arm], n: int, dt: torch
     maps = torch.cat([vc.fk.mask_of("truth" if a.source == "oracle" else target_key(0)) for a in arms])
     s = len(vc.slices.indices)
     weights = torch.cat([torch.full((s * n,), 0.0 if a.source == "unguided" else w) for a in arms])
-    soft = SoftArea(vc.models.segmenter, temperature=float(cfg.guidance.segmenter_temperature))
-    return SpatialGuidance(soft.soft_mask, maps.float().to(device), weights.to(device),
-                           groups=torch.arange(len(arms) * s).repeat_interleave(n), autocast_dtype=dt)
+    return spatial_callback(cfg, vc.models, maps, weights, torch.arange(len(arms) * s).repeat_interleave(n), dt, device)
 
 
 def volume_generate(cfg: DictConfig, vc: VolumeCase, arms: list[Arm], device: torch.device) -> dict[Arm, MethodResult]:
