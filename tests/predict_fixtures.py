@@ -93,3 +93,17 @@ def predict_overrides(data_root: Path, models: dict[str, str], out: Path, *extra
         "ode.accelerator=cpu", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.enable_progress_bar=false",
         "wandb.enabled=false", "guidance.scale=5e4", *extra,
     ]
+
+
+def record_calls(monkeypatch, module, name: str = "probability_map") -> list[dict]:
+    """Wrap ``module.name`` so that every call's keyword arguments are appended to the returned list; the real
+    function still runs."""
+    calls: list[dict] = []
+    real = getattr(module, name)
+
+    def spy(*args, **kw):
+        calls.append(kw)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(module, name, spy)
+    return calls

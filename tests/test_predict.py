@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.predict_fixtures import CONTRASTS, make_data, predict_overrides
+from tests.predict_fixtures import CONTRASTS, make_data, predict_overrides, record_calls
 from tgrowth.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -380,14 +380,7 @@ def test_the_spatial_terms_settings_reach_the_2d_sampler(tiny, tmp_path, monkeyp
     import tgrowth.predict.generate as G
     from tgrowth.diffusion.guidance import SCALE_SCHEDULES, SpatialGuidance
 
-    calls = []
-    real = G.probability_map
-
-    def spy(*args, **kw):
-        calls.append(kw)
-        return real(*args, **kw)
-
-    monkeypatch.setattr(G, "probability_map", spy)
+    calls = record_calls(monkeypatch, G)
     assert predict(tiny, tmp_path / "sp", "data.subjects=[SUB02]", "methods=[tgrowth,unguided]",
                    "sampling.num_generations=2", "guidance.spatial_weight=2e4", "guidance.spatial_tolerance=0.3",
                    "guidance.spatial_schedule=sqrt_one_minus_abar", "plots=false") == 0

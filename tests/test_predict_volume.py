@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.factories import write_longitudinal
-from tests.predict_fixtures import CONTRASTS, predict_overrides
+from tests.predict_fixtures import CONTRASTS, predict_overrides, record_calls
 from tgrowth import metrics as M
 from tgrowth.cli import main
 from tgrowth.predict.plan import volume_slices
@@ -174,14 +174,7 @@ def test_one_batched_pass_with_the_same_noise_on_every_slice(cohort, tmp_path, m
     import tgrowth.predict.volume as V
     from tgrowth.diffusion.sampler import key_seed
 
-    calls = []
-    real = V.probability_map
-
-    def spy(*args, **kw):
-        calls.append(kw)
-        return real(*args, **kw)
-
-    monkeypatch.setattr(V, "probability_map", spy)
+    calls = record_calls(monkeypatch, V)
     out = tmp_path / "spy"
     assert predict(cohort, out, "methods=[tgrowth,unguided]", "sampling.batch_size=7", "volume_distribution=prior",
                    "seed=3") == 0
@@ -220,14 +213,7 @@ def test_the_spatial_terms_settings_reach_the_3d_sampler(cohort, tmp_path, monke
     import tgrowth.predict.volume as V
     from tgrowth.diffusion.guidance import SCALE_SCHEDULES, SpatialGuidance
 
-    calls = []
-    real = V.probability_map
-
-    def spy(*args, **kw):
-        calls.append(kw)
-        return real(*args, **kw)
-
-    monkeypatch.setattr(V, "probability_map", spy)
+    calls = record_calls(monkeypatch, V)
     assert predict(cohort, tmp_path / "sp", "methods=[tgrowth,unguided]", "volume_distribution=prior",
                    "sampling.num_generations=1", "guidance.spatial_weight=2e4", "guidance.spatial_tolerance=0.45",
                    "guidance.spatial_schedule=one_minus_abar", "plots=false") == 0
