@@ -293,7 +293,7 @@ def test_geometric_and_segmenter_baselines_have_known_answers(tiny, tmp_path):
     root, models = tiny
     out = tmp_path / "base"
     methods = "[no-change,grow-to-target,grow-to-truth,no-change-segmenter,segmenter-on-truth]"
-    assert predict(tiny, out, "data.subjects=[SUB02]", f"methods={methods}", "plots=false") == 0
+    assert predict(tiny, out, "data.subjects=[SUB02]", f"methods={methods}", "plots=false", "method_maps=true") == 0
     rows = {r["method"]: r for r in read_csv(out / "metrics.csv")}
     assert set(rows) == {"no-change", "grow-to-target", "grow-to-truth", "no-change-segmenter", "segmenter-on-truth"}
     px = 1.0 * 1.0  # the factory's spacing
@@ -309,6 +309,17 @@ def test_geometric_and_segmenter_baselines_have_known_answers(tiny, tmp_path):
     for method, image in (("no-change-segmenter", prior.image), ("segmenter-on-truth", truth.image)):
         assert float(rows[method]["map_area_mm2"]) == pytest.approx(float(seg(image[None])[0].sum()) * px)
     assert float(rows["segmenter-on-truth"]["ssim"]) == pytest.approx(1.0)  # its image is the follow-up itself
+    # method_maps: every method's map in the input geometry, on the predicted slice only; scored again from the file
+    assert set(info["files"]["methods"]) == set(rows)
+    seg_nii = nib.load(str(root / "SUB02-002" / "SUB02-002-seg.nii.gz"))
+    for method, rel in info["files"]["methods"].items():
+        img = nib.load(str(out / "SUB02" / rel))
+        vol = img.get_fdata()
+        assert img.shape == seg_nii.shape and np.allclose(img.affine, seg_nii.affine) and rel == f"methods/{method}.nii.gz"
+        assert np.abs(np.delete(vol, k, axis=2)).max() == 0
+        assert (vol[:, :, k] >= 0.5).sum() * px == pytest.approx(float(rows[method]["map_area_mm2"]))
+    nc = nib.load(str(out / "SUB02" / "methods" / "no-change.nii.gz")).get_fdata()[:, :, k]
+    assert np.array_equal(nc > 0.5, (prior.seg > 0).numpy())  # the prior tumour itself (32 x 32: no resampling)
 
 
 def test_anatomy_preserving_sampling_keeps_the_prior_outside_the_zone(tiny, tmp_path):
@@ -319,9 +330,11 @@ def test_anatomy_preserving_sampling_keeps_the_prior_outside_the_zone(tiny, tmp_
     out = tmp_path / "keep"
     assert predict(tiny, out, "data.subjects=[SUB02]", "methods=[tgrowth,no-change]", "sampling.preserve_anatomy=true",
                    "sampling.zone_margin_mm=2", "sampling.zone_edge_mm=0", "sampling.eta=0.5",
-                   "guidance.form=segmenter", "checkpoints.regressor=null") == 0  # no regressor needed
+                   "guidance.form=segmenter", "checkpoints.regressor=null", "method_maps=true") == 0  # no regressor needed
     info = json.loads((out / "SUB02" / "info.json").read_text())
     k = info["slice_index"]
+    main_map, tg_map = (nib.load(str(out / "SUB02" / f)).get_fdata() for f in ("prob_map.nii.gz", "methods/tgrowth.nii.gz"))
+    assert np.array_equal(main_map, tg_map)  # method_maps: the main method's file is its prob_map
     sub = next(s for s in discover(root).subjects if s.subject == "SUB02")
     prior = load_slice(sub.timepoints[1], k, CONTRASTS, 32)
     # 32 x 32 slices at image_size 32: the NIfTI slice is the model plane as it is

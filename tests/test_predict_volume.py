@@ -118,11 +118,18 @@ def test_no_change_scores_dice_one_against_itself(cohort, tmp_path):
     root = write_longitudinal(tmp_path / "same", n_subjects=2, n_timepoints=3, shape=(32, 32, 12),
                               radii=[2.0, 3.0, 3.0], splits={"SUB01": "train", "SUB02": "test"})
     out = tmp_path / "same_out"
-    assert predict((root, cohort[1]), out, "methods=[no-change,grow-to-truth]", "volume_distribution=prior") == 0
+    assert predict((root, cohort[1]), out, "methods=[no-change,grow-to-truth]", "volume_distribution=prior",
+                   "method_maps=true") == 0
     rows = read_csv(out / "metrics.csv")
     for m in ("no-change", "grow-to-truth"):
         assert float(rows[m]["dice_3d"]) == 1.0 and float(rows[m]["hd95_3d"]) == 0.0
         assert float(rows[m]["volume_error_vs_truth"]) == 0.0
+    # method_maps: each method's 3D map in the input geometry; here both are the follow-up's tumour, voxel for voxel
+    info = json.loads((out / "SUB02" / "info.json").read_text())
+    assert info["files"]["methods"] == {m: f"methods/{m}.nii.gz" for m in ("no-change", "grow-to-truth")}
+    truth = np.asarray(nib.load(str(root / "SUB02-002" / "SUB02-002-seg.nii.gz")).get_fdata()) > 0
+    for m in ("no-change", "grow-to-truth"):
+        assert np.array_equal(nib.load(str(out / "SUB02" / "methods" / f"{m}.nii.gz")).get_fdata() >= 0.5, truth)
 
 
 def test_unguided_preserve_anatomy_keeps_the_prior_outside_the_3d_zone(cohort, tmp_path):

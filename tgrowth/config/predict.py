@@ -176,6 +176,9 @@ class PredictConfig(RunConfig):
                                      "models on a busy 2-core machine).")
     resume: bool = doc(False, "Continue an interrupted run in output_dir: finished subjects are kept, not redone.")
     plots: bool = doc(True, "Write the PNG panel, growth curve and montage per subject.")
+    method_maps: bool = doc(False, "Also write every method's tumour probability map (the baselines' are 0/1 masks) "
+                            "as methods/<method>.nii.gz per subject, in the input geometry (info.json files.methods), "
+                            "to compare methods in a viewer or score them again without re-running.")
     trainer: TrainerConfig = doc(TrainerConfig(), "Devices: predict splits subjects across ranks "
                                  "(accelerator, devices, strategy, num_nodes, precision are used).")
     wandb: WandbConfig = doc(WandbConfig(), "Experiment tracking (offline by default).")

@@ -42,6 +42,11 @@ class Arm:
     scale: float = 0.0
     day_index: int = 0
 
+    @property
+    def key(self) -> str:
+        """The arm's name in ``info.json`` and its map's file stem: the method, with ``/day<j>`` after the first day."""
+        return self.method if self.day_index == 0 else f"{self.method}/day{self.day_index}"
+
 
 class Forecastable:
     """What the baselines read of one subject, the same in 2D (:class:`Case`: one slice) and in 3D

@@ -2,23 +2,26 @@
 
 ``prob_map.nii.gz``, ``pred_mean.nii.gz``, ``pred_std.nii.gz`` of the main method (the first ODE-guided arm of
 each target day; ``day+030/...`` per day with ``target.days``) in the input volume's geometry; ``panel.png``,
-``growth_curve.png`` (and ``montage.png`` over days); ``metrics.json`` (the subject's rows) and ``info.json``,
+``growth_curve.png`` (and ``montage.png`` over days); with ``method_maps`` every method's tumour probability
+as ``methods/<method>.nii.gz`` (:func:`method_map_files`); ``metrics.json`` (the subject's rows) and ``info.json``,
 written last: a subject is finished when its info.json exists (resume).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from tgrowth.io import save_nifti, write_json
 from tgrowth.predict import plots
 from tgrowth.predict.methods import Arm, Case, MethodResult
 
-__all__ = ["main_arms", "write_maps", "write_plots", "subject_info", "write_subject"]
+__all__ = ["main_arms", "method_map_files", "write_maps", "write_plots", "subject_info", "write_subject"]
 
 MAPS = ("prob_map", "pred_mean", "pred_std")
 
@@ -30,6 +33,18 @@ def main_arms(results: dict[Arm, MethodResult]) -> dict[int, Arm]:
         if a.source == "ode":
             per_day.setdefault(a.day_index, a)
     return dict(sorted(per_day.items()))
+
+
+def method_map_files(results: dict[Arm, MethodResult], save: Callable[[Path, torch.Tensor], None],
+                     sdir: Path) -> dict[str, str]:
+    """Every method's tumour probability map (``save(path, prob)`` writes it in the input geometry) as
+    ``methods/<method>.nii.gz`` (``<method>_day<j>`` after the first target day); returns {arm key: file}."""
+    files = {}
+    for a, r in results.items():
+        rel = Path("methods") / (a.key.replace("/", "_") + ".nii.gz")
+        save(sdir / rel, r.prob.detach().float().cpu())
+        files[a.key] = str(rel)
+    return files
 
 
 def write_maps(case: Case, results: dict[Arm, MethodResult], sdir: Path) -> list[dict[str, Any]]:
@@ -111,8 +126,7 @@ def subject_info(cfg: DictConfig, case: Case, results: dict[Arm, MethodResult], 
         "sampling": OmegaConf.to_container(cfg.sampling, resolve=True),
         "seed": plan.seed, "image_size": case.models.image_size, "pixel_spacing_mm": list(sl.prior.spacing_mm),
         "targets": days,
-        "methods": {(a.method if a.day_index == 0 else f"{a.method}/day{a.day_index}"):
-                    {"generated_area_mm2": float(r.areas.mean()), "scale": a.scale} for a, r in results.items()},
+        "methods": {a.key: {"generated_area_mm2": float(r.areas.mean()), "scale": a.scale} for a, r in results.items()},
         "files": files,
         **({"fk": case.fk.info()} if case.fk is not None else {}),
     }
@@ -123,6 +137,11 @@ def write_subject(cfg: DictConfig, case: Case, results: dict[Arm, MethodResult],
     """Maps, plots, metrics.json, then info.json (last: it marks the subject finished)."""
     days = write_maps(case, results, sdir)
     files = dict(days[0]["files"]) if days else {}
+    if cfg.method_maps:
+        sl = case.slices
+        files["methods"] = method_map_files(
+            results, lambda path, p: save_nifti(path, sl.prior.to_volume(p.numpy().astype(np.float32)), sl.prior.affine),
+            sdir)
     if cfg.plots and days:
         files.update(write_plots(cfg, case, results, days, fit, sdir))
     info = {**subject_info(cfg, case, results, days, files, fit), **extra}

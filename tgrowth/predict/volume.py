@@ -52,6 +52,7 @@ from tgrowth.predict import plots
 from tgrowth.predict.generate import area_guidance, sampler_kwargs, spatial_callback
 from tgrowth.predict.methods import Arm, Forecastable, MethodResult, run_baselines
 from tgrowth.predict.models import Models, autocast_dtype
+from tgrowth.predict.outputs import method_map_files
 from tgrowth.predict.plan import Plan
 from tgrowth.predict.state import Stopwatch
 from tgrowth.predict.targets import FKPrior, Targets, brain_of, fk_forecast, subject_targets, target_key
@@ -401,8 +402,8 @@ def _montage(cfg: DictConfig, vc: VolumeCase, r: MethodResult, path: Path) -> Pa
 
 def write_volume_subject(cfg: DictConfig, vc: VolumeCase, results: dict[Arm, MethodResult], rows: list[dict[str, Any]],
                          fit: Any, sdir: Path, extra: dict[str, Any]) -> dict[str, Any]:
-    """The main (first ODE-guided) arm's maps in the input geometry, montage.png (with ``plots``), metrics.json,
-    then info.json (last)."""
+    """The main (first ODE-guided) arm's maps in the input geometry, montage.png (with ``plots``), every method's
+    map (with ``method_maps``), metrics.json, then info.json (last)."""
     main = next((a for a in results if a.source == "ode"), None)
     files = {}
     if main is not None:
@@ -412,6 +413,8 @@ def write_volume_subject(cfg: DictConfig, vc: VolumeCase, results: dict[Arm, Met
             files[name] = f"{name}.nii.gz"
         if cfg.plots:
             files["montage"] = _montage(cfg, vc, r, sdir / "montage.png").name
+    if cfg.method_maps:
+        files["methods"] = method_map_files(results, lambda path, p: vc.slices.save(path, vc.slices.to_grid(p)), sdir)
     info = {**_info(cfg, vc, results, fit, main), "files": files, **extra}
     write_json(sdir / "metrics.json", rows)
     write_json(sdir / "info.json", info)
