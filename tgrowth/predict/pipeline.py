@@ -157,8 +157,11 @@ def _print_outputs(cfg: DictConfig, res: dict[str, Any], seconds: float, wandb_o
     stages = state.stage_medians(res["infos"])
     if stages:
         print("  seconds per subject (median): " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
+    files = ["info.json"] + (["montage.png (a few generated slices)"] if cfg.volume and cfg.plots else []) \
+        + (["panel.png", "growth_curve.png"] if cfg.plots and not cfg.volume else []) \
+        + (["methods/<method>.nii.gz (every method's map)"] if cfg.method_maps else [])
     print("  <subject>/prob_map.nii.gz, pred_mean.nii.gz, pred_std.nii.gz (input geometry; contrasts on axis 4), "
-          + ("info.json, montage.png (a few generated slices)" if cfg.volume else "info.json, panel.png, growth_curve.png"))
+          + ", ".join(files))
     print(f"  metrics.csv, summary.json, errors.csv ({len(res['errors'])} problem(s))")
     if wandb_on:
         print(f"  wandb ({cfg.wandb.mode}): {Path(cfg.wandb.dir or out) / 'wandb'}")
