@@ -58,15 +58,13 @@ def test_the_cpu_predict_configs_load_clean_and_differ_only_as_documented():
 
 def test_the_cpu_volume_config_is_the_fk_one_in_3d():
     """predict_cpu_volume.yaml passes the predict checks (keep_prior_holes off: refused in 3D) and differs from
-    predict_cpu_fk.yaml only in the 3D keys and N, and in keeping the spatial loss (no tolerance) and isotropic
-    zone its 3D figures were measured with."""
+    predict_cpu_fk.yaml only in the 3D keys and N: the spatial tolerance and the FK zone are the 2D preset's."""
     vol, fk = (load_config(PredictConfig, [str(REPO / "experiments" / f"{n}.yaml")], NEEDED)
                for n in ("predict_cpu_volume", "predict_cpu_fk"))
     assert predict_config_problems(vol) == []
     assert vol.volume and vol.volume_margin_slices == 1 and vol.volume_distribution == "fk"
     assert not vol.sampling.keep_prior_holes and vol.sampling.num_generations == 4
-    assert vol.guidance.spatial_tolerance == 0 and vol.sampling.zone == "isotropic"
+    assert vol.guidance.spatial_tolerance == 0.45 and vol.sampling.zone == "fk"
     vol.volume, vol.sampling.keep_prior_holes, vol.experiment = False, True, fk.experiment
     vol.sampling.num_generations = fk.sampling.num_generations
-    vol.guidance.spatial_tolerance, vol.sampling.zone = fk.guidance.spatial_tolerance, fk.sampling.zone
     assert vol == fk
