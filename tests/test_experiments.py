@@ -68,3 +68,44 @@ def test_the_cpu_volume_config_is_the_fk_one_in_3d():
     vol.volume, vol.sampling.keep_prior_holes, vol.experiment = False, True, fk.experiment
     vol.sampling.num_generations = fk.sampling.num_generations
     assert vol == fk
+
+
+# The phantoms of docs/benchmarks.md: cohort A (training / validation), cohort B (held-out test) and the stress
+# cohorts. Their configs are the record of how the documented cohorts were made, so a machine that lost them can
+# rebuild them; these tests pin what the documents say about them without generating anything.
+COHORTS = REPO / "experiments" / "cohorts"
+STRESS = REPO / "experiments" / "stress"
+
+
+def _synth(path: Path):
+    from omegaconf import OmegaConf
+
+    from tgrowth.config.synth import SynthConfig
+
+    return OmegaConf.to_container(load_config(SynthConfig, [str(path)], []))
+
+
+def test_cohort_a_yields_the_documented_validation_subjects():
+    from tgrowth.synth.cohort import assign_splits
+
+    cfg = _synth(COHORTS / "cohortA.yaml")
+    assert (cfg["seed"], cfg["n_subjects"], cfg["subject_prefix"]) == (11, 72, "SYN")
+    subjects = [f"SYN-{i:05d}" for i in range(1, 73)]
+    splits = assign_splits(subjects, cfg["split_fractions"], cfg["seed"])
+    val = sorted(s for s, v in splits.items() if v == "val")
+    assert val == [f"SYN-{i:05d}" for i in (13, 25, 34, 37, 41, 44, 45, 51, 57, 58, 59, 67)]
+    assert sum(v == "train" for v in splits.values()) == 60 and "test" not in splits.values()
+
+
+def test_cohorts_differ_from_cohort_b_only_where_documented():
+    a, b = _synth(COHORTS / "cohortA.yaml"), _synth(COHORTS / "cohortB.yaml")
+    assert (b["seed"], b["n_subjects"], b["subject_prefix"], b["split_fractions"]) == (23, 16, "TST", [0.0, 0.0, 1.0])
+    own = {"output_dir", "seed", "n_subjects", "subject_prefix", "split_fractions", "threads"}
+    assert {k for k in b if a[k] != b[k]} <= own
+    stress_growth = {"control": None, "aniso": "anisotropy", "gwratio": "grey_white_ratio", "mass": "mass_effect"}
+    for name, key in stress_growth.items():
+        s = _synth(STRESS / f"{name}.yaml")
+        assert (s["seed"], s["n_subjects"], s["subject_prefix"]) == (31, 36, "STR"), name
+        assert {k for k in b if s[k] != b[k]} <= own | {"growth"}, name
+        changed = {k for k in b["growth"] if s["growth"][k] != b["growth"][k]}
+        assert changed == (set() if key is None else {key}), name
