@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from tgrowth.growth.geometry import grow_to_area, signed_distance
 
@@ -80,3 +81,38 @@ def test_change_zone_and_radial_growth():
     assert (change_zone(np.zeros((5, 5)), 3.0) == 1).all()
     with pytest.raises(ValueError, match="must be >= 0"):
         change_zone(prior, -1.0)
+
+
+def test_connected_to_keeps_the_parts_that_touch_the_mask():
+    """Known answers: a part overlapping the mask or a face away from it is kept as it is, probabilities and all;
+    a part touching only diagonally, or further, is set to 0; in 3D a part joined across slices is one part."""
+    from tgrowth.growth.geometry import connected_to
+
+    p = torch.zeros(7, 7)
+    p[1:3, 1:3] = 0.5           # a face away from the mask pixel (2, 3): kept
+    p[4, 4] = 1.0               # apart from the mask: removed
+    p[5:7, 0] = torch.tensor([0.25, 0.75])  # far away: removed
+    m = torch.zeros(7, 7, dtype=torch.bool)
+    m[2, 3] = True
+    want = torch.zeros(7, 7)
+    want[1:3, 1:3] = 0.5
+    assert torch.equal(connected_to(p, m), want)
+    d = torch.zeros(5, 5)
+    d[1, 1] = 0.5
+    corner = torch.zeros(5, 5, dtype=torch.bool)
+    corner[0, 0] = True  # meets (1, 1) at a corner only: not connected
+    assert not connected_to(d, corner).any()
+    face = torch.zeros(5, 5, dtype=torch.bool)
+    face[0, 1] = True
+    assert torch.equal(connected_to(d, face), d)
+    v = torch.zeros(3, 4, 4)     # 3D: slice 0 holds the mask's part, slice 2 a part joined to it through slice 1
+    v[0, 1, 1], v[1, 1, 1], v[2, 1, 1:3] = 0.2, 0.4, 0.6
+    v[2, 3, 3] = 0.9             # on slice 2, apart from everything: removed
+    mv = torch.zeros(3, 4, 4, dtype=torch.bool)
+    mv[0, 1, 1] = True
+    got = connected_to(v, mv)
+    assert torch.equal(got[:2], v[:2]) and got[2, 1, 1:3].tolist() == pytest.approx([0.6, 0.6]) and got[2, 3, 3] == 0
+    assert not connected_to(v, torch.zeros_like(mv)).any()  # an empty mask keeps nothing
+    assert torch.equal(connected_to(torch.zeros(3, 3), m[:3, :3]), torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="same shape"):
+        connected_to(v, m)

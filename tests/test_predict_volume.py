@@ -168,11 +168,13 @@ def test_volume_config_errors_name_the_key(cohort, tmp_path, capsys):
             "null, got 4") in capsys.readouterr().err
     assert predict(cohort, tmp_path / "c", "volume_margin_slices=-1") == 2
     assert "config key 'volume_margin_slices' must be >= 0, got -1" in capsys.readouterr().err
+    assert predict(cohort, tmp_path / "c2", "volume_fill_slices=-2") == 2
+    assert "config key 'volume_fill_slices' must be >= 0, got -2" in capsys.readouterr().err
     assert predict(cohort, tmp_path / "d", "volume_distribution=ball") == 2
     assert "config key 'volume_distribution' must be one of fk, prior, got 'ball'" in capsys.readouterr().err
     assert predict(cohort, tmp_path / "e", "sampling.keep_prior_holes=true") == 2
     assert "config key 'sampling.keep_prior_holes' is 2D only for now" in capsys.readouterr().err
-    assert not any((tmp_path / x).exists() for x in "abcde")
+    assert not any((tmp_path / x).exists() for x in ["a", "b", "c", "c2", "d", "e"])
 
 
 def test_one_batched_pass_with_the_same_noise_on_every_slice(cohort, tmp_path, monkeypatch):
@@ -227,3 +229,78 @@ def test_the_spatial_terms_settings_reach_the_3d_sampler(cohort, tmp_path, monke
     (spatial,) = [c for c in calls[0]["callbacks"] if isinstance(c, SpatialGuidance)]
     assert spatial.tolerance == 0.45 and spatial.schedule is SCALE_SCHEDULES["one_minus_abar"]
     assert spatial.weight.tolist() == [2e4] * 8 + [0.0] * 8  # 8 slices, tgrowth then unguided
+
+
+def test_fk_filled_slices_beyond_the_generated_ones(cohort, tmp_path, monkeypatch):
+    """volume_fill_slices=2 with no margin: slices 3..8 (the prior's tumour) are generated in one pass, slices
+    1, 2, 9, 10 are filled: each guided map there is the fk method's mask at its target, unguided's is empty,
+    the predicted image is the prior; with sampling.map_connected every map's parts touch the prior tumour."""
+    from scipy import ndimage
+
+    import tgrowth.predict.volume as V
+
+    root, _ = cohort
+    calls, maps_out = [], []
+    real = V.probability_map
+
+    def spy(*args, **kw):
+        calls.append(kw)
+        maps_out.append(real(*args, **kw))
+        return maps_out[-1]
+
+    monkeypatch.setattr(V, "probability_map", spy)
+    out = tmp_path / "fill"
+    assert predict(cohort, out, "methods=[tgrowth,unguided,no-change,fk]", "volume_margin_slices=0",
+                   "volume_fill_slices=2", "sampling.map_connected=true", "method_maps=true", "plots=false",
+                   "sampling.num_generations=2") == 0
+    info = json.loads((out / "SUB02" / "info.json").read_text())
+    assert info["slices"] == list(range(3, 9)) and info["filled_slices"] == [1, 2, 9, 10]
+    assert calls[0]["prior_index"].tolist() == [k for _ in range(2) for k in range(6) for _ in range(2)]
+    maps = {m: np.asarray(nib.load(str(out / "SUB02" / "methods" / f"{m}.nii.gz")).get_fdata())
+            for m in ("tgrowth", "unguided", "fk")}
+    fill = [1, 2, 9, 10]
+    assert np.array_equal(maps["tgrowth"][:, :, fill], maps["fk"][:, :, fill])
+    assert maps["fk"][:, :, fill].sum() > 0  # the FK forecast reaches beyond the prior's slices here
+    assert maps["unguided"][:, :, fill].max() == 0
+    assert 0 < info["slice_share"][1] and sum(info["slice_share"]) == pytest.approx(1.0)  # shares over the stack
+    from data_modules.formats import discover
+    from data_modules.slices import load_slice
+
+    sub = next(s for s in discover(root).subjects if s.subject == "SUB02")
+    mean = nib.load(str(out / "SUB02" / "pred_mean.nii.gz")).get_fdata()
+    for k in fill:  # the filled slices' image is the prior scan
+        prior = load_slice(sub.timepoints[1], k, CONTRASTS, 32).image.permute(1, 2, 0).numpy()
+        assert np.allclose(mean[:, :, k], prior, atol=1e-5)
+    rows = read_csv(out / "metrics.csv")
+    areas = maps_out[0].areas.double().reshape(2, 6, 2)  # (arm, generated slice, generation), mm^2 at 1 mm
+    for i, m in enumerate(("tgrowth", "unguided")):  # the generations' mean volume, the filled slices' added
+        want = float(areas[i].sum(0).mean()) + float(maps[m][:, :, fill].sum())
+        assert float(rows[m]["pred_volume_mm3"]) == pytest.approx(want)
+    prior3d = seg_of(root, "001")
+    near = ndimage.binary_dilation(prior3d)
+    for m, p in maps.items():  # map_connected: no part of any map stands apart from the prior tumour
+        lab, n = ndimage.label(p > 0)
+        assert all((near & (lab == i)).any() for i in range(1, n + 1)), m
+
+
+def test_map_connected_applies_to_every_method():
+    """connected_maps on a 2D case: every method's map loses its parts apart from the prior tumour; off, unchanged."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from tgrowth.predict.methods import Arm, MethodResult, connected_maps
+
+    prior = torch.zeros(6, 6, dtype=torch.bool)
+    prior[2:4, 2:4] = True
+    prob = torch.zeros(6, 6)
+    prob[1:5, 1:5], prob[0, 5] = 0.5, 1.0  # the grown tumour, and a far pixel
+    r = MethodResult(prob, torch.zeros(1, 6, 6), torch.zeros(1, 6, 6), torch.tensor([16.0]))
+    arms = [Arm("tgrowth", "ode", 1.0), Arm("no-change-segmenter", "baseline", 0.0)]
+    case = SimpleNamespace(prior_mask=prior)
+    on = connected_maps(OmegaConf.create({"sampling": {"map_connected": True}}), case, {a: r for a in arms})
+    for a in arms:
+        assert on[a].prob[0, 5] == 0 and torch.equal(on[a].prob[1:5, 1:5], prob[1:5, 1:5])
+        assert torch.equal(on[a].areas, r.areas)  # the generations' own sizes are not the map's
+    off = connected_maps(OmegaConf.create({"sampling": {"map_connected": False}}), case, {arms[0]: r})
+    assert off[arms[0]] is r

@@ -147,6 +147,10 @@ class SamplingConfig:
                           "denoiser's own x0 prediction, before guidance, whose step is then kept as it is).")
     zone_fk_level: float = doc(0.05, "zone=fk: tumour-cell density level (0 < level < 0.2, the FK model's visible "
                                "threshold) bounding the zone: lower reaches further beyond the forecast tumour.")
+    map_connected: bool = doc(False, "Every method's probability map is kept only on the connected parts of its "
+                              "support (prob > 0; face-connected, across slices in 3D) that touch the prior tumour: "
+                              "the ODE x FK forecast is one front grown from it, and a part apart from it is the "
+                              "segmenter's false positive on the prior's anatomy (tgrowth.growth.geometry.connected_to).")
 
 
 @dataclass
@@ -168,6 +172,12 @@ class PredictConfig(RunConfig):
                        "and 3D metrics (dice_3d, hd95_3d, volume_error_vs_truth) in the input geometry "
                        "(docs/predict.md, '3D prediction'). Not with target.days nor data.slice_index.")
     volume_margin_slices: int = doc(1, "volume=true: extra axial slices generated above and below the prior tumour.")
+    volume_fill_slices: int = doc(0, "volume=true: up to this many further axial slices each side, beyond the generated "
+                                  "ones (no prior tumour there, so the guidance has no gradient to start a tumour), "
+                                  "are predicted by the 3D FK forecast instead: each guided method's map there is the "
+                                  "fk method's mask at its own target volume (the ODE's, or the true one for "
+                                  "oracle-area; unguided: no tumour), its image the prior. The FK model, the slice "
+                                  "shares of the volume and the baselines then cover the whole stack. 0: off.")
     volume_distribution: str = doc("fk", "volume=true: how the ODE's volume is split into per-slice target areas: fk "
                                    "(the slices' shares of the patient Fisher-Kolmogorov forecast, run in 3D on the "
                                    "generated slices to the ODE's median volume) or prior (the prior tumour's slice "
@@ -357,6 +367,8 @@ def _volume_problems(cfg: DictConfig) -> list[str]:
     """The ``volume`` keys' problems (none when volume is false: the keys are then unused)."""
     if int(cfg.volume_margin_slices) < 0:
         return [f"config key 'volume_margin_slices' must be >= 0, got {cfg.volume_margin_slices!r}"]
+    if int(cfg.volume_fill_slices) < 0:
+        return [f"config key 'volume_fill_slices' must be >= 0, got {cfg.volume_fill_slices!r}"]
     if str(cfg.volume_distribution) not in VOLUME_DISTRIBUTIONS:
         return [f"config key 'volume_distribution' must be one of {', '.join(VOLUME_DISTRIBUTIONS)}, "
                 f"got {cfg.volume_distribution!r}"]
@@ -371,9 +383,11 @@ def _volume_problems(cfg: DictConfig) -> list[str]:
                    f"set it to null, got {cfg.data.slice_index!r}")
     if cfg.sampling.keep_prior_holes:
         out.append("config key 'sampling.keep_prior_holes' is 2D only for now: set it to false with volume=true")
-    if str(cfg.volume_distribution) == "fk" and not any(str(c) in TISSUE_CONTRASTS for c in cfg.data.contrasts):
+    fk_keys = [k for k, on in (("volume_distribution=fk", str(cfg.volume_distribution) == "fk"),
+                               ("volume_fill_slices > 0", int(cfg.volume_fill_slices) > 0)) if on]
+    if fk_keys and not any(str(c) in TISSUE_CONTRASTS for c in cfg.data.contrasts):
         out.append(f"config key 'data.contrasts' must include one of {', '.join(TISSUE_CONTRASTS)} for "
-                   f"volume_distribution=fk (the FK model's tissue estimate), got {list(cfg.data.contrasts)!r}")
+                   f"{' and '.join(fk_keys)} (the FK model's tissue estimate), got {list(cfg.data.contrasts)!r}")
     return out
 
 

@@ -20,6 +20,9 @@ In ``tgrowth predict`` (``methods``): ``grow-to-target`` grows the prior to the 
 
 * :func:`enclosed_free`: the tumour-free voxels a mask encloses (its holes: on the phantom, CSF spaces the tumour
   surrounds but cannot infiltrate); ``sampling.keep_prior_holes`` keeps them tumour-free in every forecast.
+* :func:`connected_to`: a probability map kept only on the connected parts of its support that touch a mask (the
+  prior tumour; ``sampling.map_connected``): the growth models forecast one front grown from the prior tumour,
+  so a part of the map apart from it is the segmenter's false positive on the prior's anatomy.
 * :func:`distance_to`, :func:`size_mask`, :func:`inward_fill`: the batched torch primitives (``[B, ...]``).
 """
 
@@ -217,3 +220,23 @@ def change_zone(prior_mask, distance_mm: float, spacing: Sequence[float] | None 
     if region is not None:
         keep = np.where(np.asarray(region).astype(bool) | m, keep, 1.0)
     return keep
+
+
+def connected_to(prob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``prob`` (any shape, 2D or 3D) set to 0 on every face-connected component of its support (``prob > 0``)
+    that neither overlaps ``mask`` nor has a face neighbour in it; the rest unchanged. Independent of any map
+    threshold (the support is ``prob > 0``). An empty ``mask`` keeps nothing."""
+    p = torch.as_tensor(prob)
+    m = torch.as_tensor(mask).bool()
+    if p.shape != m.shape:
+        raise ValueError(f"prob {tuple(p.shape)} and mask {tuple(m.shape)} must have the same shape")
+    support = (p > 0).cpu().numpy()
+    labels, n = ndimage.label(support)
+    if n == 0:
+        return p.clone()
+    near = ndimage.binary_dilation(m.cpu().numpy()) & support
+    touching = np.zeros(n + 1, dtype=bool)
+    touching[np.unique(labels[near])] = True
+    touching[0] = False
+    keep = torch.from_numpy(touching[labels]).to(p.device)
+    return torch.where(keep, p, torch.zeros_like(p))

@@ -14,7 +14,7 @@ The names (the ``methods`` config key's vocabulary, with a help line each) are
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -22,14 +22,15 @@ from omegaconf import DictConfig
 
 from tgrowth.config.predict import METHODS
 from tgrowth.errors import TgrowthError
-from tgrowth.growth.geometry import grow_to_area
+from tgrowth.growth.geometry import connected_to, grow_to_area
 from tgrowth.metrics import foreground
 from tgrowth.predict.models import Models
 from tgrowth.predict.plan import Plan, SubjectSlices
 from tgrowth.predict.targets import FKPrior, Targets, target_key
 from tgrowth.probability import segmenter_from_logits
 
-__all__ = ["Arm", "Forecastable", "Case", "MethodResult", "GENERATIVE", "BASELINES", "method_arms"]
+__all__ = ["Arm", "Forecastable", "Case", "MethodResult", "GENERATIVE", "BASELINES", "method_arms", "run_baselines",
+           "connected_maps"]
 
 
 @dataclass(frozen=True)
@@ -197,3 +198,12 @@ def method_arms(cfg: DictConfig) -> list[Arm]:
 def run_baselines(case: Forecastable, arms: list[Arm]) -> dict[Arm, Any]:
     """The baseline arms' results (2D or 3D)."""
     return {a: BASELINES[a.method](case, a.day_index) for a in arms if a.source == "baseline"}
+
+
+def connected_maps(cfg: DictConfig, case: Forecastable, results: dict[Arm, MethodResult]) -> dict[Arm, MethodResult]:
+    """With ``sampling.map_connected``: every method's map kept on the parts of its support that touch the prior
+    tumour (:func:`~tgrowth.growth.geometry.connected_to`; 2D or, on a stack, 3D); unchanged otherwise."""
+    if not cfg.sampling.map_connected:
+        return results
+    prior = case.prior_mask
+    return {a: replace(r, prob=connected_to(r.prob, prior.to(r.prob.device))) for a, r in results.items()}

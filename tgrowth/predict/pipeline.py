@@ -31,7 +31,7 @@ from tgrowth.growth.geometry import enclosed_free
 from tgrowth.predict import evaluate, outputs, report, state, track
 from tgrowth.predict.dist import Dist, launch
 from tgrowth.predict.generate import generate
-from tgrowth.predict.methods import Arm, Case, method_arms, run_baselines
+from tgrowth.predict.methods import Arm, Case, connected_maps, method_arms, run_baselines
 from tgrowth.predict.models import Models, check_models, load_models
 from tgrowth.predict.plan import Plan, load_slices, plan_subjects
 from tgrowth.predict.targets import fit_growth, fk_prior, fk_sizes, subject_targets, uses_fk, zone_keep
@@ -63,6 +63,7 @@ def predict_one(cfg: DictConfig, models: Models, dm: LongitudinalDataModule, fit
     results = generate(cfg, case, arms, device)
     clock.lap("generate")
     results.update(run_baselines(case, arms))
+    results = connected_maps(cfg, case, results)
     clock.lap("baselines")
     rows = evaluate.score(cfg, case, results)
     clock.lap("evaluate")

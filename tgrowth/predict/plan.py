@@ -201,7 +201,7 @@ def _volume_plan(cfg: DictConfig, dm: LongitudinalDataModule, name: str, prior: 
     """(the prior's largest-tumour slice, the generated slices, the tumour volumes (mm^3) of ``before``)."""
     sizes = {s.timepoint: s for s in dm.sizes(name)}
     ps = sizes[prior.timepoint]
-    slices = volume_slices(ps.areas_mm2, int(cfg.volume_margin_slices))
+    slices = volume_slices(ps.areas_mm2, int(cfg.volume_margin_slices) + int(cfg.volume_fill_slices))
     if not slices:
         raise DataError(f"subject {name}: no tumour on the prior scan {prior.timepoint} "
                         f"({cfg.data.labels} labels); volume=true generates the slices that hold it")

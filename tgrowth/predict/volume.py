@@ -26,7 +26,9 @@ The stages of :mod:`tgrowth.predict.pipeline`, in 3D, for one subject (:func:`pr
 6. :func:`write_volume_subject`: ``prob_map``/``pred_mean``/``pred_std.nii.gz`` in the input geometry (the
    generated slices filled, the others 0), ``metrics.json``, ``info.json`` (``slices``, ``volume_forecast_mm3``).
 
-Everything outside the generated slices (and the window) is predicted as no tumour by every method.
+Everything outside the generated slices (and the window) is predicted as no tumour by every method. With
+``sampling.map_connected`` every method's map keeps only the parts connected (in 3D, across slices) to the prior
+tumour (:func:`~tgrowth.predict.methods.connected_maps`).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from tgrowth.growth.geometry import change_zone, radial_growth_mm
 from tgrowth.io import save_nifti, write_json
 from tgrowth.predict import plots
 from tgrowth.predict.generate import area_guidance, sampler_kwargs, spatial_callback
-from tgrowth.predict.methods import Arm, Forecastable, MethodResult, run_baselines
+from tgrowth.predict.methods import Arm, Forecastable, MethodResult, connected_maps, run_baselines
 from tgrowth.predict.models import Models, autocast_dtype
 from tgrowth.predict.outputs import method_map_files
 from tgrowth.predict.plan import Plan
@@ -59,7 +61,7 @@ from tgrowth.predict.targets import FKPrior, Targets, brain_of, fk_forecast, sub
 from tgrowth.probability import probability_map, segmenter_from_logits
 
 __all__ = ["VolumeSlices", "VolumeCase", "load_volume_slices", "volume_case", "volume_generate",
-           "volume_rows", "adjacent_dice", "write_volume_subject", "predict_volume"]
+           "volume_rows", "adjacent_dice", "write_volume_subject", "predict_volume", "generated_slices"]
 
 
 # --------------------------------------------------------------------------- the slices
@@ -183,6 +185,7 @@ class VolumeCase(Forecastable):
     share: torch.Tensor
     prior_volume: float
     fk: FKPrior | None = None
+    generated: torch.Tensor | None = None  # [S] bool: the slices generated (None: all); the others FK-filled
     zone_mm: float | None = None  # the isotropic change zone's reach beyond the prior tumour (mm; None: zone=fk)
     free: torch.Tensor | None = None  # no kept holes in 3D (sampling.keep_prior_holes is 2D only)
 
@@ -208,7 +211,7 @@ class VolumeCase(Forecastable):
 
 
 def _uses_fk(cfg: DictConfig, arms: list[Arm]) -> bool:
-    return (str(cfg.volume_distribution) == "fk" or any(a.method == "fk" for a in arms)
+    return (str(cfg.volume_distribution) == "fk" or any(a.method == "fk" for a in arms) or int(cfg.volume_fill_slices) > 0
             or str(cfg.sampling.zone) == "fk" or float(cfg.guidance.spatial_weight) > 0)
 
 
@@ -222,7 +225,8 @@ def _fk_sizes(cfg: DictConfig, targets: Targets, prior_volume: float, true_volum
     sizes = {target_key(0): float(targets.median[0])}
     if str(cfg.sampling.zone) == "fk":
         sizes["zone"] = _zone_upper(targets, prior_volume)
-    if float(cfg.guidance.spatial_weight) > 0 and any(a.source == "oracle" for a in arms) and true_volume:
+    oracle_map = float(cfg.guidance.spatial_weight) > 0 or int(cfg.volume_fill_slices) > 0
+    if oracle_map and any(a.source == "oracle" for a in arms) and true_volume:
         sizes["truth"] = true_volume
     return sizes
 
@@ -262,7 +266,21 @@ def volume_case(cfg: DictConfig, plan: Plan, vs: VolumeSlices, fit: Any, models:
         per_slice = vs.prior_mask.flatten(1).sum(1).double()
     share = per_slice / per_slice.sum().clamp_min(1.0)
     keep, zone_mm = _keep(cfg, vs, targets, prior_volume, fk)
-    return VolumeCase(plan, vs, targets, models, keep, share, prior_volume, fk, zone_mm)
+    generated = None
+    if int(cfg.volume_fill_slices) > 0:
+        generated = generated_slices(vs.indices, vs.grid_mask("prior"), int(cfg.volume_margin_slices))
+    return VolumeCase(plan, vs, targets, models, keep, share, prior_volume, fk, generated, zone_mm)
+
+
+def generated_slices(indices: list[int], prior_grid_mask: np.ndarray, margin: int) -> torch.Tensor:
+    """``[S]`` bool over the stack's axial ``indices``: the slices from the first to the last holding prior tumour
+    in the input grid (``[X, Y, Z]``, axial last), ``margin`` wider each side, as :func:`~tgrowth.predict.plan.
+    volume_slices` chose them; with ``volume_fill_slices`` the stack is wider and the rest are FK-filled."""
+    hit = np.flatnonzero(np.asarray(prior_grid_mask).any((0, 1)))
+    k = torch.as_tensor(indices)
+    if hit.size == 0:
+        return torch.zeros_like(k, dtype=torch.bool)
+    return (k >= int(hit[0]) - margin) & (k <= int(hit[-1]) + margin)
 
 
 # --------------------------------------------------------------------------- generation
@@ -272,21 +290,47 @@ def _spatial(cfg: DictConfig, vc: VolumeCase, arms: list[Arm], n: int, dt: torch
     w = float(cfg.guidance.spatial_weight)
     if w == 0 or vc.fk is None:
         return None
-    maps = torch.cat([vc.fk.mask_of("truth" if a.source == "oracle" else target_key(0)) for a in arms])
-    s = len(vc.slices.indices)
+    gen = _gen_index(vc)
+    maps = torch.cat([vc.fk.mask_of("truth" if a.source == "oracle" else target_key(0))[gen] for a in arms])
+    s = len(gen)
     weights = torch.cat([torch.full((s * n,), 0.0 if a.source == "unguided" else w) for a in arms])
     return spatial_callback(cfg, vc.models, maps, weights, torch.arange(len(arms) * s).repeat_interleave(n), dt, device)
 
 
+def _gen_index(vc: VolumeCase) -> torch.Tensor:
+    """The generated slices' positions in the stack."""
+    s = len(vc.slices.indices)
+    return torch.arange(s) if vc.generated is None else vc.generated.nonzero().flatten()
+
+
+def _fill(vc: VolumeCase, arm: Arm) -> torch.Tensor:
+    """``[S, H, W]`` an arm's forecast on the FK-filled slices (0 on the generated ones): the fk method's mask at
+    the arm's target volume (the true one for the oracle; none for unguided)."""
+    vs = vc.slices
+    out = torch.zeros_like(vs.prior_mask, dtype=torch.float32)
+    if vc.generated is None or vc.fk is None or arm.source == "unguided":
+        return out
+    key = "truth" if arm.source == "oracle" else target_key(0)
+    if key not in vc.fk.sizes:
+        return out
+    filled = ~vc.generated
+    out[filled] = vc.fk.mask_of(key)[filled].float()
+    return out
+
+
 def volume_generate(cfg: DictConfig, vc: VolumeCase, arms: list[Arm], device: torch.device) -> dict[Arm, MethodResult]:
-    """Every generative arm on every slice in one batched pass; per arm a :class:`MethodResult` with ``prob [S, H, W]``,
-    ``mean``/``std [S, C, H, W]``, ``areas`` = the N generations' VOLUMES (mm^3) and ``targets`` their target volumes."""
+    """Every generative arm on every generated slice in one batched pass; per arm a :class:`MethodResult` with
+    ``prob [S, H, W]``, ``mean``/``std [S, C, H, W]`` on the whole stack (FK-filled slices: :func:`_fill`, the
+    prior image, no spread), ``areas`` = the N generations' VOLUMES (mm^3, the filled slices' added) and
+    ``targets`` their target volumes."""
     arms = [a for a in arms if a.source != "baseline" and not (a.source == "oracle" and vc.slices.truth_mask is None)]
     if not arms:
         return {}
-    n, s, models, vs = int(cfg.sampling.num_generations), len(vc.slices.indices), vc.models, vc.slices
-    per_arm = [vc.truth_targets(n) if a.source == "oracle" else vc.slice_targets(str(cfg.guidance.target), n)
-               for a in arms]  # [S, n] mm^2 each
+    gen = _gen_index(vc)
+    n, s, models, vs = int(cfg.sampling.num_generations), len(gen), vc.models, vc.slices
+    full = [vc.truth_targets(n) if a.source == "oracle" else vc.slice_targets(str(cfg.guidance.target), n)
+            for a in arms]  # [S_all, n] mm^2 each
+    per_arm = [t[gen] for t in full]  # [S, n]: the generated slices
     scales = torch.cat([torch.full((s * n,), a.scale if a.source != "unguided" else 0.0) for a in arms])
     dt = autocast_dtype(str(cfg.trainer.precision), device)
     guidance = area_guidance(cfg, vc, torch.cat([t.reshape(-1) for t in per_arm]), scales, dt, device)
@@ -294,17 +338,24 @@ def volume_generate(cfg: DictConfig, vc: VolumeCase, arms: list[Arm], device: to
     sp = cfg.sampling
     rows = len(arms) * s * n  # row = (arm a, slice k, generation g), g fastest
     pm = probability_map(
-        models.denoiser, models.schedule, vs.images.to(device),
+        models.denoiser, models.schedule, vs.images[gen].to(device),
         segmenter_from_logits(models.segmenter, autocast_dtype=dt), num_generations=rows, **sampler_kwargs(sp),
         callbacks=[guidance] if spatial is None else [guidance, spatial], y=models.class_label,
         pixel_area=vs.pixel_area, autocast_dtype=dt,
         noise_seeds=[key_seed(int(cfg.seed), vc.plan.subject, g) for _ in arms for _ in range(s) for g in range(n)],
-        keep_mask=vc.keep.to(device) if sp.preserve_anatomy else None,
+        keep_mask=vc.keep[gen].to(device) if sp.preserve_anatomy else None,
         groups=torch.arange(len(arms) * s).repeat_interleave(n),
         prior_index=torch.arange(s).repeat_interleave(n).repeat(len(arms)))
     vols = pm.areas.double().cpu().reshape(len(arms), s, n).sum(1) * vs.spacing[0]
-    return {a: MethodResult(pm.frequency[i * s:(i + 1) * s], pm.mean[i * s:(i + 1) * s], pm.std[i * s:(i + 1) * s],
-                            vols[i], per_arm[i].sum(0) * vs.spacing[0]) for i, a in enumerate(arms)}
+    out = {}
+    for i, a in enumerate(arms):
+        fill, rows_i = _fill(vc, a), slice(i * s, (i + 1) * s)
+        filled_volume = float(fill.sum()) * vs.voxel_volume
+        prob = fill.to(pm.frequency.device, copy=True)
+        mean, std = vs.images.to(pm.mean, copy=True), torch.zeros_like(vs.images).to(pm.std)
+        prob[gen], mean[gen], std[gen] = pm.frequency[rows_i], pm.mean[rows_i], pm.std[rows_i]
+        out[a] = MethodResult(prob, mean, std, vols[i] + filled_volume, full[i].sum(0) * vs.spacing[0])
+    return out
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -373,7 +424,9 @@ def _info(cfg: DictConfig, vc: VolumeCase, results: dict[Arm, MethodResult], fit
         "subject": plan.subject, "prior_timepoint": plan.prior.timepoint,
         "target_timepoint": plan.target.timepoint if plan.target is not None else None,
         "prior_day": float(plan.prior.day), "target_day": plan.target_days[0], "slice_index": int(plan.slice_index),
-        "volume": True, "slices": [int(k) for k in vs.indices], "contrasts": list(vc.models.contrasts),
+        "volume": True, "slices": [vs.indices[int(i)] for i in _gen_index(vc)],
+        "filled_slices": [] if vc.generated is None else [k for k, g in zip(vs.indices, vc.generated.tolist()) if not g],
+        "contrasts": list(vc.models.contrasts),
         "volume_forecast_mm3": tg.band(0), "prior_volume_mm3": vc.prior_volume, "true_volume_mm3": vc.true_size,
         "target_volume_mm3": float(tg.median[0]), "volume_distribution": str(cfg.volume_distribution),
         "slice_share": [float(v) for v in vc.share], "change_zone_mm": vc.zone_mm,
@@ -434,6 +487,7 @@ def predict_volume(cfg: DictConfig, models: Models, dm: LongitudinalDataModule, 
     results = volume_generate(cfg, vc, arms, device)
     clock.lap("generate")
     results.update(run_baselines(vc, arms))
+    results = connected_maps(cfg, vc, results)
     clock.lap("baselines")
     rows = volume_rows(cfg, vc, results)
     clock.lap("evaluate")
