@@ -234,6 +234,21 @@ def test_bootstrap_targets_use_replicate_g_mod_b():
     assert tg.per_generation("median", 10.0, 0, 2).tolist() == [20.0, 20.0]
 
 
+def test_quantile_targets_are_stratified_over_the_replicates():
+    from tgrowth.predict.targets import Targets
+
+    # B = 5 replicates in shuffled order, one of them a heavy tail (x100): the first 4 replicates would put it in
+    # generation 1 of 4, the quantiles put the tail only into the last generation's interpolation
+    ratios = torch.tensor([[2.0], [100.0], [1.0], [3.0], [4.0]], dtype=torch.float64)
+    tg = Targets(forecast=None, median=torch.tensor([30.0], dtype=torch.float64), ratios=ratios)
+    assert tg.per_generation("bootstrap", 10.0, 0, 4).tolist() == [20.0, 1000.0, 10.0, 30.0]
+    # sorted 1, 2, 3, 4, 100; quantile q at position q * 4: 0.5 -> 1.5, 1.5 -> 2.5, 2.5 -> 3.5, 3.5 -> 52
+    assert tg.per_generation("quantiles", 10.0, 0, 4).tolist() == pytest.approx([15.0, 25.0, 35.0, 520.0])
+    assert tg.per_generation("quantiles", 10.0, 0, 1).tolist() == pytest.approx([30.0])  # N = 1: the median
+    with pytest.raises(Exception, match="guidance.target"):
+        tg.per_generation("mean", 10.0, 0, 2)
+
+
 def _timeline_days(root, subject, days):
     import csv
 

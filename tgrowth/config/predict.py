@@ -31,7 +31,7 @@ METHODS = {
           "the ODE target area: its densest pixels, inside the brain (no images)",
 }
 GUIDANCE_FORMS = ("authors", "loss", "x0", "x0_detached", "segmenter")
-GUIDANCE_TARGETS = ("median", "bootstrap")
+GUIDANCE_TARGETS = ("median", "bootstrap", "quantiles")
 ENCODE_MODES = ("noise", "invert")
 ZONES = ("isotropic", "fk")
 CLIP_STAGES = ("step", "denoiser")  # tgrowth.diffusion.sampler.CLIP_STAGES
@@ -83,9 +83,11 @@ class GuidanceConfig:
     scale: float = doc(5.0e4, "Guidance scale in the authors' units: tumour area as a FRACTION of the slice "
                        "(0..1), whatever the regressor's output scaling (its model file says how to convert). "
                        "The authors use 5e4 to 2e5 at 256x256; the demo chooses its own on validation subjects.")
-    target: str = doc("median", "Per-generation targets: median (ODE median for all N) or bootstrap "
+    target: str = doc("median", "Per-generation targets: median (ODE median for all N), bootstrap "
                       "(generation n uses bootstrap replicate n mod B of the ODE fit, so the ODE uncertainty reaches "
-                      "the map; no resampling with replacement).")
+                      "the map; no resampling with replacement) or quantiles (generation n of N uses the (n + 0.5) / N "
+                      "quantile of the replicates: the same uncertainty, stratified, so N generations cannot all "
+                      "land in one tail by chance).")
     form: str = doc("authors", "Guidance term: authors (regressor on x_t: (target - pred) * grad pred), loss (grad of "
                     "0.5 (target-pred)^2), x0 (regressor on the denoiser's x0 prediction, differentiated through the "
                     "denoiser), x0_detached (the same with eps held fixed: no denoiser backward pass) or segmenter (the "

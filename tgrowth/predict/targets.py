@@ -2,8 +2,10 @@
 forecast at the target day(s) turned into guidance targets (mm^2 on the slice).
 
 Per bootstrap replicate b the relative change is ``r_b = size_b(target) / size_b(prior)``; the target is
-``prior area x median(r)`` (``guidance.target=median``) or, for generation g, ``prior area x r_(g mod B)``
-(``bootstrap``: the ODE's uncertainty reaches the map). A prior slice without tumour uses the forecast sizes.
+``prior area x median(r)`` (``guidance.target=median``) or, for generation g of N, ``prior area x r_(g mod B)``
+(``bootstrap``: the ODE's uncertainty reaches the map) or ``prior area x`` the ``(g + 0.5) / N`` quantile of r
+(``quantiles``: the same uncertainty, stratified: a heavy-tailed forecast puts its tail in the tail generations
+instead of in whichever replicates come first). A prior slice without tumour uses the forecast sizes.
 
 Where a run uses it (:func:`uses_fk`: the ``fk`` method, ``sampling.zone=fk`` or ``guidance.spatial_weight > 0``),
 :func:`fk_prior` computes the subject's patient Fisher-Kolmogorov forecast once (:class:`FKPrior`): tissue from
@@ -46,9 +48,15 @@ class Targets:
     ratios: torch.Tensor | None
 
     def per_generation(self, mode: str, prior_area: float, day: int, n: int) -> torch.Tensor:
-        """``[n]`` targets (mm^2): the median for all (``median``), or generation g <- replicate g mod B."""
+        """``[n]`` targets (mm^2): the median for all (``median``), generation g <- replicate g mod B
+        (``bootstrap``) or the ``(g + 0.5) / n`` quantile of the replicates (``quantiles``, linear interpolation)."""
         if mode == "median" or self.ratios is None:
             return self.median[day].expand(n).clone()
+        if mode == "quantiles":
+            q = (torch.arange(n, dtype=self.ratios.dtype) + 0.5) / n
+            return prior_area * torch.quantile(self.ratios[:, day], q)
+        if mode != "bootstrap":
+            raise TgrowthError(f"guidance.target must be one of median, bootstrap, quantiles (got {mode!r})")
         return prior_area * self.ratios[torch.arange(n) % self.ratios.shape[0], day]
 
     def band(self, day: int) -> dict[str, float]:
