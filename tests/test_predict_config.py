@@ -18,7 +18,7 @@ BASE = ["data.root=/nowhere", "checkpoints.denoiser=a", "checkpoints.regressor=b
     ("guidance.scale=inf", "config key 'guidance.scale' must be a finite number >= 0, got inf"),
     ("guidance.scale=-1", "config key 'guidance.scale' must be a finite number >= 0, got -1.0"),
     ("guidance.form=squared", "config key 'guidance.form' must be one of authors, loss, x0, x0_detached, segmenter, got 'squared'"),
-    ("guidance.target=mean", "config key 'guidance.target' must be one of median, bootstrap, got 'mean'"),
+    ("guidance.target=mean", "config key 'guidance.target' must be one of median, bootstrap, quantiles, got 'mean'"),
     ("sampling.threshold=1.5", "config key 'sampling.threshold' must be strictly between 0 and 1, got 1.5"),
     ("sampling.threshold=0", "config key 'sampling.threshold' must be strictly between 0 and 1, got 0.0"),
     ("sampling.eta=-0.1", "config key 'sampling.eta' must be a finite number >= 0, got -0.1"),
