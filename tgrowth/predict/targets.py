@@ -23,6 +23,7 @@ import torch
 from omegaconf import DictConfig
 
 from data_modules.volumes import tumour_mask
+from tgrowth.config.predict import GUIDANCE_TARGETS
 from tgrowth.errors import DataError, TgrowthError
 from tgrowth.growth import Calibration, calibrate, estimate_tissue, fk_mask, forecast_density, initial_density
 from tgrowth.growth.geometry import change_zone, distance_to, radial_growth_mm
@@ -56,7 +57,7 @@ class Targets:
             q = (torch.arange(n, dtype=self.ratios.dtype) + 0.5) / n
             return prior_area * torch.quantile(self.ratios[:, day], q)
         if mode != "bootstrap":
-            raise TgrowthError(f"guidance.target must be one of median, bootstrap, quantiles (got {mode!r})")
+            raise TgrowthError(f"guidance.target must be one of {', '.join(GUIDANCE_TARGETS)} (got {mode!r})")
         return prior_area * self.ratios[torch.arange(n) % self.ratios.shape[0], day]
 
     def band(self, day: int) -> dict[str, float]:
