@@ -45,6 +45,8 @@ BASE = ["data.root=/nowhere", "checkpoints.denoiser=a", "checkpoints.regressor=b
     ("guidance.spatial_tolerance=1", "config key 'guidance.spatial_tolerance' must be in [0, 1), got 1.0"),
     ("guidance.spatial_schedule=late", "config key 'guidance.spatial_schedule' must be one of constant, "
                                        "sqrt_one_minus_abar, one_minus_abar, abar, got 'late'"),
+    ("guidance.spatial_target=own", "config key 'guidance.spatial_target' must be one of median, generation, got 'own'"),
+    ("guidance.spatial_target=generation", "config key 'guidance.spatial_target' other than median needs volume: true"),
     ("checkpoints.regressor=null", "config key 'checkpoints.regressor' is needed by guidance.form=authors (only "
                                    "form=segmenter works without one), got None"),
 ])

@@ -304,3 +304,57 @@ def test_map_connected_applies_to_every_method():
         assert torch.equal(on[a].areas, r.areas)  # the generations' own sizes are not the map's
     off = connected_maps(OmegaConf.create({"sampling": {"map_connected": False}}), case, {arms[0]: r})
     assert off[arms[0]] is r
+
+
+def test_spatial_target_generation_steers_each_generation_toward_its_own_size(cohort, tmp_path, monkeypatch):
+    """guidance.spatial_target=generation (quantile targets, N = 2, 2 FK-filled slices each side): the spatial
+    term has one map per (slice, generation) row; generation g's maps over the generated and the filled slices
+    hold exactly its size target (the area guidance's per-slice targets summed over the stack, to a voxel), the
+    per-slice area targets are those maps' areas, the smaller quantile asks for less, the filled slices carry
+    the generations' frequency, and the predicted volume is the generations' mean over the whole stack."""
+    import tgrowth.predict.volume as V
+    from tgrowth.diffusion.guidance import SpatialGuidance
+
+    calls, maps_out = [], []
+    real_pm = V.probability_map
+
+    def spy_pm(*args, **kw):
+        calls.append(kw)
+        maps_out.append(real_pm(*args, **kw))
+        return maps_out[-1]
+
+    monkeypatch.setattr(V, "probability_map", spy_pm)
+    area_targets = []
+    real_area = V.area_guidance
+
+    def spy_area(cfg, vc, targets, *rest):
+        area_targets.append(targets.clone())
+        return real_area(cfg, vc, targets, *rest)
+
+    monkeypatch.setattr(V, "area_guidance", spy_area)
+    out = tmp_path / "gen"
+    assert predict(cohort, out, "methods=[tgrowth,fk]", "volume_margin_slices=0", "volume_fill_slices=2",
+                   "sampling.num_generations=2", "guidance.target=quantiles", "guidance.spatial_weight=2e4",
+                   "guidance.spatial_target=generation", "method_maps=true", "plots=false") == 0
+    (spatial,) = [c for c in calls[0]["callbacks"] if isinstance(c, SpatialGuidance)]
+    s, n = 6, 2  # generated slices 3..8, two generations
+    assert spatial.target.shape == (s * n, 32, 32) and spatial.groups.tolist() == list(range(s * n))
+    gen_masks = spatial.target.reshape(s, n, 32, 32).bool()  # row = (slice, generation), generation fastest
+    tgt = area_targets[0].reshape(s, n)  # mm^2 per (slice, generation) at 1 mm: the slice's share of the volume
+    maps = {m: np.asarray(nib.load(str(out / "SUB02" / "methods" / f"{m}.nii.gz")).get_fdata()) for m in ("tgrowth", "fk")}
+    fill = [1, 2, 9, 10]
+    filled_tg = maps["tgrowth"][:, :, fill]
+    assert set(np.unique(filled_tg)) <= {0.0, 0.5, 1.0} and (filled_tg == 0.5).any()  # two masks of two sizes
+    per_slice = gen_masks.flatten(2).sum(2).double()  # [S, n] pixels (1 mm^2 each) on the generated slices
+    assert float(per_slice[:, 0].sum()) < float(per_slice[:, 1].sum())  # quantiles 0.25 < 0.75
+    # the per-slice area targets are the slice's share of generation g's own mask times its target volume, which
+    # the mask (generated + filled slices) holds to half a voxel
+    assert torch.allclose(tgt, per_slice, atol=0.5 * per_slice.max().item() / per_slice.sum(0).min().item() + 1e-6)
+    assert not torch.equal(per_slice[:, 0], per_slice[:, 1])
+    rows = read_csv(out / "metrics.csv")
+    areas = maps_out[0].areas.double().reshape(s, n)  # tgrowth's generations on the generated slices
+    want = float(areas.sum(0).mean()) + float(filled_tg.sum())  # + the generations' mean filled volume
+    assert float(rows["tgrowth"]["pred_volume_mm3"]) == pytest.approx(want)
+    assert float(rows["tgrowth"]["target_volume_mm3"]) == pytest.approx(float(rows["fk"]["target_volume_mm3"]))
+    assert not np.array_equal(filled_tg, maps["fk"][:, :, fill])  # the fk method keeps the median's mask
+

@@ -32,6 +32,7 @@ METHODS = {
 }
 GUIDANCE_FORMS = ("authors", "loss", "x0", "x0_detached", "segmenter")
 GUIDANCE_TARGETS = ("median", "bootstrap", "quantiles")
+SPATIAL_TARGETS = ("median", "generation")
 ENCODE_MODES = ("noise", "invert")
 ZONES = ("isotropic", "fk")
 CLIP_STAGES = ("step", "denoiser")  # tgrowth.diffusion.sampler.CLIP_STAGES
@@ -106,6 +107,11 @@ class GuidanceConfig:
     spatial_tolerance: float = doc(0.0, "Spatial guidance: per-pixel errors |s - m| up to this are not pushed "
                                    "(the loss is 0.5 relu(|s - m| - tolerance)^2; 0: the squared error). Just under "
                                    "0.5 pushes only the pixels the segmenter puts on the wrong side of the FK mask.")
+    spatial_target: str = doc("median", "3D spatial guidance: the FK mask each generation is steered toward: median "
+                              "(the fk method's mask at the ODE's median target, every generation) or generation "
+                              "(the FK mask at generation g's own size target of guidance.target, so the area and "
+                              "the spatial guidance ask for the same tumour; the slice targets and the FK-filled "
+                              "slices then follow each generation's mask too). volume: true only.")
     spatial_schedule: str = doc("constant", "Spatial guidance: the weight times f(t, abar_t), one of "
                                 "tgrowth.diffusion.guidance.SCALE_SCHEDULES (one_minus_abar: strong at high noise, "
                                 "vanishing as the image gets clean).")
@@ -341,6 +347,11 @@ def predict_config_problems(cfg: DictConfig) -> list[str]:
         bad("guidance.spatial_weight", "must be a finite number >= 0", g.spatial_weight)
     if not _finite(g.spatial_tolerance) or not 0 <= float(g.spatial_tolerance) < 1:
         bad("guidance.spatial_tolerance", "must be in [0, 1)", g.spatial_tolerance)
+    if str(g.spatial_target) not in SPATIAL_TARGETS:
+        bad("guidance.spatial_target", f"must be one of {', '.join(SPATIAL_TARGETS)}", g.spatial_target)
+    elif str(g.spatial_target) != "median" and not cfg.volume:
+        bad("guidance.spatial_target", "other than median needs volume: true (a 3D option; in 2D the mask is the "
+            "median's)", g.spatial_target)
     if str(g.spatial_schedule) not in SCALE_SCHEDULES:
         bad("guidance.spatial_schedule", f"must be one of {', '.join(SCALE_SCHEDULES)}", g.spatial_schedule)
     methods = [str(m) for m in cfg.methods]

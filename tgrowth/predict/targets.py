@@ -131,12 +131,18 @@ def target_key(day_index: int) -> str:
     return f"target{day_index}"
 
 
+def generation_key(g: int) -> str:
+    """The :class:`FKPrior` row of generation ``g``'s own size target (``guidance.spatial_target=generation``)."""
+    return f"generation{g}"
+
+
 @dataclass
 class FKPrior:
     """One subject's patient Fisher-Kolmogorov forecast on its predicted slice (or window), computed once.
 
     ``sizes``: row name -> the size (mm^2) the forecast was run to: ``target<j>`` the ODE target of day j
-    (:func:`target_key`), ``zone`` the change zone's upper band (:func:`zone_upper`), ``truth`` the true follow-up
+    (:func:`target_key`), ``generation<g>`` generation g's size target (:func:`generation_key`), ``zone`` the
+    change zone's upper band (:func:`zone_upper`), ``truth`` the true follow-up
     area (for ``oracle-area`` with spatial guidance). ``density [K, H, W]``: the forecast density per row;
     ``masks [K, H, W]`` bool: exactly ``round(size / pixel area)`` pixels each, inside ``brain``: the densest
     pixels (:func:`~tgrowth.growth.fk_mask`); where the size exceeds every pixel the density reaches (CSF, the

@@ -57,7 +57,8 @@ from tgrowth.predict.models import Models, autocast_dtype
 from tgrowth.predict.outputs import method_map_files
 from tgrowth.predict.plan import Plan
 from tgrowth.predict.state import Stopwatch
-from tgrowth.predict.targets import FKPrior, Targets, brain_of, fk_forecast, subject_targets, target_key
+from tgrowth.predict.targets import (FKPrior, Targets, brain_of, fk_forecast, generation_key, subject_targets,
+                                     target_key)
 from tgrowth.probability import probability_map, segmenter_from_logits
 
 __all__ = ["VolumeSlices", "VolumeCase", "load_volume_slices", "volume_case", "volume_generate",
@@ -200,14 +201,31 @@ class VolumeCase(Forecastable):
     true_size = property(lambda self: self.slices.true_volume)
 
     def slice_targets(self, mode: str, n: int) -> torch.Tensor:
-        """``[S, n]`` per-slice guidance targets (mm^2): generation g's volume x the slice's share / thickness."""
+        """``[S, n]`` per-slice guidance targets (mm^2): generation g's volume x the slice's share / thickness;
+        with per-generation FK masks (``guidance.spatial_target=generation``) the share is generation g's mask's."""
         vols = self.targets.per_generation(mode, self.prior_volume, 0, n)
-        return self.share[:, None].double() * vols[None] / self.slices.spacing[0]
+        share = self.share[:, None] if self.generation_masks is None else _shares(self.generation_masks)
+        return share.double() * vols[None] / self.slices.spacing[0]
+
+    @property
+    def generation_masks(self) -> torch.Tensor | None:
+        """``[S, n, H, W]`` bool: the FK mask at each generation's own size target (None unless the FK prior has
+        them: ``guidance.spatial_target=generation``)."""
+        if self.fk is None or generation_key(0) not in self.fk.sizes:
+            return None
+        keys = [k for k in self.fk.sizes if k.startswith("generation")]
+        return torch.stack([self.fk.mask_of(generation_key(g)) for g in range(len(keys))], 1)
 
     def truth_targets(self, n: int) -> torch.Tensor:
         """``[S, n]`` the real follow-up's slice areas (the oracle's targets)."""
         areas = self.slices.truth_mask.flatten(1).sum(1).double() * self.slices.pixel_area
         return areas[:, None].expand(-1, n).clone()
+
+
+def _shares(masks: torch.Tensor) -> torch.Tensor:
+    """``[S, n]`` each slice's part of each generation's mask ``masks [S, n, H, W]``."""
+    per = masks.flatten(2).sum(2).double()
+    return per / per.sum(0, keepdim=True).clamp_min(1.0)
 
 
 def _uses_fk(cfg: DictConfig, arms: list[Arm]) -> bool:
@@ -223,6 +241,10 @@ def _zone_upper(targets: Targets, prior_volume: float) -> float:
 def _fk_sizes(cfg: DictConfig, targets: Targets, prior_volume: float, true_volume: float | None,
               arms: list[Arm]) -> dict[str, float]:
     sizes = {target_key(0): float(targets.median[0])}
+    g = cfg.guidance
+    if str(g.spatial_target) == "generation" and float(g.spatial_weight) > 0 and any(a.source == "ode" for a in arms):
+        vols = targets.per_generation(str(g.target), prior_volume, 0, int(cfg.sampling.num_generations))
+        sizes.update({generation_key(i): float(v) for i, v in enumerate(vols)})
     if str(cfg.sampling.zone) == "fk":
         sizes["zone"] = _zone_upper(targets, prior_volume)
     oracle_map = float(cfg.guidance.spatial_weight) > 0 or int(cfg.volume_fill_slices) > 0
@@ -291,10 +313,18 @@ def _spatial(cfg: DictConfig, vc: VolumeCase, arms: list[Arm], n: int, dt: torch
     if w == 0 or vc.fk is None:
         return None
     gen = _gen_index(vc)
-    maps = torch.cat([vc.fk.mask_of("truth" if a.source == "oracle" else target_key(0))[gen] for a in arms])
     s = len(gen)
     weights = torch.cat([torch.full((s * n,), 0.0 if a.source == "unguided" else w) for a in arms])
-    return spatial_callback(cfg, vc.models, maps, weights, torch.arange(len(arms) * s).repeat_interleave(n), dt, device)
+    per_gen = vc.generation_masks
+    if per_gen is None:  # one map per (arm, slice)
+        maps = torch.cat([vc.fk.mask_of("truth" if a.source == "oracle" else target_key(0))[gen] for a in arms])
+        return spatial_callback(cfg, vc.models, maps, weights, torch.arange(len(arms) * s).repeat_interleave(n), dt,
+                                device)
+    # one map per row (arm, slice, generation): the ODE arm's generation g toward its own size's mask
+    maps = torch.cat([per_gen[gen].flatten(0, 1) if a.source == "ode" else
+                      vc.fk.mask_of("truth" if a.source == "oracle" else target_key(0))[gen].repeat_interleave(n, 0)
+                      for a in arms])
+    return spatial_callback(cfg, vc.models, maps, weights, torch.arange(len(arms) * s * n), dt, device)
 
 
 def _gen_index(vc: VolumeCase) -> torch.Tensor:
@@ -303,19 +333,26 @@ def _gen_index(vc: VolumeCase) -> torch.Tensor:
     return torch.arange(s) if vc.generated is None else vc.generated.nonzero().flatten()
 
 
-def _fill(vc: VolumeCase, arm: Arm) -> torch.Tensor:
-    """``[S, H, W]`` an arm's forecast on the FK-filled slices (0 on the generated ones): the fk method's mask at
-    the arm's target volume (the true one for the oracle; none for unguided)."""
+def _fill(vc: VolumeCase, arm: Arm, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """An arm's forecast on the FK-filled slices: ``[S, H, W]`` (0 on the generated ones) and the ``[n]``
+    generations' volumes there (mm^3). The fk method's mask at the arm's target volume (the true one for the
+    oracle; none for unguided); with per-generation masks (``guidance.spatial_target=generation``) the ODE arm's
+    generation g takes its own size's mask, and the map their frequency, as on a generated slice."""
     vs = vc.slices
     out = torch.zeros_like(vs.prior_mask, dtype=torch.float32)
+    none = torch.zeros(n, dtype=torch.float64)
     if vc.generated is None or vc.fk is None or arm.source == "unguided":
-        return out
+        return out, none
+    filled = ~vc.generated
+    per_gen = vc.generation_masks
+    if arm.source == "ode" and per_gen is not None:
+        out[filled] = per_gen[filled].float().mean(1)
+        return out, per_gen[filled].transpose(0, 1).flatten(1).sum(1).double() * vs.voxel_volume
     key = "truth" if arm.source == "oracle" else target_key(0)
     if key not in vc.fk.sizes:
-        return out
-    filled = ~vc.generated
+        return out, none
     out[filled] = vc.fk.mask_of(key)[filled].float()
-    return out
+    return out, none + float(out.sum()) * vs.voxel_volume
 
 
 def volume_generate(cfg: DictConfig, vc: VolumeCase, arms: list[Arm], device: torch.device) -> dict[Arm, MethodResult]:
@@ -349,8 +386,7 @@ def volume_generate(cfg: DictConfig, vc: VolumeCase, arms: list[Arm], device: to
     vols = pm.areas.double().cpu().reshape(len(arms), s, n).sum(1) * vs.spacing[0]
     out = {}
     for i, a in enumerate(arms):
-        fill, rows_i = _fill(vc, a), slice(i * s, (i + 1) * s)
-        filled_volume = float(fill.sum()) * vs.voxel_volume
+        (fill, filled_volume), rows_i = _fill(vc, a, n), slice(i * s, (i + 1) * s)
         prob = fill.to(pm.frequency.device, copy=True)
         mean, std = vs.images.to(pm.mean, copy=True), torch.zeros_like(vs.images).to(pm.std)
         prob[gen], mean[gen], std[gen] = pm.frequency[rows_i], pm.mean[rows_i], pm.std[rows_i]
