@@ -58,17 +58,20 @@ def test_the_cpu_predict_configs_load_clean_and_differ_only_as_documented():
 
 def test_the_cpu_volume_config_is_the_fk_one_in_3d():
     """predict_cpu_volume.yaml passes the predict checks (keep_prior_holes off: refused in 3D) and differs from
-    predict_cpu_fk.yaml only in the 3D keys, N, the volume ODE's model, the connected maps and the stratified
-    targets (chosen on the validation subjects in 3D): the spatial tolerance and the FK zone are the 2D preset's."""
+    predict_cpu_fk.yaml only in the 3D keys, N, the volume ODE's model, the connected maps, the stratified
+    targets and the per-generation spatial target (chosen on the validation subjects in 3D): the spatial
+    tolerance and the FK zone are the 2D preset's."""
     vol, fk = (load_config(PredictConfig, [str(REPO / "experiments" / f"{n}.yaml")], NEEDED)
                for n in ("predict_cpu_volume", "predict_cpu_fk"))
     assert predict_config_problems(vol) == []
-    assert vol.volume and vol.volume_margin_slices == 1 and vol.volume_distribution == "fk"
+    assert vol.volume and vol.volume_margin_slices == 0 and vol.volume_distribution == "fk"
     assert not vol.sampling.keep_prior_holes and vol.sampling.num_generations == 4
     assert vol.guidance.spatial_tolerance == 0.45 and vol.sampling.zone == "fk"
-    assert vol.volume_fill_slices == 2 and vol.sampling.map_connected and vol.ode.model == "linear_radial_rt"
+    assert vol.volume_fill_slices == 3 and vol.sampling.map_connected and vol.ode.model == "linear_radial_rt"
     assert vol.guidance.target == "quantiles" and fk.guidance.target == "bootstrap"
-    vol.guidance.target = fk.guidance.target
+    assert vol.guidance.spatial_target == "generation" and fk.guidance.spatial_target == "median"
+    vol.guidance.target, vol.guidance.spatial_target = fk.guidance.target, fk.guidance.spatial_target
+    vol.volume_margin_slices = fk.volume_margin_slices
     vol.volume, vol.sampling.keep_prior_holes, vol.experiment = False, True, fk.experiment
     vol.sampling.num_generations = fk.sampling.num_generations
     vol.volume_fill_slices, vol.sampling.map_connected, vol.ode.model = 0, False, fk.ode.model
