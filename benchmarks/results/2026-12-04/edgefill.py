@@ -39,4 +39,4 @@ for sd in sorted(Path(a.run).glob("*/methods")):
     res.setdefault("tgrowth", []).append((subj, _hd95_3d(tg >= 0.5, truth, sp), 0))
     res.setdefault("fk", []).append((subj, _hd95_3d(fk >= 0.5, truth, sp), 0))
 for k, v in res.items():
-    print(k, f"mean hd95 {np.mean([x[1] for x in v]):.3f} n={len(v)}", " ".join(f"{s[-2:]}:{h:.2f}" for s, h, _ in v))
+    print(k, f"mean hd95 {np.mean([x[1] for x in v]):.3f} median {np.median([x[1] for x in v]):.3f} dice {np.mean([x[2] for x in v]):.3f} n={len(v)}", " ".join(f"{s[-2:]}:{h:.2f}" for s, h, _ in v))
