@@ -95,15 +95,18 @@ def predict_overrides(data_root: Path, models: dict[str, str], out: Path, *extra
     ]
 
 
-def record_calls(monkeypatch, module, name: str = "probability_map") -> list[dict]:
-    """Wrap ``module.name`` so that every call's keyword arguments are appended to the returned list; the real
-    function still runs."""
+def record_calls(monkeypatch, module, name: str = "probability_map", results: list | None = None) -> list[dict]:
+    """Wrap ``module.name`` so that every call's keyword arguments are appended to the returned list (and, with
+    ``results``, every return value to that list); the real function still runs."""
     calls: list[dict] = []
     real = getattr(module, name)
 
     def spy(*args, **kw):
         calls.append(kw)
-        return real(*args, **kw)
+        out = real(*args, **kw)
+        if results is not None:
+            results.append(out)
+        return out
 
     monkeypatch.setattr(module, name, spy)
     return calls

@@ -240,15 +240,8 @@ def test_fk_filled_slices_beyond_the_generated_ones(cohort, tmp_path, monkeypatc
     import tgrowth.predict.volume as V
 
     root, _ = cohort
-    calls, maps_out = [], []
-    real = V.probability_map
-
-    def spy(*args, **kw):
-        calls.append(kw)
-        maps_out.append(real(*args, **kw))
-        return maps_out[-1]
-
-    monkeypatch.setattr(V, "probability_map", spy)
+    maps_out = []
+    calls = record_calls(monkeypatch, V, results=maps_out)
     out = tmp_path / "fill"
     assert predict(cohort, out, "methods=[tgrowth,unguided,no-change,fk]", "volume_margin_slices=0",
                    "volume_fill_slices=2", "sampling.map_connected=true", "method_maps=true", "plots=false",
@@ -315,15 +308,8 @@ def test_spatial_target_generation_steers_each_generation_toward_its_own_size(co
     import tgrowth.predict.volume as V
     from tgrowth.diffusion.guidance import SpatialGuidance
 
-    calls, maps_out = [], []
-    real_pm = V.probability_map
-
-    def spy_pm(*args, **kw):
-        calls.append(kw)
-        maps_out.append(real_pm(*args, **kw))
-        return maps_out[-1]
-
-    monkeypatch.setattr(V, "probability_map", spy_pm)
+    maps_out = []
+    calls = record_calls(monkeypatch, V, results=maps_out)
     area_targets = []
     real_area = V.area_guidance
 
@@ -357,4 +343,3 @@ def test_spatial_target_generation_steers_each_generation_toward_its_own_size(co
     assert float(rows["tgrowth"]["pred_volume_mm3"]) == pytest.approx(want)
     assert float(rows["tgrowth"]["target_volume_mm3"]) == pytest.approx(float(rows["fk"]["target_volume_mm3"]))
     assert not np.array_equal(filled_tg, maps["fk"][:, :, fill])  # the fk method keeps the median's mask
-

@@ -34,6 +34,7 @@ tumour (:func:`~tgrowth.predict.methods.connected_maps`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -204,17 +205,18 @@ class VolumeCase(Forecastable):
         """``[S, n]`` per-slice guidance targets (mm^2): generation g's volume x the slice's share / thickness;
         with per-generation FK masks (``guidance.spatial_target=generation``) the share is generation g's mask's."""
         vols = self.targets.per_generation(mode, self.prior_volume, 0, n)
-        share = self.share[:, None] if self.generation_masks is None else _shares(self.generation_masks)
+        masks = self.generation_masks
+        share = self.share[:, None] if masks is None else _shares(masks)
         return share.double() * vols[None] / self.slices.spacing[0]
 
-    @property
+    @cached_property
     def generation_masks(self) -> torch.Tensor | None:
         """``[S, n, H, W]`` bool: the FK mask at each generation's own size target (None unless the FK prior has
-        them: ``guidance.spatial_target=generation``)."""
-        if self.fk is None or generation_key(0) not in self.fk.sizes:
-            return None
-        keys = [k for k in self.fk.sizes if k.startswith("generation")]
-        return torch.stack([self.fk.mask_of(generation_key(g)) for g in range(len(keys))], 1)
+        them: ``guidance.spatial_target=generation``); stacked once per subject."""
+        n = 0
+        while self.fk is not None and generation_key(n) in self.fk.sizes:
+            n += 1
+        return torch.stack([self.fk.mask_of(generation_key(g)) for g in range(n)], 1) if n else None
 
     def truth_targets(self, n: int) -> torch.Tensor:
         """``[S, n]`` the real follow-up's slice areas (the oracle's targets)."""
@@ -317,14 +319,19 @@ def _spatial(cfg: DictConfig, vc: VolumeCase, arms: list[Arm], n: int, dt: torch
     weights = torch.cat([torch.full((s * n,), 0.0 if a.source == "unguided" else w) for a in arms])
     per_gen = vc.generation_masks
     if per_gen is None:  # one map per (arm, slice)
-        maps = torch.cat([vc.fk.mask_of("truth" if a.source == "oracle" else target_key(0))[gen] for a in arms])
+        maps = torch.cat([vc.fk.mask_of(_arm_key(a))[gen] for a in arms])
         return spatial_callback(cfg, vc.models, maps, weights, torch.arange(len(arms) * s).repeat_interleave(n), dt,
                                 device)
     # one map per row (arm, slice, generation): the ODE arm's generation g toward its own size's mask
     maps = torch.cat([per_gen[gen].flatten(0, 1) if a.source == "ode" else
-                      vc.fk.mask_of("truth" if a.source == "oracle" else target_key(0))[gen].repeat_interleave(n, 0)
-                      for a in arms])
+                      vc.fk.mask_of(_arm_key(a))[gen].repeat_interleave(n, 0) for a in arms])
     return spatial_callback(cfg, vc.models, maps, weights, torch.arange(len(arms) * s * n), dt, device)
+
+
+def _arm_key(arm: Arm) -> str:
+    """The FK prior row an arm's spatial map and filled slices take: the true size for the oracle, else the
+    ODE's median target."""
+    return "truth" if arm.source == "oracle" else target_key(0)
 
 
 def _gen_index(vc: VolumeCase) -> torch.Tensor:
@@ -348,7 +355,7 @@ def _fill(vc: VolumeCase, arm: Arm, n: int) -> tuple[torch.Tensor, torch.Tensor]
     if arm.source == "ode" and per_gen is not None:
         out[filled] = per_gen[filled].float().mean(1)
         return out, per_gen[filled].transpose(0, 1).flatten(1).sum(1).double() * vs.voxel_volume
-    key = "truth" if arm.source == "oracle" else target_key(0)
+    key = _arm_key(arm)
     if key not in vc.fk.sizes:
         return out, none
     out[filled] = vc.fk.mask_of(key)[filled].float()
