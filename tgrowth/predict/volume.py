@@ -58,8 +58,15 @@ from tgrowth.predict.models import Models, autocast_dtype
 from tgrowth.predict.outputs import method_map_files
 from tgrowth.predict.plan import Plan
 from tgrowth.predict.state import Stopwatch
-from tgrowth.predict.targets import (FKPrior, Targets, brain_of, fk_forecast, generation_key, subject_targets,
-                                     target_key)
+from tgrowth.predict.targets import (
+    FKPrior,
+    Targets,
+    brain_of,
+    fk_forecast,
+    generation_key,
+    subject_targets,
+    target_key,
+)
 from tgrowth.probability import probability_map, segmenter_from_logits
 
 __all__ = ["VolumeSlices", "VolumeCase", "load_volume_slices", "volume_case", "volume_generate",

@@ -2,8 +2,9 @@
 (same subjects, seed and noise), and against the reference run's fk and no-change rows; per-subject hd95_3d."""
 import statistics as st
 import sys
-from tgrowth.io import read_csv
+
 from tgrowth.demo import paired_verdict, verdict_line
+from tgrowth.io import read_csv
 
 
 def f(x):
@@ -58,5 +59,5 @@ for n in names:
     print(f"  ratio {t:.3f}/{nc:.3f} = {t / nc:.3f}x no-change")
 print("subject " + " ".join(names) + " no-change fk")
 for s in sorted({r["subject"] for r in allr}):
-    g = lambda m: next((f"{f(r['hd95_3d']):.2f}" for r in allr if r["subject"] == s and r["method"] == m), "-")
-    print(s, " ".join(g(m) for m in names + ["no-change", "fk"]))
+    hd = {r["method"]: f"{f(r['hd95_3d']):.2f}" for r in allr if r["subject"] == s}
+    print(s, " ".join(hd.get(m, "-") for m in names + ["no-change", "fk"]))

@@ -3,11 +3,14 @@ prior tumour area is below A mm^2 take the fk mask instead, as the FK-filled sli
 slices, which hold no prior tumour: volume_margin_slices 1 -> 0 with one more FK-filled slice, the same stack),
 then map_connected as in predict; hd95_3d and dice_3d as volume_row computes them.
 usage: python edgefill.py RUN_DIR --data COHORT_ROOT --areas 0 50"""
-import argparse, json
+import argparse
+import json
 from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import torch
+
 from tgrowth import metrics as M
 from tgrowth.growth.geometry import connected_to
 from tgrowth.predict.volume import _hd95_3d
@@ -21,9 +24,10 @@ res = {}
 for sd in sorted(Path(a.run).glob("*/methods")):
     subj = sd.parent.name
     info = json.loads((sd.parent / "info.json").read_text())
-    ld = lambda tp: np.asarray(nib.load(str(Path(a.data) / f"{subj}-{tp}" / f"{subj}-{tp}-seg.nii.gz")).dataobj) > 0
-    prior, truth = ld(info["prior_timepoint"]), ld(info["target_timepoint"])
-    sp = nib.load(str(Path(a.data) / f"{subj}-{info['target_timepoint']}" / f"{subj}-{info['target_timepoint']}-seg.nii.gz")).header.get_zooms()[:3]
+    segs = {tp: nib.load(str(Path(a.data) / f"{subj}-{tp}" / f"{subj}-{tp}-seg.nii.gz"))
+            for tp in (info["prior_timepoint"], info["target_timepoint"])}
+    prior, truth = (np.asarray(segs[info[k]].dataobj) > 0 for k in ("prior_timepoint", "target_timepoint"))
+    sp = segs[info["target_timepoint"]].header.get_zooms()[:3]
     tg = np.asarray(nib.load(str(sd / "tgrowth.nii.gz")).dataobj).astype(np.float32)
     fk = np.asarray(nib.load(str(sd / "fk.nii.gz")).dataobj).astype(np.float32)
     gen = info["slices"]

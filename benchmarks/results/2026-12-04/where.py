@@ -1,10 +1,13 @@
 """Where does a 3D tgrowth map lose to the fk mask? Per subject: the two directed 95th percentiles of each
 map against the truth, and per axial slice the areas and the worst boundary distances.
 usage: python where.py RUN_DIR [RUN_DIR...] --data /work/data/cohortA [--slices]"""
-import argparse, json, sys
+import argparse
+import json
 from pathlib import Path
+
 import nibabel as nib
 import numpy as np
+
 from tgrowth import metrics as M
 
 ap = argparse.ArgumentParser()
