@@ -6,7 +6,10 @@ spread, and paired verdicts against no-change (and the geometric baselines), as 
 
 Each RUN_DIR holds the ``metrics.csv`` of one predict run (the same config and subjects, different ``seed``);
 ``DIR_A+DIR_B`` joins the rows of folders that hold different subjects of one run (e.g. two processes on two
-halves of a cohort). A ``volume=true`` run (3D metrics in its metrics.csv) gets the 3D columns and verdicts.
+halves of a cohort), or different methods on the same subjects (e.g. rows added by a later run with the same
+seed and models): a (subject, method) row found in more than one folder is kept once, and only if its scores
+(the table's columns) agree in every folder, since a deterministic baseline scored again must come out the same;
+otherwise the script stops and names the subject, method and folders. A ``volume=true`` run (3D metrics in its metrics.csv) gets the 3D columns and verdicts.
 Per method and metric the table shows the mean (median) over subjects of the first run, n, and, with two or
 more runs, the spread of the per-run means (max - min): a difference between methods smaller than that
 spread is not a win. The verdict lines pair subjects (Student-t 95 % CI of the mean paired difference, the
@@ -59,6 +62,28 @@ def table(sums: list[dict], columns: list[tuple[str, str, bool]] = COLUMNS) -> s
     return "\n".join(lines)
 
 
+def join(parts: list[tuple[str, list[dict]]]) -> list[dict]:
+    """The rows of one run's folders ``[(folder, rows)]``; a (subject, method) row in several folders kept once
+    if its scores agree, else ``ValueError`` naming it (see the module docstring)."""
+    scores = sorted({c for c, _, _ in COLUMNS + COLUMNS_3D})
+    first: dict[tuple[str, str], tuple[str, dict]] = {}
+    rows = []
+    for folder, part in parts:
+        for row in part:
+            key = (row.get("subject"), row.get("method"))
+            if key not in first:
+                first[key] = (folder, row)
+                rows.append(row)
+                continue
+            seen_in, seen = first[key]
+            differ = [c for c in scores if c in row and c in seen and row[c] != seen[c]]
+            if differ:
+                raise ValueError(f"subject {key[0]} method {key[1]} is in {seen_in} and {folder} with different "
+                                 f"{', '.join(differ)} ({', '.join(f'{seen[c]} vs {row[c]}' for c in differ)}): "
+                                 "not the same run")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", type=Path)
@@ -67,14 +92,18 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     runs = []
     for r in a.runs:
-        rows = []
+        parts = []
         for part in str(r).split("+"):
             f = Path(part) / "metrics.csv" if Path(part).is_dir() else Path(part)
             if not f.is_file():
                 print(f"cohort_table: no metrics.csv in {part}", file=sys.stderr)
                 return 2
-            rows += read_csv(f)
-        runs.append(rows)
+            parts.append((part, read_csv(f)))
+        try:
+            runs.append(join(parts))
+        except ValueError as e:
+            print(f"cohort_table: {e}", file=sys.stderr)
+            return 2
     volume = is_volume(runs[0])
     columns, verdicts = (COLUMNS_3D, VERDICTS_3D) if volume else (COLUMNS, VERDICTS)
     print(f"runs: {', '.join(str(r) for r in a.runs)}")

@@ -52,3 +52,27 @@ def test_a_missing_folder_is_named(tmp_path, capsys):
     a = _write(tmp_path / "a", _rows(["S1"], [4.0], [8.0]))
     assert main([f"{a}+{tmp_path / 'nope'}"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_folders_adding_methods_on_the_same_subjects_are_joined(tmp_path, capsys):
+    # a later run added "unguided" on the same subjects and scored no-change again, identically
+    a = _write(tmp_path / "a", _rows(["S1", "S2"], [4.0, 6.0], [8.0, 9.0]))
+    extra = [dict(r, method="unguided", hd95_3d=7.0) if r["method"] == "tgrowth" else r
+             for r in _rows(["S1", "S2"], [0.0, 0.0], [8.0, 9.0])]
+    b = _write(tmp_path / "b", extra)
+    assert main([f"{a}+{b}", "--against", "no-change", "unguided"]) == 0
+    out = capsys.readouterr().out
+    lines = {ln.split("|")[1].strip(): [c.strip() for c in ln.strip().strip("|").split("|")]
+             for ln in out.splitlines() if ln.startswith("| ") and not ln.startswith("| method")}
+    assert lines["no-change"][1:3] == ["2", "8.500 (8.500)"]  # kept once per subject, not counted twice
+    assert lines["unguided"][1:3] == ["2", "7.000 (7.000)"] and lines["tgrowth"][2] == "5.000 (5.000)"
+    # tgrowth vs unguided, paired: -3 and -1 mm
+    assert any("vs unguided, HD95 3D" in ln and "paired difference -2 mm" in ln for ln in out.splitlines())
+
+
+def test_a_repeated_row_with_other_scores_is_refused_and_named(tmp_path, capsys):
+    a = _write(tmp_path / "a", _rows(["S1"], [4.0], [8.0]))
+    b = _write(tmp_path / "b", _rows(["S1"], [4.0], [8.5]))  # no-change scored differently: another run
+    assert main([f"{a}+{b}"]) == 2
+    err = capsys.readouterr().err
+    assert "S1" in err and "no-change" in err and "hd95_3d" in err and str(b) in err
