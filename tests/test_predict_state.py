@@ -80,12 +80,16 @@ def test_collect_and_tables(tmp_path):
     assert summary["checks"]["guided_beats_unguided_on_area_error"] == {
         "tgrowth": pytest.approx(0.15), "unguided": pytest.approx(0.2), "holds": True}
     assert summary["checks"]["tgrowth_beats_no_change_on_hd95"]["holds"] is True
+    # tgrowth within 0.15 of its ODE target on A (0.1) and off it on B (0.2): B is named
+    assert summary["checks"]["tgrowth_reaches_its_target"] == {
+        "tolerance": 0.15, "worst": pytest.approx(0.2), "missed": "B", "holds": False}
     header = (tmp_path / "metrics.csv").read_text().splitlines()[0].split(",")
     assert header[:11] == ["subject", "method", "ssim", "ssim_brain", "psnr", "mae", "dice", "hd95",
                            "area_error_vs_truth", "area_error_vs_target", "ode_forecast_error"]
     assert "subject C: only 1 usable timepoint" in (tmp_path / "errors.csv").read_text()
     table = report.format_table(summary)
     assert "tgrowth" in table and "(1 inf)" in table and "guided beats unguided on area error: yes" in table
+    assert "tgrowth reaches its target: NO (tolerance=0.150, worst=0.200, missed=B)" in table
 
 
 def test_fingerprint_ignores_neutral_keys():
