@@ -9,7 +9,8 @@ Each RUN_DIR holds the ``metrics.csv`` of one predict run (the same config and s
 halves of a cohort), or different methods on the same subjects (e.g. rows added by a later run with the same
 seed and models): a (subject, method) row found in more than one folder is kept once, and only if its scores
 (the table's columns) agree in every folder, since a deterministic baseline scored again must come out the same;
-otherwise the script stops and names the subject, method and folders. A ``volume=true`` run (3D metrics in its metrics.csv) gets the 3D columns and verdicts.
+otherwise the script stops and names the subject, method and folders. A ``volume=true`` run (3D metrics in its
+metrics.csv) gets the 3D columns and verdicts.
 Per method and metric the table shows the mean (median) over subjects of the first run, n, and, with two or
 more runs, the spread of the per-run means (max - min): a difference between methods smaller than that
 spread is not a win. The verdict lines pair subjects (Student-t 95 % CI of the mean paired difference, the
