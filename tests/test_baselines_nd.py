@@ -78,3 +78,27 @@ def test_kept_holes_and_a_missing_fk_prior():
     assert m.sum() == 7 and not m[1, 2, 2] and m[3, 2, 2]
     with pytest.raises(TgrowthError, match="TOY-1.*fk"):
         BASELINES["fk"](toy, 0)
+
+
+def test_fk_to_truth_takes_the_fk_priors_truth_row():
+    """fk-to-truth is the FK prior's forecast at the true size (its ``truth`` row), through the same admissible
+    filter; without a follow-up it is the prior (as grow-to-truth), an empty follow-up gives an empty map, and a
+    prior without the truth row is refused naming the subject."""
+    toy = Toy((5, 5), (1.0, 1.0), 5.0)
+    truth_row = torch.zeros((5, 5), dtype=torch.bool)
+    truth_row[1:4, 1:3] = True  # 6 pixels, off-centre: not what geometry would grow
+    rows = {"target0": torch.zeros((5, 5), dtype=torch.bool), "truth": truth_row}
+    toy.fk = SimpleNamespace(sizes={"target0": 5.0, "truth": 6.0}, mask_of=lambda key: rows[key])
+    toy.true_size = 6.0
+    r = BASELINES["fk-to-truth"](toy, 0)
+    assert torch.equal(r.prob.bool(), truth_row) and float(r.areas[0]) == 6.0
+    toy.free = torch.zeros((5, 5), dtype=torch.bool)
+    toy.free[1, 1] = True  # a kept hole: every method's mask goes through case.admissible
+    assert BASELINES["fk-to-truth"](toy, 0).prob.sum() == 5
+    toy.true_size = 0.0
+    assert BASELINES["fk-to-truth"](toy, 0).prob.sum() == 0
+    toy.true_size = None
+    assert torch.equal(BASELINES["fk-to-truth"](toy, 0).prob, BASELINES["no-change"](toy, 0).prob)
+    toy.true_size, toy.fk = 6.0, SimpleNamespace(sizes={"target0": 5.0}, mask_of=None)
+    with pytest.raises(TgrowthError, match="TOY-1.*fk-to-truth"):
+        BASELINES["fk-to-truth"](toy, 0)

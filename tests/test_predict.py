@@ -402,6 +402,25 @@ def test_fk_prior_method_zone_and_spatial_guidance_end_to_end(tiny, tmp_path):
     assert rows["fk"] == rows_off["fk"] and rows["grow-to-target"] == rows_off["grow-to-target"]
 
 
+def test_fk_to_truth_is_the_fk_forecast_at_the_true_area(tiny, tmp_path):
+    """fk-to-truth holds the TRUE follow-up area to half a pixel (the FK shape with a perfect size clock); its extra
+    forecast row leaves the fk method's mask unchanged (each size is its own row of one batched forecast)."""
+    out, alone = tmp_path / "both", tmp_path / "alone"
+    assert predict(tiny, out, "data.subjects=[SUB02]", "methods=[fk,fk-to-truth,grow-to-truth]", "plots=false",
+                   "method_maps=true") == 0
+    assert predict(tiny, alone, "data.subjects=[SUB02]", "methods=[fk]", "plots=false") == 0
+    rows = {r["method"]: r for r in read_csv(out / "metrics.csv")}
+    true_area = float(rows["fk-to-truth"]["true_area_mm2"])
+    assert abs(float(rows["fk-to-truth"]["map_area_mm2"]) - true_area) <= 0.5 + 1e-9  # 1 mm pixels
+    info = json.loads((out / "SUB02" / "info.json").read_text())
+    assert info["fk"]["forecasts"]["truth"]["size_mm2"] == pytest.approx(true_area)
+    assert rows["fk"] == {r["method"]: r for r in read_csv(alone / "metrics.csv")}["fk"]
+    fk_map = nib.load(str(out / "SUB02" / "methods" / "fk-to-truth.nii.gz")).get_fdata()
+    gt_map = nib.load(str(out / "SUB02" / "methods" / "grow-to-truth.nii.gz")).get_fdata()
+    assert (fk_map >= 0.5).sum() == pytest.approx(float(rows["fk-to-truth"]["map_area_mm2"]))
+    assert not np.array_equal(fk_map >= 0.5, gt_map >= 0.5)  # the FK shape, not the isotropic one
+
+
 def test_the_spatial_terms_settings_reach_the_2d_sampler(tiny, tmp_path, monkeypatch):
     """guidance.spatial_tolerance and spatial_schedule reach the spatial term of the one 2D sampling pass; the
     unguided arm's weight is 0."""

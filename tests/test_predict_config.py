@@ -29,7 +29,7 @@ BASE = ["data.root=/nowhere", "checkpoints.denoiser=a", "checkpoints.regressor=b
     ("sampling.batch_size=0", "config key 'sampling.batch_size' must be >= 1, got 0"),
     ("sampling.encode=ddpm", "config key 'sampling.encode' must be one of noise, invert, got 'ddpm'"),
     ("methods=[]", "config key 'methods' must name at least one of tgrowth, unguided, oracle-area, no-change, "
-                   "no-change-segmenter, segmenter-on-truth, grow-to-target, grow-to-truth, fk, got []"),
+                   "no-change-segmenter, segmenter-on-truth, grow-to-target, grow-to-truth, fk, fk-to-truth, got []"),
     ("methods=[tgrowth,magic]", "config key 'methods' has unknown method(s) ['magic']"),
     ("target.days=[30,-5]", "config key 'target.days' must be positive numbers of days after the prior scan"),
     ("sampling.zone=atlas", "config key 'sampling.zone' must be one of isotropic, fk, got 'atlas'"),

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parents[1]
 PREDICT_YAML = str(REPO / "experiments" / "predict.yaml")
-ALL = "[tgrowth,unguided,oracle-area,no-change,no-change-segmenter,segmenter-on-truth,grow-to-target,grow-to-truth,fk]"
+ALL = "[tgrowth,unguided,oracle-area,no-change,no-change-segmenter,segmenter-on-truth,grow-to-target,grow-to-truth,fk,fk-to-truth]"
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +104,7 @@ def test_volume_prediction_end_to_end_with_3d_baselines(cohort, tmp_path):
     assert abs(float(gt["map_volume_mm3"]) - float(gt["target_volume_mm3"])) <= 0.5 + 1e-9
     assert abs(float(gtr["map_volume_mm3"]) - truth3d.sum()) <= 0.5 + 1e-9
     assert abs(float(fk["map_volume_mm3"]) - float(fk["target_volume_mm3"])) <= 0.5 + 1e-9
+    assert abs(float(rows["fk-to-truth"]["map_volume_mm3"]) - truth3d.sum()) <= 0.5 + 1e-9  # the FK shape, true size
     # the consistency of the real follow-up's neighbouring slices, from the file itself
     assert float(nc["adjacent_dice_truth"]) == pytest.approx(adjacent_dice(torch.from_numpy(truth3d[:, :, 2:10]).permute(2, 0, 1)))
     assert float(nc["adjacent_dice"]) == pytest.approx(adjacent_dice(torch.from_numpy(prior3d[:, :, 2:10]).permute(2, 0, 1)))

@@ -29,6 +29,8 @@ METHODS = {
     "grow-to-truth": "the same to the true follow-up area (an oracle)",
     "fk": "the patient Fisher-Kolmogorov model (tissue from the prior scan, calibrated on the earlier scans) run to "
           "the ODE target area: its densest pixels, inside the brain (no images)",
+    "fk-to-truth": "the same FK forecast at the TRUE follow-up size (an oracle: the FK shape with a perfect size "
+                   "clock; oracle-area against it asks whether the generator adds shape beyond the FK prior)",
 }
 GUIDANCE_FORMS = ("authors", "loss", "x0", "x0_detached", "segmenter")
 GUIDANCE_TARGETS = ("median", "bootstrap", "quantiles")

@@ -19,7 +19,7 @@ from tgrowth.diffusion.guidance import AreaGuidance, SoftArea, SpatialGuidance
 from tgrowth.diffusion.sampler import key_seed
 from tgrowth.predict.methods import Arm, Case, MethodResult
 from tgrowth.predict.models import autocast_dtype, guidance_units
-from tgrowth.predict.targets import target_key
+from tgrowth.predict.targets import TRUTH_KEY, target_key
 from tgrowth.probability import probability_map, segmenter_from_logits
 
 __all__ = ["generative_arms", "arm_targets", "area_guidance", "spatial_guidance", "spatial_callback", "sampler_kwargs",
@@ -73,7 +73,7 @@ def spatial_guidance(cfg: DictConfig, case: Case, arms: list[Arm], n: int, dt: t
     w = float(cfg.guidance.spatial_weight)
     if w == 0 or case.fk is None or not bool(case.slices.prior_mask.any()):
         return None
-    maps = torch.stack([case.fk.mask_of("truth" if a.source == "oracle" else target_key(a.day_index)) for a in arms])
+    maps = torch.stack([case.fk.mask_of(TRUTH_KEY if a.source == "oracle" else target_key(a.day_index)) for a in arms])
     weights = torch.cat([torch.full((n,), 0.0 if a.source == "unguided" else w) for a in arms])
     return spatial_callback(cfg, case.models, maps, weights, torch.arange(len(arms)).repeat_interleave(n), dt, device)
 

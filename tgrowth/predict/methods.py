@@ -26,7 +26,7 @@ from tgrowth.growth.geometry import connected_to, grow_to_area
 from tgrowth.metrics import foreground
 from tgrowth.predict.models import Models
 from tgrowth.predict.plan import Plan, SubjectSlices
-from tgrowth.predict.targets import FKPrior, Targets, target_key
+from tgrowth.predict.targets import TRUTH_KEY, FKPrior, Targets, target_key
 from tgrowth.probability import segmenter_from_logits
 
 __all__ = ["Arm", "Forecastable", "Case", "MethodResult", "GENERATIVE", "BASELINES", "method_arms", "run_baselines",
@@ -174,10 +174,25 @@ def fk_forecast(case: Forecastable, day: int) -> MethodResult:
     return _fixed(case, case.fk.mask_of(target_key(day)), case.images)
 
 
+def fk_to_truth(case: Forecastable, day: int) -> MethodResult:
+    """As fk, at the TRUE follow-up size (an oracle: the FK shape with a perfect size clock, as grow-to-truth is the
+    isotropic shape with one). ``oracle-area`` is guided to the same size, so the two differ by the shape alone.
+    Without a follow-up: the prior (as grow-to-truth); a follow-up without tumour: an empty mask."""
+    size = case.true_size
+    if size is None:
+        return no_change(case, 0)
+    if size <= 0:
+        return _fixed(case, torch.zeros_like(case.prior_mask, dtype=torch.bool), case.images)
+    if case.fk is None or TRUTH_KEY not in case.fk.sizes:
+        raise TgrowthError(f"subject {case.subject}: the fk-to-truth method needs the FK prior's forecast to the true size")
+    return _fixed(case, case.fk.mask_of(TRUTH_KEY), case.images)
+
+
 GENERATIVE: dict[str, str] = {"tgrowth": "ode", "unguided": "unguided", "oracle-area": "oracle"}
 BASELINES: dict[str, Callable[[Case, int], MethodResult]] = {
     "no-change": no_change, "no-change-segmenter": no_change_segmenter, "segmenter-on-truth": segmenter_on_truth,
-    "grow-to-target": grow_to_target, "grow-to-truth": grow_to_truth, "fk": fk_forecast}
+    "grow-to-target": grow_to_target, "grow-to-truth": grow_to_truth, "fk": fk_forecast,
+    "fk-to-truth": fk_to_truth}
 if set(GENERATIVE) | set(BASELINES) != set(METHODS):
     raise ImportError(f"tgrowth.predict.methods implements {sorted(set(GENERATIVE) | set(BASELINES))}, but the "
                       f"config names {sorted(METHODS)}")

@@ -32,7 +32,8 @@ from tgrowth.ode import fit_cohort
 from tgrowth.predict.plan import Plan, SubjectSlices
 
 __all__ = ["Targets", "FKPrior", "ode_rows", "fit_growth", "subject_targets", "zone_upper", "zone_keep", "uses_fk",
-           "fk_sizes", "fk_prior", "fk_forecast", "brain_of", "target_key"]
+           "fk_sizes", "fk_prior", "fk_forecast", "brain_of", "target_key", "TRUTH_KEY", "FK_METHODS",
+           "needs_truth_forecast"]
 
 #: the prior tumour dilated by this much (mm) is left out of the tissue fit (its oedema would pass for CSF)
 TISSUE_EXCLUDE_MM = 3.0
@@ -126,6 +127,10 @@ def zone_keep(slices: SubjectSlices, targets: Targets, margin_mm: float, edge_mm
 
 
 # --------------------------------------------------------------------------- the FK prior
+#: the :class:`FKPrior` row of the true follow-up size (oracle-area's spatial target, the fk-to-truth method)
+TRUTH_KEY = "truth"
+
+
 def target_key(day_index: int) -> str:
     """The :class:`FKPrior` row of the ODE target at target day ``day_index``."""
     return f"target{day_index}"
@@ -182,10 +187,23 @@ class FKPrior:
         return out
 
 
+#: the methods that are FK forecasts themselves
+FK_METHODS = ("fk", "fk-to-truth")
+
+
 def uses_fk(cfg: DictConfig, arms: list[Any]) -> bool:
-    """Whether a run needs the FK prior: the ``fk`` method, ``sampling.zone=fk``, or spatial guidance of a guided arm."""
+    """Whether a run needs the FK prior: the ``fk`` / ``fk-to-truth`` methods, ``sampling.zone=fk``, or spatial
+    guidance of a guided arm."""
     spatial = float(cfg.guidance.spatial_weight) > 0 and any(a.source in ("ode", "oracle") for a in arms)
-    return any(a.method == "fk" for a in arms) or str(cfg.sampling.zone) == "fk" or spatial
+    return any(a.method in FK_METHODS for a in arms) or str(cfg.sampling.zone) == "fk" or spatial
+
+
+def needs_truth_forecast(oracle_map: bool, arms: list[Any], true_size: float | None) -> bool:
+    """Whether the FK forecast needs the :data:`TRUTH_KEY` row: a (positive) true size, and the fk-to-truth method
+    or an oracle arm whose map uses the FK forecast (``oracle_map``: spatial guidance; in 3D also the FK-filled
+    slices)."""
+    wanted = any(a.method == "fk-to-truth" for a in arms) or (oracle_map and any(a.source == "oracle" for a in arms))
+    return wanted and bool(true_size)
 
 
 def fk_sizes(cfg: DictConfig, slices: SubjectSlices, targets: Targets, arms: list[Any]) -> dict[str, float]:
@@ -198,8 +216,8 @@ def fk_sizes(cfg: DictConfig, slices: SubjectSlices, targets: Targets, arms: lis
         upper = zone_upper(slices, targets)
         if upper is not None:
             sizes["zone"] = upper
-    if spatial and any(a.source == "oracle" for a in arms) and slices.true_area is not None:
-        sizes["truth"] = float(slices.true_area)
+    if needs_truth_forecast(spatial, arms, slices.true_area):
+        sizes[TRUTH_KEY] = float(slices.true_area)
     return sizes
 
 

@@ -59,11 +59,14 @@ from tgrowth.predict.outputs import method_map_files
 from tgrowth.predict.plan import Plan
 from tgrowth.predict.state import Stopwatch
 from tgrowth.predict.targets import (
+    FK_METHODS,
+    TRUTH_KEY,
     FKPrior,
     Targets,
     brain_of,
     fk_forecast,
     generation_key,
+    needs_truth_forecast,
     subject_targets,
     target_key,
 )
@@ -238,7 +241,7 @@ def _shares(masks: torch.Tensor) -> torch.Tensor:
 
 
 def _uses_fk(cfg: DictConfig, arms: list[Arm]) -> bool:
-    return (str(cfg.volume_distribution) == "fk" or any(a.method == "fk" for a in arms) or int(cfg.volume_fill_slices) > 0
+    return (str(cfg.volume_distribution) == "fk" or any(a.method in FK_METHODS for a in arms) or int(cfg.volume_fill_slices) > 0
             or str(cfg.sampling.zone) == "fk" or float(cfg.guidance.spatial_weight) > 0)
 
 
@@ -257,8 +260,8 @@ def _fk_sizes(cfg: DictConfig, targets: Targets, prior_volume: float, true_volum
     if str(cfg.sampling.zone) == "fk":
         sizes["zone"] = _zone_upper(targets, prior_volume)
     oracle_map = float(cfg.guidance.spatial_weight) > 0 or int(cfg.volume_fill_slices) > 0
-    if oracle_map and any(a.source == "oracle" for a in arms) and true_volume:
-        sizes["truth"] = true_volume
+    if needs_truth_forecast(oracle_map, arms, true_volume):
+        sizes[TRUTH_KEY] = true_volume
     return sizes
 
 
@@ -338,7 +341,7 @@ def _spatial(cfg: DictConfig, vc: VolumeCase, arms: list[Arm], n: int, dt: torch
 def _arm_key(arm: Arm) -> str:
     """The FK prior row an arm's spatial map and filled slices take: the true size for the oracle, else the
     ODE's median target."""
-    return "truth" if arm.source == "oracle" else target_key(0)
+    return TRUTH_KEY if arm.source == "oracle" else target_key(0)
 
 
 def _gen_index(vc: VolumeCase) -> torch.Tensor:
