@@ -14,8 +14,9 @@ from data_modules.slices import SliceSample
 from tgrowth.errors import TgrowthError
 from tgrowth.growth.geometry import distance_to
 from tgrowth.growth.patient import DEFAULT_D_WHITE, DEFAULT_RHO
+from tgrowth.predict.methods import Arm
 from tgrowth.predict.plan import Plan, SubjectSlices
-from tgrowth.predict.targets import FKPrior, Targets, fk_prior, zone_keep
+from tgrowth.predict.targets import FKPrior, Targets, fk_prior, needs_truth_forecast, zone_keep
 
 N = 40
 C4 = ["t1n", "t1c", "t2w", "t2f"]
@@ -143,3 +144,13 @@ def test_fk_zone_is_where_the_forecast_density_exceeds_the_level():
     assert not torch.equal(iso, keep)
     with pytest.raises(TgrowthError, match="sampling.zone=fk needs the FK prior"):
         zone_keep(slices, _targets(1.5), 6.0, 0.0, "fk", None, level)
+
+
+def test_the_truth_row_is_asked_for_by_fk_to_truth_or_an_oracle_map():
+    """The FK forecast's TRUTH_KEY row: wanted by the fk-to-truth method, or by an oracle arm when its map uses
+    the FK forecast; never without a follow-up; a follow-up without tumour (0) still gets it (an empty mask)."""
+    fkt, oracle, fk = Arm("fk-to-truth", "baseline"), Arm("oracle-area", "oracle", 1.0), Arm("fk", "baseline")
+    assert needs_truth_forecast(False, [fk, fkt], 120.0)
+    assert not needs_truth_forecast(False, [fk, oracle], 120.0)  # the oracle's map does not use the FK forecast
+    assert needs_truth_forecast(True, [oracle], 120.0) and needs_truth_forecast(True, [oracle], 0.0)
+    assert not needs_truth_forecast(True, [oracle, fkt], None)

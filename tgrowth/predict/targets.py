@@ -199,11 +199,11 @@ def uses_fk(cfg: DictConfig, arms: list[Any]) -> bool:
 
 
 def needs_truth_forecast(oracle_map: bool, arms: list[Any], true_size: float | None) -> bool:
-    """Whether the FK forecast needs the :data:`TRUTH_KEY` row: a (positive) true size, and the fk-to-truth method
-    or an oracle arm whose map uses the FK forecast (``oracle_map``: spatial guidance; in 3D also the FK-filled
-    slices)."""
+    """Whether the FK forecast needs the :data:`TRUTH_KEY` row: a follow-up (``true_size`` not None; 0 gives an
+    empty mask), and the fk-to-truth method or an oracle arm whose map uses the FK forecast (``oracle_map``:
+    spatial guidance; in 3D also the FK-filled slices)."""
     wanted = any(a.method == "fk-to-truth" for a in arms) or (oracle_map and any(a.source == "oracle" for a in arms))
-    return wanted and bool(true_size)
+    return wanted and true_size is not None
 
 
 def fk_sizes(cfg: DictConfig, slices: SubjectSlices, targets: Targets, arms: list[Any]) -> dict[str, float]:
