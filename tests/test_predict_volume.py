@@ -344,3 +344,17 @@ def test_spatial_target_generation_steers_each_generation_toward_its_own_size(co
     assert float(rows["tgrowth"]["pred_volume_mm3"]) == pytest.approx(want)
     assert float(rows["tgrowth"]["target_volume_mm3"]) == pytest.approx(float(rows["fk"]["target_volume_mm3"]))
     assert not np.array_equal(filled_tg, maps["fk"][:, :, fill])  # the fk method keeps the median's mask
+
+
+def test_a_follow_up_without_tumour_gives_the_oracles_empty_rows(cohort, tmp_path):
+    """The tumour has gone by the follow-up (radius 0): oracle-area with spatial guidance and fk-to-truth read
+    the FK forecast at the true volume 0, an empty mask (no error), so fk-to-truth's map is empty."""
+    root = write_longitudinal(tmp_path / "gone", n_subjects=2, n_timepoints=3, shape=(32, 32, 12),
+                              radii=[2.0, 3.0, 0.0], splits={"SUB01": "train", "SUB02": "test"})
+    assert not seg_of(root, "002").any()  # the follow-up has no tumour
+    out = tmp_path / "gone_out"
+    assert predict((root, cohort[1]), out, "methods=[oracle-area,fk-to-truth,fk]", "guidance.spatial_weight=1e4",
+                   "sampling.num_generations=2", "plots=false") == 0
+    rows = read_csv(out / "metrics.csv")
+    assert set(rows) == {"oracle-area", "fk-to-truth", "fk"}
+    assert float(rows["fk-to-truth"]["map_volume_mm3"]) == 0.0 and float(rows["fk"]["map_volume_mm3"]) > 0
