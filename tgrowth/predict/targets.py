@@ -147,8 +147,9 @@ class FKPrior:
 
     ``sizes``: row name -> the size (mm^2) the forecast was run to: ``target<j>`` the ODE target of day j
     (:func:`target_key`), ``generation<g>`` generation g's size target (:func:`generation_key`), ``zone`` the
-    change zone's upper band (:func:`zone_upper`), ``truth`` the true follow-up
-    area (for ``oracle-area`` with spatial guidance). ``density [K, H, W]``: the forecast density per row;
+    change zone's upper band (:func:`zone_upper`), ``truth`` the true follow-up area (:data:`TRUTH_KEY`:
+    ``oracle-area``'s spatial target, the ``fk-to-truth`` method). ``density [K, H, W]``: the forecast density per
+    row;
     ``masks [K, H, W]`` bool: exactly ``round(size / pixel area)`` pixels each, inside ``brain``: the densest
     pixels (:func:`~tgrowth.growth.fk_mask`); where the size exceeds every pixel the density reaches (CSF, the
     reachable tissue full), the rest by distance to the prior tumour (an isotropic fallback, so the size is
